@@ -1,0 +1,1 @@
+//! JDL reader (in progress).

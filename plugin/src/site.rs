@@ -1,0 +1,1 @@
+//! Site configuration (in progress).
