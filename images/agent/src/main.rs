@@ -1,1 +1,124 @@
-fn main() {}
+//! `sd-guest`: the SmartDomains guest agent.
+//!
+//! It is PID 1 of the boot initramfs (`images/init` execs it after mounting
+//! the VO image at `--root`). It serves the host over one channel (the
+//! virtio-serial port named [`sd_proto::VIRTIO_PORT_NAME`], or `--port DEV`):
+//! runs commands chrooted into the VO image, moves sandbox files, answers
+//! pings, and powers the machine off. The VO image needs none of our software.
+
+mod job;
+mod session;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut root = PathBuf::from("/newroot");
+    let mut port: Option<PathBuf> = None;
+    let mut i = 1;
+    while i < args.len() {
+        match (args[i].as_str(), args.get(i + 1)) {
+            ("--root", Some(v)) => root = PathBuf::from(v),
+            ("--port", Some(v)) => port = Some(PathBuf::from(v)),
+            (other, _) => fatal(&format!("unknown argument {other:?} (usage: sd-guest [--root DIR] [--port DEV])")),
+        }
+        i += 2;
+    }
+    let port = match port {
+        Some(p) => p,
+        None => find_virtio_port(sd_proto::VIRTIO_PORT_NAME, Duration::from_secs(20))
+            .unwrap_or_else(|| fatal("no virtio-serial port named org.smartdomains.agent.0")),
+    };
+    let channel = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&port)
+        .unwrap_or_else(|e| fatal(&format!("cannot open {}: {e}", port.display())));
+    log(&format!("serving on {}", port.display()));
+    job::start_reaper();
+    session::serve(channel, &root);
+}
+
+/// The virtio console driver names each port in sysfs; devtmpfs gives the node.
+fn find_virtio_port(name: &str, wait: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let found = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if found.trim() == name {
+                    let dev = Path::new("/dev").join(entry.file_name());
+                    if dev.exists() {
+                        return Some(dev);
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines on the console (captured by the host in the domain's console log).
+pub fn log(msg: &str) {
+    use std::io::Write;
+    if let Ok(mut console) = OpenOptions::new().write(true).open("/dev/console") {
+        let _ = writeln!(console, "sd-guest: {msg}");
+    } else {
+        eprintln!("sd-guest: {msg}");
+    }
+}
+
+pub fn fatal(msg: &str) -> ! {
+    log(&format!("FATAL: {msg}"));
+    power_off();
+}
+
+/// Stops every process, unmounts the VO image so that its file system is
+/// clean (it may be saved as a new image), and powers off.
+pub fn power_off() -> ! {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if std::process::id() == 1 {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(50));
+        unmount_all();
+        nix::unistd::sync();
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    }
+    std::process::exit(1)
+}
+
+/// Unmounts everything below `/newroot` deepest first, then remounts the
+/// root of the VO image read-only.
+fn unmount_all() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| t.starts_with("/newroot/"))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = nix::mount::umount("/newroot");
+    let _ = nix::mount::mount(
+        None::<&str>,
+        "/newroot",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+}
+
+/// Reads a small text file, trimmed; empty on error.
+pub fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+pub type Channel = File;

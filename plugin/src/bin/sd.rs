@@ -1,1 +1,298 @@
-fn main() {}
+//! `sd`: SmartDomains for a person at a terminal.
+
+use clap::{Parser, Subcommand};
+use smartdomains::deployment::{self, Deployment};
+use smartdomains::guest_link::JobOutcome;
+use smartdomains::hypervisor::kvm_probe;
+use smartdomains::jdl::JobDescription;
+use smartdomains::journal::Journal;
+use smartdomains::site::SiteConfig;
+use smartdomains::user_files::UserFiles;
+use smartdomains::{job, policy};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit status when SmartDomains refuses the request (bad JDL, policy).
+const EXIT_REFUSED: u8 = 2;
+/// Exit status when the site failed (config, hypervisor, disk).
+const EXIT_SITE_FAULT: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "sd",
+    version,
+    about = "Run grid jobs inside the virtual machine their VO asked for",
+    long_about = "SmartDomains boots, for each job, the execution environment its JDL asks for \
+(VO image, memory, vCPUs, disk) as a real virtual machine, checked against the site's policy, \
+runs the job inside it and leaves nothing behind.",
+    after_help = "Examples:\n  sd run jobs/hello.jdl            run a job in its own VM\n  \
+sd check-config /etc/smartdomains/site.yaml\n  sd status                        deployments on this host\n  \
+sd cleanup                       remove what crashed runs left behind\n\n\
+The site config is $SD_CONFIG, else /etc/smartdomains/site.yaml (scripts/setup writes it)."
+)]
+struct Cli {
+    /// Site configuration file.
+    #[arg(long, global = true, env = "SD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log what happens, on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a JDL job in its own VM: prolog, job, epilog in one process.
+    ///
+    /// The job's stdout and stderr arrive here, byte for byte and separate;
+    /// sd's exit status is the job's (128+N if a signal N killed it, 2 if the
+    /// request is refused, 125 if the site failed). InputSandbox paths are
+    /// relative to the JDL's directory; OutputSandbox files land in
+    /// --output-dir. Ctrl-C destroys the VM and cleans up.
+    Run {
+        /// The job description (gLite JDL).
+        jdl: PathBuf,
+        /// Where OutputSandbox, StdOutput and StdError files go.
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+        /// Deployment id (default: run-<pid>-<time>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Check a site config: syntax, unknown keys, values, catalogue files.
+    CheckConfig {
+        /// Default: the --config / $SD_CONFIG / /etc/smartdomains/site.yaml file.
+        file: Option<PathBuf>,
+    },
+    /// Undo deployments from their journals (after a crash or a kill).
+    ///
+    /// Without ID: every deployment whose `sd run` is gone. Idempotent.
+    Cleanup {
+        id: Option<String>,
+        /// Every deployment on this host, even those still in use.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// List the deployments on this host.
+    Status,
+}
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(kvm_probe::PROBE_ARG) {
+        return ExitCode::from(kvm_probe::run_probe_guest() as u8);
+    }
+    let cli = Cli::parse();
+    let level = if cli.verbose { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| level.into()))
+        .without_time()
+        .with_target(false)
+        .init();
+    let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file.unwrap_or(config)),
+        command => {
+            let site = match SiteConfig::load(&config) {
+                Ok(s) => s,
+                Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+            };
+            match command {
+                Command::Run { jdl, output_dir, id } => run(&site, &jdl, &output_dir, id),
+                Command::Cleanup { id, all } => cleanup(&site, id, all),
+                Command::Status => status(&site),
+                Command::CheckConfig { .. } => unreachable!(),
+            }
+        }
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("sd: {message}");
+    ExitCode::from(code)
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match SiteConfig::load(path) {
+        Ok(site) => {
+            let missing = site.check_files();
+            for m in &missing {
+                eprintln!("sd: {m}");
+            }
+            if missing.is_empty() {
+                println!("{}: OK ({} images, {} VOs)", path.display(), site.images.len(), site.vos.len());
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
+
+fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>) -> ExitCode {
+    let files = UserFiles::caller();
+    let tty = std::io::stderr().is_terminal();
+    // Front end → request → policy: all checks before anything is created.
+    let mut text = String::new();
+    if let Err(e) = files.open_read(jdl_path).and_then(|mut f| {
+        f.read_to_string(&mut text).map_err(|e| smartdomains::user_files::UserFileError {
+            path: jdl_path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }) {
+        return fail(EXIT_REFUSED, &e.to_string());
+    }
+    let jdl = match JobDescription::parse(&text, jdl_path) {
+        Ok(j) => j,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let request = jdl.virtual_environment.clone().unwrap_or_default();
+    let env = match policy::admit(site, jdl.virtual_organisation.as_deref(), &request) {
+        Ok(env) => env,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let id = id.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("run-{}-{}", std::process::id(), t.as_millis())
+    });
+    let jdl_dir = jdl_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let plan = match job::plan(&jdl, jdl_dir, &id) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let inputs = match job::open_inputs(&plan, &files) {
+        Ok(i) => i,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+
+    guard_signals(site.clone(), id.clone());
+    if tty {
+        eprintln!(
+            "sd: booting {} for VO {} ({} MiB, {} vCPU) as deployment {id}",
+            env.image.name, env.vo, env.memory_mib, env.vcpus
+        );
+    }
+    let uid = files.uid;
+    let deployment = match Deployment::deploy(site, &id, &env, uid, Some(std::process::id())) {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_SITE_FAULT, &format!("cannot start the domain: {e}")),
+    };
+    tracing::info!(
+        "domain {id} up in {:.1} s under {} (guest kernel {})",
+        deployment.boot_time.as_secs_f64(),
+        deployment.acceleration,
+        deployment.link.info.kernel_release
+    );
+    if tty {
+        eprintln!(
+            "sd: {} ready in {:.1} s ({}), running {}",
+            env.hostname,
+            deployment.boot_time.as_secs_f64(),
+            deployment.acceleration,
+            jdl.executable
+        );
+    }
+    let outcome = job::run(
+        &deployment.link,
+        &plan,
+        inputs,
+        &files,
+        output_dir,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    let teardown = deployment.teardown(site);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let code = if e.is_user_error() { EXIT_REFUSED } else { EXIT_SITE_FAULT };
+            return fail(code, &format!("job {id}: {e}"));
+        }
+    };
+    if let Err(e) = teardown {
+        eprintln!("sd: cleanup of {id} incomplete: {e} (run `sd cleanup {id}`)");
+    }
+    match outcome {
+        JobOutcome::Exited(code) => ExitCode::from(code as u8),
+        JobOutcome::Killed(signal) => {
+            eprintln!("sd: job killed by signal {signal} ({})", signal_name(signal));
+            ExitCode::from((128 + signal) as u8)
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Ctrl-C, SIGTERM, SIGHUP: destroy the domain, clean up, exit 128+N.
+/// The signals are blocked in every thread and taken by one thread that
+/// waits for them, so no cleanup runs inside a signal handler.
+fn guard_signals(site: SiteConfig, id: String) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().expect("block signals");
+    std::thread::spawn(move || {
+        let signal = set.wait().unwrap_or(Signal::SIGTERM);
+        match deployment::interrupt(&site, &id) {
+            Ok(_) => eprintln!("sd: {}: domain {id} destroyed and cleaned up", signal.as_str()),
+            Err(e) => eprintln!("sd: {}: cleanup of {id} failed: {e} (run `sd cleanup {id}`)", signal.as_str()),
+        }
+        std::process::exit(128 + signal as i32);
+    });
+}
+
+fn cleanup(site: &SiteConfig, id: Option<String>, all: bool) -> ExitCode {
+    let ids = match (id, all) {
+        (Some(id), _) => vec![id],
+        (None, true) => Journal::list(&site.state_dir).unwrap_or_default(),
+        (None, false) => match deployment::orphaned(site) {
+            Ok(ids) => ids,
+            Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+        },
+    };
+    let mut code = ExitCode::SUCCESS;
+    for id in ids {
+        match deployment::cleanup(site, &id) {
+            Ok(true) => println!("{id}: cleaned up"),
+            Ok(false) => println!("{id}: nothing to clean"),
+            Err(e) => {
+                eprintln!("sd: {id}: {e}");
+                code = ExitCode::from(EXIT_SITE_FAULT);
+            }
+        }
+    }
+    code
+}
+
+fn status(site: &SiteConfig) -> ExitCode {
+    let ids = Journal::list(&site.state_dir).unwrap_or_default();
+    if ids.is_empty() {
+        println!("no deployments on this host (state directory {})", site.state_dir.display());
+        return ExitCode::SUCCESS;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    println!("{:<32} {:<8} {:<6} {:<16} {:>8} {:>6} {:>8}", "ID", "BACKEND", "ACCEL", "IMAGE", "MEMORY", "VCPUS", "UPTIME");
+    for id in ids {
+        let Ok(Some(j)) = Journal::open(&site.state_dir, &id) else { continue };
+        let f = j.facts();
+        let env = f.environment.clone().unwrap_or_default();
+        println!(
+            "{:<32} {:<8} {:<6} {:<16} {:>7}M {:>6} {:>7}s",
+            id,
+            f.backend.as_deref().unwrap_or("-"),
+            f.acceleration.as_deref().unwrap_or("-"),
+            env["image"]["name"].as_str().unwrap_or("-"),
+            env["memory_mib"].as_u64().unwrap_or(0),
+            env["vcpus"].as_u64().unwrap_or(0),
+            now.saturating_sub(j.data().created_unix)
+        );
+    }
+    ExitCode::SUCCESS
+}

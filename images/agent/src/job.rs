@@ -1,0 +1,175 @@
+//! The job's process inside the VO image: spawn (chrooted, own process
+//! group), stream its output, report how it ended.
+//!
+//! As PID 1 we inherit every orphan of the guest, so one reaper thread owns
+//! `waitpid(-1)` and hands each status to whoever waits for that pid.
+
+use crate::session::{in_root, Writer};
+use sd_proto::{GuestMsg, RunRequest, StdinSource};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+pub struct RunningJob {
+    pub pid: u32,
+    stdin: Option<Sender<Vec<u8>>>,
+}
+
+type Statuses = (Mutex<HashMap<u32, i32>>, Condvar);
+
+fn statuses() -> &'static Statuses {
+    static S: OnceLock<Statuses> = OnceLock::new();
+    S.get_or_init(|| (Mutex::new(HashMap::new()), Condvar::new()))
+}
+
+pub fn start_reaper() {
+    std::thread::spawn(|| loop {
+        let mut status = 0;
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            let (map, cv) = statuses();
+            let mut map = map.lock().unwrap();
+            // Orphans nobody waits for would pile up; keep the map small.
+            if map.len() > 1024 {
+                map.clear();
+            }
+            map.insert(pid as u32, status);
+            cv.notify_all();
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
+fn wait_for(pid: u32) -> i32 {
+    let (map, cv) = statuses();
+    let mut map = map.lock().unwrap();
+    loop {
+        if let Some(status) = map.remove(&pid) {
+            return status;
+        }
+        map = cv.wait(map).unwrap();
+    }
+}
+
+pub fn spawn(
+    req: &RunRequest,
+    root: &Path,
+    out: Writer,
+    running: Arc<Mutex<Option<RunningJob>>>,
+) -> Result<RunningJob, String> {
+    let program = req.argv.first().ok_or("empty command")?;
+    let cwd_on_host = in_root(root, &req.cwd)?;
+    std::fs::create_dir_all(&cwd_on_host).map_err(|e| format!("mkdir {}: {e}", req.cwd))?;
+
+    let mut cmd = Command::new(program);
+    cmd.args(&req.argv[1..]).env_clear().process_group(0);
+    if !req.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    cmd.stdin(match &req.stdin {
+        StdinSource::Null => Stdio::null(),
+        StdinSource::Stream => Stdio::piped(),
+        StdinSource::File(name) => {
+            let path = if name.starts_with('/') { in_root(root, name)? } else { in_root(&cwd_on_host, name)? };
+            Stdio::from(std::fs::File::open(&path).map_err(|e| format!("StdInput {name}: {e}"))?)
+        }
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (root_c, cwd_c) = (root.to_path_buf(), req.cwd.clone());
+    // SAFETY: chroot/chdir are async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::chroot(&root_c)?;
+            nix::unistd::chdir(cwd_c.as_str())?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
+    let pid = child.id();
+
+    let pumps = [
+        pump(child.stdout.take().unwrap(), out.clone(), GuestMsg::Stdout),
+        pump(child.stderr.take().unwrap(), out.clone(), GuestMsg::Stderr),
+    ];
+    let stdin = child.stdin.take().map(stdin_feeder);
+    // The reaper owns waitpid; `child` must not be waited on (dropping it does not wait).
+    drop(child);
+
+    std::thread::spawn(move || {
+        let status = wait_for(pid);
+        // Whatever the job left behind in its group (daemons holding the pipes) goes too.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        for p in pumps {
+            let _ = p.join();
+        }
+        let status = std::process::ExitStatus::from_raw(status);
+        let msg = match (status.code(), status.signal()) {
+            (Some(code), _) => GuestMsg::Exited { code },
+            (None, Some(signal)) => GuestMsg::Killed { signal },
+            _ => GuestMsg::Exited { code: 255 },
+        };
+        *running.lock().unwrap() = None;
+        out.send(&msg);
+    });
+    Ok(RunningJob { pid, stdin })
+}
+
+fn pump<R: Read + Send + 'static>(
+    mut from: R,
+    out: Writer,
+    wrap: fn(Vec<u8>) -> GuestMsg,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; sd_proto::CHUNK];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.send(&wrap(buf[..n].to_vec()));
+        }
+    })
+}
+
+/// Writes stdin on its own thread: a job that does not read must not block the link.
+fn stdin_feeder(mut to: ChildStdin) -> Sender<Vec<u8>> {
+    let (tx, rx) = channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for data in rx {
+            if data.is_empty() || to.write_all(&data).is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}
+
+pub fn feed_stdin(running: &Mutex<Option<RunningJob>>, data: Vec<u8>) {
+    if let Some(job) = running.lock().unwrap().as_mut() {
+        let eof = data.is_empty();
+        if let Some(tx) = &job.stdin {
+            let _ = tx.send(data);
+        }
+        if eof {
+            job.stdin = None;
+        }
+    }
+}
+
+pub fn signal_running(running: &Mutex<Option<RunningJob>>, sig: i32) {
+    if let Some(job) = running.lock().unwrap().as_ref() {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(job.pid as i32), sig);
+        }
+    }
+}
+
+pub fn kill_running(running: &Mutex<Option<RunningJob>>) {
+    signal_running(running, libc::SIGKILL);
+}

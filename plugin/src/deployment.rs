@@ -1,0 +1,271 @@
+//! The life of one domain on this host: deploy (prolog), reach (exec),
+//! tear down (epilog), and clean up after a crash.
+//!
+//! Every step that creates something records it in the journal first and
+//! runs under [`step_lock`], so that a signal handler which takes the lock
+//! sees a journal that covers everything that exists.
+
+use crate::guest_link::{GuestLink, LinkError};
+use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
+use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
+use crate::journal::{Journal, JournalError, Resource};
+use crate::policy::ResolvedEnvironment;
+use crate::site::{Acceleration, Backend, SiteConfig};
+use crate::storage::{self, StorageError};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("{error} — console log: {console}")]
+    Link { error: LinkError, console: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend {0} is not available on this host: {1}")]
+    BackendUnavailable(String, String),
+    #[error("no deployment {0:?} on this host")]
+    NoSuchDeployment(String),
+}
+
+/// Held while a resource is recorded and created, and by whoever cleans up
+/// on a signal: cleanup then never races a half-made step.
+pub fn step_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The backend a site's config chooses (`auto` = QEMU until Xen lands).
+pub fn backend_for(site: &SiteConfig, name: Option<&str>) -> Result<Box<dyn Hypervisor>, DeployError> {
+    let wanted = match name {
+        Some("qemu") => Backend::Qemu,
+        Some("xen") => Backend::Xen,
+        Some(other) => return Err(DeployError::BackendUnavailable(other.into(), "unknown backend".into())),
+        None => site.backend,
+    };
+    match wanted {
+        Backend::Auto | Backend::Qemu => Ok(Box::new(Qemu::new(QemuOptions {
+            binary: site.qemu.binary.clone(),
+            accel: match site.acceleration {
+                Acceleration::Auto => AccelChoice::Auto,
+                Acceleration::Kvm => AccelChoice::Kvm,
+                Acceleration::Tcg => AccelChoice::Tcg,
+            },
+            run_as: site.qemu.run_as.clone(),
+            sandbox: site.qemu.sandbox,
+            cache_dir: site.state_dir.clone(),
+        }))),
+        Backend::Xen => Err(DeployError::BackendUnavailable(
+            "xen".into(),
+            "the Xen backend is not built yet; set `backend: qemu` or `auto`".into(),
+        )),
+    }
+}
+
+/// Name of the hypervisor domain of deployment `id`.
+pub fn domain_name(id: &str) -> String {
+    format!("sd-{id}")
+}
+
+fn run_dir(site: &SiteConfig, id: &str) -> PathBuf {
+    site.state_dir.join("run").join(id)
+}
+
+pub fn console_log_path(site: &SiteConfig, id: &str) -> PathBuf {
+    site.log_dir.join(format!("{id}.console.log"))
+}
+
+/// A running domain with its agent answering.
+pub struct Deployment {
+    pub id: String,
+    journal: Journal,
+    backend: Box<dyn Hypervisor>,
+    pub link: GuestLink,
+    pub acceleration: String,
+    pub boot_time: Duration,
+}
+
+impl Deployment {
+    /// Creates the job's disk, boots the domain, waits for its agent.
+    /// On failure everything made so far is undone before returning.
+    pub fn deploy(
+        site: &SiteConfig,
+        id: &str,
+        env: &ResolvedEnvironment,
+        uid: u32,
+        owner_pid: Option<u32>,
+    ) -> Result<Deployment, DeployError> {
+        let backend = backend_for(site, None)?;
+        let journal = {
+            let _step = step_lock();
+            let mut j = Journal::create(&site.state_dir, id)?;
+            j.update_facts(|f| {
+                f.backend = Some(backend.name().to_string());
+                f.uid = Some(uid);
+                f.owner_pid = owner_pid;
+                f.environment = serde_json::to_value(env).ok();
+            })?;
+            j
+        };
+        let mut partial = Partial { journal: Some(journal), site, backend: Some(backend) };
+        let (link, acceleration, boot_time) = partial.boot(id, env)?;
+        let (journal, backend) = partial.disarm();
+        Ok(Deployment { id: id.to_string(), journal, backend, link, acceleration, boot_time })
+    }
+
+    /// Graceful end: the agent unmounts and powers off; if the domain is not
+    /// gone within the site's shutdown timeout it is destroyed. Then every
+    /// journal entry is undone.
+    pub fn teardown(self, site: &SiteConfig) -> Result<(), DeployError> {
+        let name = domain_name(&self.id);
+        if self.link.power_off().is_ok() {
+            let stopped = self.backend.wait_stopped(&name, Duration::from_secs(site.shutdown_timeout_secs));
+            if !stopped {
+                tracing::warn!("domain {name} did not power off in {} s; destroying it", site.shutdown_timeout_secs);
+            }
+        }
+        let _step = step_lock();
+        undo(site, self.journal)
+    }
+}
+
+/// A deployment under construction: dropped on error → undone.
+struct Partial<'a> {
+    journal: Option<Journal>,
+    site: &'a SiteConfig,
+    backend: Option<Box<dyn Hypervisor>>,
+}
+
+impl Partial<'_> {
+    fn boot(&mut self, id: &str, env: &ResolvedEnvironment) -> Result<(GuestLink, String, Duration), DeployError> {
+        let started = Instant::now();
+        let site = self.site;
+        let backend = self.backend.as_ref().unwrap();
+        let journal = self.journal.as_mut().unwrap();
+        let dir = run_dir(site, id);
+        let disk = dir.join("disk.qcow2");
+        let console_log = console_log_path(site, id);
+        {
+            let _step = step_lock();
+            journal.record(Resource::Directory { path: dir.clone() })?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&site.log_dir)?;
+        }
+        {
+            let _step = step_lock();
+            journal.record(Resource::File { path: disk.clone() })?;
+            storage::create_overlay(&env.image.disk, env.image.format, &disk, env.disk_mib)?;
+        }
+        let spec = DomainSpec {
+            name: domain_name(id),
+            kernel: env.image.kernel.clone(),
+            initrd: env.image.initrd.clone(),
+            cmdline: format!(
+                "console={} panic=-1 quiet loglevel=3 sd.root={}",
+                backend.console_device(),
+                backend.disk_device()
+            ),
+            memory_mib: env.memory_mib,
+            vcpus: env.vcpus,
+            disk,
+            disk_format: "qcow2",
+            run_dir: dir,
+            console_log: console_log.clone(),
+        };
+        let booted = {
+            let _step = step_lock();
+            let booted = backend.boot(&spec, journal)?;
+            journal.update_facts(|f| {
+                f.agent_socket = Some(booted.agent_socket.clone());
+                f.control_socket = booted.control_socket.clone();
+                f.acceleration = Some(booted.acceleration.clone());
+                f.console_log = Some(console_log.clone());
+            })?;
+            booted
+        };
+        let alive = || backend.is_running(&spec.name);
+        let timeout = Duration::from_secs(site.boot_timeout_secs);
+        let link = GuestLink::connect(&booted.agent_socket, &env.hostname, timeout, &alive)
+            .map_err(|error| DeployError::Link { error, console: console_log.display().to_string() })?;
+        Ok((link, booted.acceleration, started.elapsed()))
+    }
+
+    fn disarm(&mut self) -> (Journal, Box<dyn Hypervisor>) {
+        (self.journal.take().unwrap(), self.backend.take().unwrap())
+    }
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            let _step = step_lock();
+            if let Err(e) = undo(self.site, journal) {
+                tracing::error!("cleanup after a failed deployment: {e}");
+            }
+        }
+    }
+}
+
+/// Undoes a journal's entries in reverse order, then drops the journal.
+/// Idempotent: what is already gone is skipped.
+fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
+    for resource in journal.undo_order() {
+        match resource {
+            Resource::Domain { backend, name } => backend_for(site, Some(backend))?.destroy(name)?,
+            Resource::File { path } => remove(path, std::fs::remove_file)?,
+            Resource::Directory { path } => remove(path, std::fs::remove_dir_all)?,
+        }
+    }
+    journal.remove()?;
+    Ok(())
+}
+
+fn remove(path: &Path, how: fn(&Path) -> std::io::Result<()>) -> Result<(), DeployError> {
+    match how(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Crash path: undoes deployment `id` from its journal alone (no agent).
+/// Returns false if there was nothing to clean.
+pub fn cleanup(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    let _step = step_lock();
+    cleanup_unlocked(site, id)
+}
+
+/// For a signal handler: stops every further deployment step of this
+/// process (the step lock is taken and never given back), then undoes `id`.
+/// The caller exits afterwards.
+pub fn interrupt(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    std::mem::forget(step_lock());
+    cleanup_unlocked(site, id)
+}
+
+fn cleanup_unlocked(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    match Journal::open(&site.state_dir, id)? {
+        Some(journal) => undo(site, journal).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Deployments whose owning process (an `sd run`) is gone: safe to clean.
+pub fn orphaned(site: &SiteConfig) -> Result<Vec<String>, DeployError> {
+    let mut out = vec![];
+    for id in Journal::list(&site.state_dir)? {
+        if let Some(j) = Journal::open(&site.state_dir, &id)? {
+            if let Some(pid) = j.facts().owner_pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    out.push(id);
+                }
+            }
+        }
+    }
+    Ok(out)
+}

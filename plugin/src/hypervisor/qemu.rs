@@ -1,0 +1,226 @@
+//! QEMU backend: one `qemu-system-x86_64` process per domain, detached from
+//! the caller (a Slurm prolog exits while its domain runs on), controlled over
+//! QMP, found again by its `-name guest=NAME`.
+
+use super::kvm_probe::{kvm_usable, KvmVerdict};
+use super::{Booted, DomainSpec, Hypervisor, HypervisorError};
+use crate::journal::{Journal, Resource};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How KVM is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    /// KVM if the probe shows guests really run, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    pub binary: PathBuf,
+    pub accel: AccelChoice,
+    /// User QEMU drops to after opening its files, when we run as root.
+    pub run_as: Option<String>,
+    /// `-sandbox on`: seccomp filter against spawning, privilege changes, obsolete calls.
+    pub sandbox: bool,
+    /// Where the KVM probe's verdict is cached.
+    pub cache_dir: PathBuf,
+}
+
+pub struct Qemu {
+    options: QemuOptions,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Qemu {
+    pub fn new(options: QemuOptions) -> Self {
+        Qemu { options }
+    }
+
+    fn choose_accel(&self) -> (&'static str, Option<String>) {
+        match self.options.accel {
+            AccelChoice::Kvm => ("kvm", None),
+            AccelChoice::Tcg => ("tcg", None),
+            AccelChoice::Auto => match kvm_usable(&self.options.cache_dir, KVM_PROBE_TIMEOUT) {
+                KvmVerdict::Works => ("kvm", None),
+                KvmVerdict::Unusable(why) => ("tcg", Some(why)),
+            },
+        }
+    }
+
+    /// The command line, apart from the binary. Public for the benchmark,
+    /// which boots the same machine without SmartDomains around it.
+    pub fn args(&self, spec: &DomainSpec, accel: &str, qmp: &Path, agent: &Path, pidfile: &Path) -> Vec<String> {
+        let cpu = if accel == "kvm" { "host" } else { "max" };
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            format!("guest={},debug-threads=off", spec.name),
+            "-machine".into(),
+            format!("pc,accel={accel}"),
+            "-cpu".into(),
+            cpu.into(),
+            "-m".into(),
+            format!("{}M", spec.memory_mib),
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", spec.console_log.display()),
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initrd.display().to_string(),
+            "-append".into(),
+            spec.cmdline.clone(),
+            "-drive".into(),
+            format!("file={},if=virtio,format={},discard=unmap", spec.disk.display(), spec.disk_format),
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-chardev".into(),
+            format!("socket,id=agent,path={},server=on,wait=off", agent.display()),
+            "-device".into(),
+            format!("virtserialport,chardev=agent,name={}", sd_proto::VIRTIO_PORT_NAME),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+            "-pidfile".into(),
+            pidfile.display().to_string(),
+        ];
+        if self.options.sandbox {
+            args.push("-sandbox".into());
+            args.push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into());
+        }
+        if let Some(user) = &self.options.run_as {
+            if nix::unistd::geteuid().is_root() {
+                args.push("-runas".into());
+                args.push(user.clone());
+            }
+        }
+        args
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn console_device(&self) -> &'static str {
+        "ttyS0"
+    }
+
+    fn disk_device(&self) -> &'static str {
+        "/dev/vda"
+    }
+
+    fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError> {
+        let (accel, why_not_kvm) = self.choose_accel();
+        if let Some(why) = why_not_kvm {
+            tracing::info!("KVM not usable ({why}); running under TCG emulation");
+        }
+        let qmp = spec.run_dir.join("qmp.sock");
+        let agent = spec.run_dir.join("agent.sock");
+        let pidfile = spec.run_dir.join("qemu.pid");
+        let qemu_log = spec.run_dir.join("qemu.log");
+        journal.record(Resource::Domain { backend: self.name().into(), name: spec.name.clone() })?;
+
+        let log = std::fs::File::create(&qemu_log)?;
+        let mut cmd = Command::new(&self.options.binary);
+        cmd.args(self.args(spec, accel, &qmp, &agent, &pidfile))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own session: the caller's terminal signals and the batch
+        // system's process-group kills are for the caller, not the domain.
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let program = self.options.binary.display().to_string();
+        let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn { program, source })?;
+
+        // Wait for QMP; QEMU opens its sockets before the guest starts.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let stream = loop {
+            if let Some(status) = child.try_wait()? {
+                let detail = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+                return Err(HypervisorError::StartFailed { detail: format!("{status}: {}", detail.trim()) });
+            }
+            if let Ok(s) = UnixStream::connect(&qmp) {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(HypervisorError::StartFailed { detail: "no QMP socket after 15 s".into() });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // Reap it when it ends, so that it does not linger as a zombie of ours.
+        std::thread::spawn(move || child.wait());
+
+        let kvm = qmp_query_kvm(stream)?;
+        let acceleration = if kvm { "kvm" } else { "tcg" }.to_string();
+        Ok(Booted { agent_socket: agent, control_socket: Some(qmp), acceleration })
+    }
+
+    fn is_running(&self, name: &str) -> bool {
+        !find_processes(name).is_empty()
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        use nix::sys::signal::{kill, Signal};
+        let pids = find_processes(name);
+        // SIGTERM is QEMU's clean quit; SIGKILL if it does not come.
+        for pid in &pids {
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
+        if !self.wait_stopped(name, Duration::from_secs(3)) {
+            for pid in find_processes(name) {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            self.wait_stopped(name, Duration::from_secs(3));
+        }
+        Ok(())
+    }
+}
+
+/// Asks QEMU which accelerator really runs the guest.
+fn qmp_query_kvm(stream: UnixStream) -> Result<bool, HypervisorError> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut qmp = qapi::Qmp::from_stream(&stream);
+    let control = |e: qapi::ExecuteError| HypervisorError::Control(e.to_string());
+    qmp.handshake().map_err(control)?;
+    let info = qmp.execute(&qapi::qmp::query_kvm {}).map_err(control)?;
+    Ok(info.enabled)
+}
+
+/// PIDs of QEMU processes started for the domain `name` (by their `-name`).
+fn find_processes(name: &str) -> Vec<nix::unistd::Pid> {
+    let wanted = format!("guest={name},debug-threads=off");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let mut args = cmdline.split(|b| *b == 0);
+            let mut prev_was_name = false;
+            args.any(|a| {
+                let hit = prev_was_name && a == wanted.as_bytes();
+                prev_was_name = a == b"-name";
+                hit
+            })
+        })
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
+}

@@ -1,0 +1,228 @@
+//! The journal of one deployment: every resource it is about to create, in
+//! order, written to disk *before* the resource exists.
+//!
+//! Cleanup reads the journal and undoes its entries in reverse order; each
+//! undo tolerates a resource that was never made or is already gone, so
+//! cleanup is idempotent and correct after a crash at any point. The file is
+//! replaced atomically (write to a temporary name, fsync, rename), so a crash
+//! never leaves a half-written journal.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Something on the host that a deployment creates and cleanup removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resource {
+    /// A directory of the deployment's own (removed with its contents).
+    Directory { path: PathBuf },
+    /// A file: an overlay disk, a socket, a pid file.
+    File { path: PathBuf },
+    /// A hypervisor domain, found again by its name (a QEMU process whose
+    /// `-name` is this, or a Xen domain of that name).
+    Domain { backend: String, name: String },
+}
+
+/// What a front end needs to reach a running deployment again (sd-exec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Unix socket of the guest agent's channel.
+    pub agent_socket: Option<PathBuf>,
+    /// Hypervisor control socket (QMP).
+    pub control_socket: Option<PathBuf>,
+    pub backend: Option<String>,
+    /// `kvm` or `tcg`.
+    pub acceleration: Option<String>,
+    pub console_log: Option<PathBuf>,
+    /// The resolved request, as admitted by policy (for logs and `sd status`).
+    pub environment: Option<serde_json::Value>,
+    /// User the deployment acts for.
+    pub uid: Option<u32>,
+    /// The `sd run` process that owns the deployment; when it is gone the
+    /// deployment is an orphan that `sd cleanup` may remove. None for
+    /// deployments owned by a batch system (its epilog removes them).
+    pub owner_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalData {
+    pub id: String,
+    pub created_unix: u64,
+    pub resources: Vec<Resource>,
+    pub facts: Facts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("journal {path} is corrupt: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("a deployment named {0:?} already exists (clean it up with `sd cleanup {0}`)")]
+    Exists(String),
+    #[error("deployment id {0:?} is not valid: use letters, digits, '.', '_' and '-'")]
+    BadId(String),
+}
+
+/// An open journal, owned by the process that deploys.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    data: JournalData,
+}
+
+/// Where the journals of a state directory live.
+pub fn journal_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal")
+}
+
+fn journal_path(state_dir: &Path, id: &str) -> PathBuf {
+    journal_dir(state_dir).join(format!("{id}.json"))
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl Journal {
+    /// Starts the journal of a new deployment; refuses an id already in use.
+    pub fn create(state_dir: &Path, id: &str) -> Result<Journal, JournalError> {
+        if !valid_id(id) {
+            return Err(JournalError::BadId(id.to_string()));
+        }
+        let dir = journal_dir(state_dir);
+        fs::create_dir_all(&dir).map_err(|source| JournalError::Io { path: dir.clone(), source })?;
+        let path = journal_path(state_dir, id);
+        if path.exists() {
+            return Err(JournalError::Exists(id.to_string()));
+        }
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let journal = Journal {
+            path,
+            data: JournalData { id: id.to_string(), created_unix, resources: vec![], facts: Facts::default() },
+        };
+        journal.persist()?;
+        Ok(journal)
+    }
+
+    pub fn open(state_dir: &Path, id: &str) -> Result<Option<Journal>, JournalError> {
+        if !valid_id(id) {
+            return Err(JournalError::BadId(id.to_string()));
+        }
+        let path = journal_path(state_dir, id);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(JournalError::Io { path, source }),
+        };
+        let data = serde_json::from_slice(&text).map_err(|source| JournalError::Corrupt { path: path.clone(), source })?;
+        Ok(Some(Journal { path, data }))
+    }
+
+    /// Ids of every deployment that has a journal.
+    pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
+        let dir = journal_dir(state_dir);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(JournalError::Io { path: dir, source }),
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.data.id
+    }
+
+    pub fn data(&self) -> &JournalData {
+        &self.data
+    }
+
+    pub fn facts(&self) -> &Facts {
+        &self.data.facts
+    }
+
+    /// Records a resource *before* the caller creates it.
+    pub fn record(&mut self, resource: Resource) -> Result<(), JournalError> {
+        if !self.data.resources.contains(&resource) {
+            self.data.resources.push(resource);
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    pub fn update_facts(&mut self, f: impl FnOnce(&mut Facts)) -> Result<(), JournalError> {
+        f(&mut self.data.facts);
+        self.persist()
+    }
+
+    /// Resources in the order they must be undone.
+    pub fn undo_order(&self) -> impl Iterator<Item = &Resource> {
+        self.data.resources.iter().rev()
+    }
+
+    /// Drops the journal once everything in it is undone.
+    pub fn remove(self) -> Result<(), JournalError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(JournalError::Io { path: self.path, source }),
+        }
+    }
+
+    fn persist(&self) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { path: self.path.clone(), source };
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&text).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_a_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), "job-1").unwrap();
+        j.record(Resource::Directory { path: "/x".into() }).unwrap();
+        j.record(Resource::File { path: "/x/disk".into() }).unwrap();
+        j.record(Resource::File { path: "/x/disk".into() }).unwrap();
+        j.update_facts(|f| f.backend = Some("qemu".into())).unwrap();
+        let again = Journal::open(dir.path(), "job-1").unwrap().unwrap();
+        assert_eq!(again.data(), j.data());
+        let order: Vec<_> = again.undo_order().cloned().collect();
+        assert_eq!(order, vec![Resource::File { path: "/x/disk".into() }, Resource::Directory { path: "/x".into() }]);
+        assert_eq!(Journal::list(dir.path()).unwrap(), vec!["job-1".to_string()]);
+        again.remove().unwrap();
+        assert!(Journal::open(dir.path(), "job-1").unwrap().is_none());
+        assert!(Journal::list(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_are_checked_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Journal::create(dir.path(), "../etc"), Err(JournalError::BadId(_))));
+        assert!(matches!(Journal::create(dir.path(), ""), Err(JournalError::BadId(_))));
+        Journal::create(dir.path(), "a").unwrap();
+        assert!(matches!(Journal::create(dir.path(), "a"), Err(JournalError::Exists(_))));
+    }
+}

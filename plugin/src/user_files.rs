@@ -1,0 +1,125 @@
+//! Files a user names (the JDL, sandbox files, output files), opened with
+//! that user's rights even when we run as root.
+//!
+//! Linux checks file access against the *filesystem* uid/gid, which
+//! `setfsuid`/`setfsgid` change for the calling thread only. So each open
+//! runs on a short-lived thread that first becomes the user for the file
+//! system, and the open file is handed back. Files created this way belong
+//! to the user. Only the primary group is taken (supplementary groups are
+//! process-wide in glibc); a file readable only through a secondary group is
+//! refused — the safe direction.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct UserFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// The identity whose rights apply to the files it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserFiles {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl UserFiles {
+    /// The user who runs this process (`sd run` acts for its caller).
+    pub fn caller() -> Self {
+        UserFiles { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
+    }
+
+    /// Opens a regular file for reading; refuses devices, FIFOs, directories.
+    pub fn open_read(&self, path: &Path) -> Result<File, UserFileError> {
+        let mut opts = OpenOptions::new();
+        // O_NONBLOCK: opening a FIFO must not hang us; we refuse it below.
+        opts.read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+        let file = self.open_as_user(path, opts)?;
+        let meta = file.metadata().map_err(|e| err(path, e.to_string()))?;
+        if !meta.is_file() {
+            return Err(err(path, "not a regular file".into()));
+        }
+        Ok(file)
+    }
+
+    /// Creates (or truncates) a file for writing, as the user.
+    pub fn create(&self, path: &Path, mode: u32) -> Result<File, UserFileError> {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true).mode(mode & 0o777).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        self.open_as_user(path, opts)
+    }
+
+    /// Creates a directory (and its parents) as the user.
+    pub fn create_dir_all(&self, path: &Path) -> Result<(), UserFileError> {
+        let (uid, gid, p) = (self.uid, self.gid, path.to_path_buf());
+        run_as(uid, gid, move || std::fs::create_dir_all(&p)).map_err(|e| err(path, e.to_string()))
+    }
+
+    fn open_as_user(&self, path: &Path, opts: OpenOptions) -> Result<File, UserFileError> {
+        let p = path.to_path_buf();
+        run_as(self.uid, self.gid, move || opts.open(&p)).map_err(|e| err(path, e.to_string()))
+    }
+}
+
+fn err(path: &Path, reason: String) -> UserFileError {
+    UserFileError { path: path.to_path_buf(), reason }
+}
+
+/// Runs `f` on a thread whose file-system identity is `uid:gid`.
+fn run_as<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let same = nix::unistd::geteuid().as_raw() == uid && nix::unistd::getegid().as_raw() == gid;
+    if same {
+        return f();
+    }
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls affecting only this thread (raw syscalls,
+        // not glibc's process-wide setxid broadcast).
+        unsafe {
+            libc::syscall(libc::SYS_setfsgid, gid);
+            libc::syscall(libc::SYS_setfsuid, uid);
+            if libc::syscall(libc::SYS_setfsuid, -1i32) as u32 != uid {
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "cannot take the user's identity"));
+            }
+        }
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("file access thread panicked")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn refuses_what_the_user_may_not_read_and_non_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let me = UserFiles::caller();
+        assert!(me.open_read(&secret).is_ok());
+        assert!(me.open_read(dir.path()).unwrap_err().reason.contains("not a regular file"));
+        if nix::unistd::geteuid().is_root() {
+            let nobody = UserFiles { uid: 65534, gid: 65534 };
+            let e = nobody.open_read(&secret).unwrap_err();
+            assert!(e.reason.contains("ermission denied"), "{e}");
+            // A file created for the user belongs to the user.
+            let out = dir.path().join("out");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            nobody.create(&out, 0o644).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(std::fs::metadata(&out).unwrap().uid(), 65534);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The spine, end to end: `sd run` boots real VMs (QEMU, Debian's kernel,
+//! our initramfs and agent, the debian-minimal VO image built by
+//! images/build) and we check what comes back and what is left behind.
+//!
+//! Needs `scripts/setup` to have run (images in build/images, qemu, the
+//! sd-qemu user). Each test has its own state and log directories.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn images() -> PathBuf {
+    let dir = std::env::var_os("SD_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("build/images"));
+    assert!(
+        dir.join("debian-minimal.qcow2").exists(),
+        "no VO images in {}: run scripts/setup first",
+        dir.display()
+    );
+    dir
+}
+
+/// A site of its own for one test: config, state, logs, job files.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::Builder::new().prefix("sd-spine-").tempdir().unwrap();
+        let config = format!(
+            "state_dir: {dir}/state\nlog_dir: {dir}/log\nimage_dir: {images}\n\
+             backend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
+             qemu:\n  run_as: sd-qemu\n  sandbox: true\n\
+             defaults: {{ image: debian-minimal, memory_mib: 256, vcpus: 1, disk_mib: 1024, hostname: sd-guest }}\n\
+             images:\n\
+             \x20 debian-minimal: {{ disk: debian-minimal.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+             \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+             vos:\n\
+             \x20 demo: {{ images: [debian-minimal, busybox], max_memory_mib: 1024, max_vcpus: 2, max_disk_mib: 4096 }}\n\
+             \x20 atlas: {{ images: [busybox], max_memory_mib: 512, max_vcpus: 1, max_disk_mib: 2048 }}\n",
+            dir = dir.path().display(),
+            images = images().display(),
+        );
+        std::fs::write(dir.path().join("site.yaml"), config).unwrap();
+        std::fs::create_dir(dir.path().join("job")).unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        Site { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a JDL (and returns its path) in the job directory.
+    fn jdl(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.path("job").join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn sd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
+        c.env("SD_CONFIG", self.path("site.yaml")).env_remove("SD_LOG");
+        c
+    }
+
+    fn run(&self, jdl: &Path) -> Output {
+        self.sd()
+            .arg("run")
+            .arg(jdl)
+            .arg("--output-dir")
+            .arg(self.path("out"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Everything a deployment could leave on the host, listed.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = vec![];
+        for sub in ["state/journal", "state/run"] {
+            if let Ok(entries) = std::fs::read_dir(self.path(sub)) {
+                found.extend(entries.flatten().map(|e| e.path().display().to_string()));
+            }
+        }
+        let marker = self.dir.path().display().to_string();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains("qemu-system") && cmdline.contains(&marker) {
+                    found.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
+                }
+            }
+        }
+        found
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn guest_kernel() -> String {
+    std::fs::read_to_string(images().join("kernel-release")).unwrap().trim().to_string()
+}
+
+#[test]
+fn hello_runs_in_the_guest_with_requested_resources_and_sandboxes() {
+    let site = Site::new();
+    std::fs::write(site.path("job/data.txt"), "input sandbox content\n").unwrap();
+    let jdl = site.jdl(
+        "hello.jdl",
+        r#"[
+          Executable = "/bin/sh";
+          Arguments = "-c 'echo kernel=$(uname -r) host=$(hostname) cpus=$(nproc); grep MemTotal /proc/meminfo; cat /etc/sd-image; cat data.txt; echo made-in-guest > result.txt'";
+          InputSandbox = { "data.txt" };
+          OutputSandbox = { "result.txt" };
+          VirtualOrganisation = "demo";
+          VirtualEnvironment = [ Image = "debian-minimal"; Memory = 768; VCPUs = 2; Hostname = "spine-guest"; ];
+        ]"#,
+    );
+    let out = site.run(&jdl);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "status {:?}\nstdout: {stdout}\nstderr: {}", out.status, text(&out.stderr));
+    assert!(stdout.contains(&format!("kernel={}", guest_kernel())), "{stdout}");
+    assert!(stdout.contains("host=spine-guest"), "{stdout}");
+    assert!(stdout.contains("cpus=2"), "{stdout}");
+    assert!(stdout.contains("debian-minimal"), "the VO image's marker: {stdout}");
+    assert!(stdout.contains("input sandbox content"), "{stdout}");
+    let mem_kib: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal line");
+    // The kernel reserves some of the RAM it is given; it never sees more.
+    assert!(mem_kib > 600 * 1024 && mem_kib <= 768 * 1024, "MemTotal {mem_kib} kB for 768 MiB");
+    assert_eq!(std::fs::read_to_string(site.path("out/result.txt")).unwrap(), "made-in-guest\n");
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    // The console was captured to the log directory.
+    let logs: Vec<_> = std::fs::read_dir(site.path("log")).unwrap().flatten().collect();
+    assert!(logs.iter().any(|e| e.file_name().to_string_lossy().ends_with(".console.log")));
+}
+
+#[test]
+fn exit_code_and_separate_streams() {
+    let site = Site::new();
+    let jdl = site.jdl(
+        "exit.jdl",
+        r#"Executable = "/bin/sh";
+           Arguments = "-c 'echo to-stdout; echo to-stderr >&2; exit 42'";
+           VirtualOrganisation = "demo";"#,
+    );
+    let out = site.run(&jdl);
+    assert_eq!(out.status.code(), Some(42), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to-stdout\n");
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn job_killed_by_a_signal_is_reported_as_such() {
+    let site = Site::new();
+    let jdl = site.jdl(
+        "kill.jdl",
+        r#"Executable = "/bin/sh"; Arguments = "-c 'kill -KILL $$'"; VirtualOrganisation = "demo";"#,
+    );
+    let out = site.run(&jdl);
+    assert_eq!(out.status.code(), Some(128 + 9));
+    assert!(text(&out.stderr).contains("killed by signal 9 (SIGKILL)"), "{}", text(&out.stderr));
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn one_mebibyte_of_binary_output_is_byte_exact() {
+    let site = Site::new();
+    // Every byte value, in an order that is not a simple pattern.
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(site.path("job/data.bin"), &data).unwrap();
+    let jdl = site.jdl(
+        "binary.jdl",
+        r#"Executable = "/bin/sh";
+           Arguments = "-c 'cat data.bin; cat data.bin >&2'";
+           InputSandbox = "data.bin";
+           VirtualOrganisation = "demo";"#,
+    );
+    let out = site.run(&jdl);
+    assert!(out.status.success(), "{}", text(&out.stderr[..out.stderr.len().min(2000)]));
+    assert!(out.stdout == data, "stdout differs ({} bytes)", out.stdout.len());
+    assert!(out.stderr == data, "stderr differs ({} bytes)", out.stderr.len());
+}
+
+#[test]
+fn malformed_jdl_is_refused_with_its_position_and_nothing_is_created() {
+    let site = Site::new();
+    let jdl = site.jdl("bad.jdl", "[\n  Executable = \"/bin/true\"\n  Arguments = \"x\";\n]\n");
+    let out = site.run(&jdl);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{}:3:3:", jdl.display())), "{err}");
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    assert!(!site.path("state/journal").exists() || site.leftovers().is_empty());
+}
+
+#[test]
+fn requests_outside_policy_name_the_limit_and_create_nothing() {
+    let site = Site::new();
+    let cases = [
+        (r#"Image = "windows-xp";"#, "demo", "windows-xp"),
+        (r#"Image = "debian-minimal";"#, "atlas", "atlas"),
+        (r#"Memory = 4096;"#, "demo", "max_memory_mib"),
+        (r#"VCPUs = 8;"#, "demo", "max_vcpus"),
+        (r#"Image = "../../etc/shadow";"#, "demo", "shadow"),
+    ];
+    for (record, vo, expected) in cases {
+        let jdl = site.jdl(
+            "policy.jdl",
+            &format!(r#"Executable = "/bin/true"; VirtualOrganisation = "{vo}"; VirtualEnvironment = [ {record} ];"#),
+        );
+        let out = site.run(&jdl);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{record}: {err}");
+        assert!(err.contains(expected), "{record}: expected {expected:?} in: {err}");
+        if expected.starts_with("max_") {
+            assert!(err.contains(vo), "the refusal names the VO: {err}");
+        }
+        assert_eq!(site.leftovers(), Vec::<String>::new(), "{record}");
+    }
+}
+
+/// Waits until the job has printed `marker` on stdout, i.e. the domain is up
+/// and the job runs.
+fn start_long_job(site: &Site) -> (std::process::Child, String) {
+    let jdl = site.jdl(
+        "long.jdl",
+        r#"Executable = "/bin/sh"; Arguments = "-c 'echo job-started; sleep 600'"; VirtualOrganisation = "demo";"#,
+    );
+    let mut child = site
+        .sd()
+        .args(["run", "--id", "victim"])
+        .arg(&jdl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut buf = [0u8; 256];
+    while !text(&seen).contains("job-started") {
+        assert!(Instant::now() < deadline, "job never started");
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "sd run ended early: {:?}", child.wait());
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (child, text(&seen))
+}
+
+#[test]
+fn sigkill_mid_job_then_cleanup_leaves_nothing() {
+    let site = Site::new();
+    let (mut child, _) = start_long_job(&site);
+    assert!(!site.leftovers().is_empty(), "a running job has its journal, disk and QEMU");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The domain outlives a killed `sd run`: that is what cleanup is for.
+    assert!(!site.leftovers().is_empty());
+    let out = site.sd().arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("victim: cleaned up"), "{}", text(&out.stdout));
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    // Idempotent.
+    let again = site.sd().args(["cleanup", "victim"]).output().unwrap();
+    assert!(again.status.success());
+    assert!(text(&again.stdout).contains("nothing to clean"));
+}
+
+#[test]
+fn sigterm_destroys_the_domain_and_cleans_up() {
+    let site = Site::new();
+    let (mut child, _) = start_long_job(&site);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+}
