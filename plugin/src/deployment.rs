@@ -42,11 +42,19 @@ pub fn step_lock() -> MutexGuard<'static, ()> {
 }
 
 /// The backend a site's config chooses (`auto` = QEMU until Xen lands).
-pub fn backend_for(site: &SiteConfig, name: Option<&str>) -> Result<Box<dyn Hypervisor>, DeployError> {
+pub fn backend_for(
+    site: &SiteConfig,
+    name: Option<&str>,
+) -> Result<Box<dyn Hypervisor>, DeployError> {
     let wanted = match name {
         Some("qemu") => Backend::Qemu,
         Some("xen") => Backend::Xen,
-        Some(other) => return Err(DeployError::BackendUnavailable(other.into(), "unknown backend".into())),
+        Some(other) => {
+            return Err(DeployError::BackendUnavailable(
+                other.into(),
+                "unknown backend".into(),
+            ))
+        }
         None => site.backend,
     };
     match wanted {
@@ -113,10 +121,21 @@ impl Deployment {
             })?;
             j
         };
-        let mut partial = Partial { journal: Some(journal), site, backend: Some(backend) };
+        let mut partial = Partial {
+            journal: Some(journal),
+            site,
+            backend: Some(backend),
+        };
         let (link, acceleration, boot_time) = partial.boot(id, env)?;
         let (journal, backend) = partial.disarm();
-        Ok(Deployment { id: id.to_string(), journal, backend, link, acceleration, boot_time })
+        Ok(Deployment {
+            id: id.to_string(),
+            journal,
+            backend,
+            link,
+            acceleration,
+            boot_time,
+        })
     }
 
     /// Graceful end: the agent unmounts and powers off; if the domain is not
@@ -125,9 +144,14 @@ impl Deployment {
     pub fn teardown(self, site: &SiteConfig) -> Result<(), DeployError> {
         let name = domain_name(&self.id);
         if self.link.power_off().is_ok() {
-            let stopped = self.backend.wait_stopped(&name, Duration::from_secs(site.shutdown_timeout_secs));
+            let stopped = self
+                .backend
+                .wait_stopped(&name, Duration::from_secs(site.shutdown_timeout_secs));
             if !stopped {
-                tracing::warn!("domain {name} did not power off in {} s; destroying it", site.shutdown_timeout_secs);
+                tracing::warn!(
+                    "domain {name} did not power off in {} s; destroying it",
+                    site.shutdown_timeout_secs
+                );
             }
         }
         let _step = step_lock();
@@ -143,7 +167,11 @@ struct Partial<'a> {
 }
 
 impl Partial<'_> {
-    fn boot(&mut self, id: &str, env: &ResolvedEnvironment) -> Result<(GuestLink, String, Duration), DeployError> {
+    fn boot(
+        &mut self,
+        id: &str,
+        env: &ResolvedEnvironment,
+    ) -> Result<(GuestLink, String, Duration), DeployError> {
         let started = Instant::now();
         let site = self.site;
         let backend = self.backend.as_ref().unwrap();
@@ -192,7 +220,10 @@ impl Partial<'_> {
         let alive = || backend.is_running(&spec.name);
         let timeout = Duration::from_secs(site.boot_timeout_secs);
         let link = GuestLink::connect(&booted.agent_socket, &env.hostname, timeout, &alive)
-            .map_err(|error| DeployError::Link { error, console: console_log.display().to_string() })?;
+            .map_err(|error| DeployError::Link {
+                error,
+                console: console_log.display().to_string(),
+            })?;
         Ok((link, booted.acceleration, started.elapsed()))
     }
 
@@ -217,17 +248,20 @@ impl Drop for Partial<'_> {
 fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
     for resource in journal.undo_order() {
         match resource {
-            Resource::Domain { backend, name } => backend_for(site, Some(backend))?.destroy(name)?,
-            Resource::File { path } => remove(path, std::fs::remove_file)?,
-            Resource::Directory { path } => remove(path, std::fs::remove_dir_all)?,
+            Resource::Domain { backend, name } => {
+                backend_for(site, Some(backend))?.destroy(name)?
+            }
+            Resource::File { path } => remove(std::fs::remove_file(path))?,
+            Resource::Directory { path } => remove(std::fs::remove_dir_all(path))?,
         }
     }
     journal.remove()?;
     Ok(())
 }
 
-fn remove(path: &Path, how: fn(&Path) -> std::io::Result<()>) -> Result<(), DeployError> {
-    match how(path) {
+/// A removal whose target is already gone is a success.
+fn remove(result: std::io::Result<()>) -> Result<(), DeployError> {
+    match result {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("cannot reach the guest agent at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the guest agent did not answer within {0:?} (see the console log)")]
     Timeout(Duration),
     #[error("the domain stopped before its guest agent answered (see the console log)")]
@@ -90,8 +93,10 @@ impl GuestLink {
         timeout: Duration,
         alive: &dyn Fn() -> bool,
     ) -> Result<GuestLink, LinkError> {
-        let stream = UnixStream::connect(socket)
-            .map_err(|source| LinkError::Connect { path: socket.display().to_string(), source })?;
+        let stream = UnixStream::connect(socket).map_err(|source| LinkError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
         let reader = stream.try_clone()?;
         let (tx, incoming) = channel();
         std::thread::spawn(move || {
@@ -106,21 +111,46 @@ impl GuestLink {
         });
         let writer = LinkWriter(Arc::new(Mutex::new(stream)));
         // Buffered by QEMU until the guest opens its port: one hello suffices.
-        writer.send(&HostMsg::Hello { version: PROTOCOL_VERSION, hostname: hostname.to_string() })?;
+        writer.send(&HostMsg::Hello {
+            version: PROTOCOL_VERSION,
+            hostname: hostname.to_string(),
+        })?;
         let deadline = Instant::now() + timeout;
-        let mut link = GuestLink { writer, incoming, info: GuestInfo { kernel_release: String::new(), hostname: String::new(), vcpus: 0, mem_total_kib: 0 } };
+        let mut link = GuestLink {
+            writer,
+            incoming,
+            info: GuestInfo {
+                kernel_release: String::new(),
+                hostname: String::new(),
+                vcpus: 0,
+                mem_total_kib: 0,
+            },
+        };
         loop {
             match link.incoming.recv_timeout(Duration::from_millis(200)) {
-                Ok(Ok(GuestMsg::Hello { version, kernel_release, hostname, vcpus, mem_total_kib })) => {
+                Ok(Ok(GuestMsg::Hello {
+                    version,
+                    kernel_release,
+                    hostname,
+                    vcpus,
+                    mem_total_kib,
+                })) => {
                     if version != PROTOCOL_VERSION {
                         return Err(LinkError::Version { guest: version });
                     }
-                    link.info = GuestInfo { kernel_release, hostname, vcpus, mem_total_kib };
+                    link.info = GuestInfo {
+                        kernel_release,
+                        hostname,
+                        vcpus,
+                        mem_total_kib,
+                    };
                     return Ok(link);
                 }
                 Ok(Ok(GuestMsg::Error { message })) => return Err(LinkError::Guest(message)),
                 Ok(Ok(other)) => return Err(LinkError::Unexpected(format!("{other:?}"))),
-                Ok(Err(ProtoError::Closed)) | Err(RecvTimeoutError::Disconnected) => return Err(LinkError::DomainGone),
+                Ok(Err(ProtoError::Closed)) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(LinkError::DomainGone)
+                }
                 Ok(Err(e)) => return Err(e.into()),
                 Err(RecvTimeoutError::Timeout) => {
                     if !alive() {
@@ -170,7 +200,10 @@ impl GuestLink {
 
     /// Copies `from` into the guest file `path` (created with `mode`).
     pub fn put_file(&self, from: &mut dyn Read, path: &str, mode: u32) -> Result<u64, LinkError> {
-        self.writer.send(&HostMsg::PutFile { path: path.to_string(), mode })?;
+        self.writer.send(&HostMsg::PutFile {
+            path: path.to_string(),
+            mode,
+        })?;
         let mut buf = vec![0u8; sd_proto::CHUNK];
         let mut total = 0u64;
         loop {
@@ -190,7 +223,9 @@ impl GuestLink {
 
     /// Copies the guest file `path` into `to`; returns its size and mode.
     pub fn get_file(&self, path: &str, to: &mut dyn Write) -> Result<(u64, u32), LinkError> {
-        self.writer.send(&HostMsg::GetFile { path: path.to_string() })?;
+        self.writer.send(&HostMsg::GetFile {
+            path: path.to_string(),
+        })?;
         let (size, mode) = match self.recv()? {
             GuestMsg::FileBegin { size, mode } => (size, mode),
             other => return Err(LinkError::Unexpected(format!("{other:?}"))),
@@ -272,7 +307,13 @@ mod tests {
             let _: HostMsg = read_msg(&mut s).unwrap();
             write_msg(
                 &mut s,
-                &GuestMsg::Hello { version: PROTOCOL_VERSION, kernel_release: "k".into(), hostname: "h".into(), vcpus: 1, mem_total_kib: 1 },
+                &GuestMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    kernel_release: "k".into(),
+                    hostname: "h".into(),
+                    vcpus: 1,
+                    mem_total_kib: 1,
+                },
             )
             .unwrap();
             let _: HostMsg = read_msg(&mut s).unwrap();
@@ -282,7 +323,10 @@ mod tests {
         let link = GuestLink::connect(&sock, "h", Duration::from_secs(5), &|| true).unwrap();
         assert_eq!(link.info.kernel_release, "k");
         let err = link.ping(Duration::from_secs(5)).unwrap_err();
-        assert!(matches!(err, LinkError::Protocol(ProtoError::TooLarge(_))), "{err}");
+        assert!(
+            matches!(err, LinkError::Protocol(ProtoError::TooLarge(_))),
+            "{err}"
+        );
         agent.join().unwrap();
     }
 
@@ -295,7 +339,9 @@ mod tests {
             let (_s, _) = listener.accept().unwrap();
             std::thread::sleep(Duration::from_secs(2));
         });
-        let err = GuestLink::connect(&sock, "h", Duration::from_millis(300), &|| true).err().unwrap();
+        let err = GuestLink::connect(&sock, "h", Duration::from_millis(300), &|| true)
+            .err()
+            .unwrap();
         assert!(matches!(err, LinkError::Timeout(_)), "{err}");
     }
 }

@@ -51,11 +51,17 @@ pub struct JobPlan {
 }
 
 fn plain_name(what: &str, name: &str) -> Result<String, JobError> {
-    let ok = !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0');
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0');
     if ok {
         Ok(name.to_string())
     } else {
-        Err(JobError::BadSandbox(format!("{what} {name:?} must be a plain file name (no '/', not '.' or '..')")))
+        Err(JobError::BadSandbox(format!(
+            "{what} {name:?} must be a plain file name (no '/', not '.' or '..')"
+        )))
     }
 }
 
@@ -64,13 +70,14 @@ pub fn plan(jdl: &JobDescription, jdl_dir: &Path, job_id: &str) -> Result<JobPla
     let mut inputs = vec![];
     for entry in &jdl.input_sandbox {
         let host = jdl_dir.join(entry);
-        let name = host
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| JobError::BadSandbox(format!("InputSandbox entry {entry:?} names no file")))?;
+        let name = host.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            JobError::BadSandbox(format!("InputSandbox entry {entry:?} names no file"))
+        })?;
         let name = plain_name("InputSandbox file", name)?;
         if inputs.iter().any(|(_, n, _)| *n == name) {
-            return Err(JobError::BadSandbox(format!("InputSandbox has two files named {name:?}")));
+            return Err(JobError::BadSandbox(format!(
+                "InputSandbox has two files named {name:?}"
+            )));
         }
         // The executable from the sandbox must be runnable, as gLite does.
         let mode = if name == jdl.executable { 0o755 } else { 0o644 };
@@ -82,7 +89,11 @@ pub fn plan(jdl: &JobDescription, jdl_dir: &Path, job_id: &str) -> Result<JobPla
         .map(|n| plain_name("OutputSandbox file", n))
         .collect::<Result<Vec<_>, _>>()?;
     let staged = inputs.iter().any(|(_, n, _)| *n == jdl.executable);
-    let program = if staged { format!("./{}", jdl.executable) } else { jdl.executable.clone() };
+    let program = if staged {
+        format!("./{}", jdl.executable)
+    } else {
+        jdl.executable.clone()
+    };
     let mut argv = vec![program];
     argv.extend(jdl.arguments.iter().cloned());
     let mut env = vec![
@@ -94,10 +105,23 @@ pub fn plan(jdl: &JobDescription, jdl_dir: &Path, job_id: &str) -> Result<JobPla
         Some(name) => StdinSource::File(plain_name("StdInput", name)?),
         None => StdinSource::Null,
     };
-    let stdout_file = jdl.std_output.as_deref().map(|n| plain_name("StdOutput", n)).transpose()?;
-    let stderr_file = jdl.std_error.as_deref().map(|n| plain_name("StdError", n)).transpose()?;
+    let stdout_file = jdl
+        .std_output
+        .as_deref()
+        .map(|n| plain_name("StdOutput", n))
+        .transpose()?;
+    let stderr_file = jdl
+        .std_error
+        .as_deref()
+        .map(|n| plain_name("StdError", n))
+        .transpose()?;
     Ok(JobPlan {
-        request: RunRequest { argv, env, cwd: JOB_DIR.to_string(), stdin },
+        request: RunRequest {
+            argv,
+            env,
+            cwd: JOB_DIR.to_string(),
+            stdin,
+        },
         inputs,
         outputs,
         stdout_file,
@@ -107,7 +131,10 @@ pub fn plan(jdl: &JobDescription, jdl_dir: &Path, job_id: &str) -> Result<JobPla
 
 /// Opens every input sandbox file as the user, before a domain exists: a
 /// missing or forbidden file is refused without creating anything.
-pub fn open_inputs(plan: &JobPlan, files: &UserFiles) -> Result<Vec<(std::fs::File, String, u32)>, JobError> {
+pub fn open_inputs(
+    plan: &JobPlan,
+    files: &UserFiles,
+) -> Result<Vec<(std::fs::File, String, u32)>, JobError> {
     plan.inputs
         .iter()
         .map(|(host, name, mode)| Ok((files.open_read(host)?, name.clone(), *mode)))
@@ -163,7 +190,10 @@ pub fn run(
             Err(LinkError::Guest(message)) => {
                 drop(file);
                 let _ = std::fs::remove_file(&target);
-                writeln!(stderr, "sd: OutputSandbox file {name:?} not retrieved: {message}")?;
+                writeln!(
+                    stderr,
+                    "sd: OutputSandbox file {name:?} not retrieved: {message}"
+                )?;
             }
             Err(e) => return Err(e.into()),
         }

@@ -57,9 +57,15 @@ pub struct JournalData {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("journal {path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("a deployment named {0:?} already exists (clean it up with `sd cleanup {0}`)")]
     Exists(String),
     #[error("deployment id {0:?} is not valid: use letters, digits, '.', '_' and '-'")]
@@ -86,7 +92,9 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl Journal {
@@ -96,7 +104,10 @@ impl Journal {
             return Err(JournalError::BadId(id.to_string()));
         }
         let dir = journal_dir(state_dir);
-        fs::create_dir_all(&dir).map_err(|source| JournalError::Io { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let path = journal_path(state_dir, id);
         if path.exists() {
             return Err(JournalError::Exists(id.to_string()));
@@ -107,7 +118,12 @@ impl Journal {
             .unwrap_or(0);
         let journal = Journal {
             path,
-            data: JournalData { id: id.to_string(), created_unix, resources: vec![], facts: Facts::default() },
+            data: JournalData {
+                id: id.to_string(),
+                created_unix,
+                resources: vec![],
+                facts: Facts::default(),
+            },
         };
         journal.persist()?;
         Ok(journal)
@@ -123,7 +139,10 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(JournalError::Io { path, source }),
         };
-        let data = serde_json::from_slice(&text).map_err(|source| JournalError::Corrupt { path: path.clone(), source })?;
+        let data = serde_json::from_slice(&text).map_err(|source| JournalError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Some(Journal { path, data }))
     }
 
@@ -137,7 +156,12 @@ impl Journal {
         };
         let mut ids: Vec<String> = entries
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
             .collect();
         ids.sort();
         Ok(ids)
@@ -179,12 +203,18 @@ impl Journal {
         match fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(JournalError::Io { path: self.path, source }),
+            Err(source) => Err(JournalError::Io {
+                path: self.path,
+                source,
+            }),
         }
     }
 
     fn persist(&self) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
         let mut f = File::create(&tmp).map_err(io)?;
@@ -204,14 +234,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::create(dir.path(), "job-1").unwrap();
         j.record(Resource::Directory { path: "/x".into() }).unwrap();
-        j.record(Resource::File { path: "/x/disk".into() }).unwrap();
-        j.record(Resource::File { path: "/x/disk".into() }).unwrap();
+        j.record(Resource::File {
+            path: "/x/disk".into(),
+        })
+        .unwrap();
+        j.record(Resource::File {
+            path: "/x/disk".into(),
+        })
+        .unwrap();
         j.update_facts(|f| f.backend = Some("qemu".into())).unwrap();
         let again = Journal::open(dir.path(), "job-1").unwrap().unwrap();
         assert_eq!(again.data(), j.data());
         let order: Vec<_> = again.undo_order().cloned().collect();
-        assert_eq!(order, vec![Resource::File { path: "/x/disk".into() }, Resource::Directory { path: "/x".into() }]);
-        assert_eq!(Journal::list(dir.path()).unwrap(), vec!["job-1".to_string()]);
+        assert_eq!(
+            order,
+            vec![
+                Resource::File {
+                    path: "/x/disk".into()
+                },
+                Resource::Directory { path: "/x".into() }
+            ]
+        );
+        assert_eq!(
+            Journal::list(dir.path()).unwrap(),
+            vec!["job-1".to_string()]
+        );
         again.remove().unwrap();
         assert!(Journal::open(dir.path(), "job-1").unwrap().is_none());
         assert!(Journal::list(dir.path()).unwrap().is_empty());
@@ -220,9 +267,18 @@ mod tests {
     #[test]
     fn ids_are_checked_and_unique() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Journal::create(dir.path(), "../etc"), Err(JournalError::BadId(_))));
-        assert!(matches!(Journal::create(dir.path(), ""), Err(JournalError::BadId(_))));
+        assert!(matches!(
+            Journal::create(dir.path(), "../etc"),
+            Err(JournalError::BadId(_))
+        ));
+        assert!(matches!(
+            Journal::create(dir.path(), ""),
+            Err(JournalError::BadId(_))
+        ));
         Journal::create(dir.path(), "a").unwrap();
-        assert!(matches!(Journal::create(dir.path(), "a"), Err(JournalError::Exists(_))));
+        assert!(matches!(
+            Journal::create(dir.path(), "a"),
+            Err(JournalError::Exists(_))
+        ));
     }
 }

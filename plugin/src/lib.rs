@@ -4,14 +4,14 @@
 //! front end (`jdl`) → `request` → `policy` (against `site`) → `deployment`
 //! (`journal`, `storage`) → `hypervisor` backend → `guest_link`.
 
+pub mod deployment;
+pub mod guest_link;
+pub mod hypervisor;
 pub mod jdl;
+pub mod job;
+pub mod journal;
+pub mod policy;
 pub mod request;
 pub mod site;
-pub mod policy;
-pub mod journal;
-pub mod hypervisor;
-pub mod guest_link;
 pub mod storage;
 pub mod user_files;
-pub mod deployment;
-pub mod job;

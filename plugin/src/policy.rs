@@ -1,1 +1,453 @@
-//! Admission policy (in progress).
+//! Admission: a job's [`EnvironmentRequest`] against the site's
+//! configuration. Either the job gets a complete [`ResolvedEnvironment`]
+//! (every value filled in and within its VO's limits), or a [`PolicyError`]
+//! that says what to change.
+//!
+//! Values come from the request, else the image's `defaults`, else the
+//! site's `defaults`.
+
+use serde::Serialize;
+
+use crate::request::EnvironmentRequest;
+use crate::site::{validate_hostname, validate_image_name, CatalogueImage, SiteConfig};
+
+/// What a job gets: everything `deployment` needs, nothing left optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedEnvironment {
+    pub vo: String,
+    pub image: CatalogueImage,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub disk_mib: u64,
+    pub save_image: bool,
+    pub hostname: String,
+}
+
+/// Why a job was refused. Each is the job's (the user's) to fix; the site
+/// configuration was checked when it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("the job names no VirtualOrganisation and the site has no default_vo")]
+    NoVo,
+    #[error("unknown VirtualOrganisation {vo:?}; this site serves: {}", known.join(", "))]
+    UnknownVo { vo: String, known: Vec<String> },
+    #[error("the job names no image and the site has no default image (defaults.image)")]
+    NoImage,
+    #[error("invalid image name {image:?}: {reason}")]
+    InvalidImageName { image: String, reason: String },
+    #[error("unknown image {image:?}; the catalogue has: {}", catalogue.join(", "))]
+    UnknownImage {
+        image: String,
+        catalogue: Vec<String>,
+    },
+    #[error(
+        "VO {vo:?} may not use image {image:?}{} (allowed: {allowed}){}",
+        if *from_default { ", the site's default image" } else { "" },
+        if *from_default { "; the job must name an image" } else { "" }
+    )]
+    ImageNotAllowed {
+        vo: String,
+        image: String,
+        allowed: String,
+        from_default: bool,
+    },
+    #[error("{what} must be at least 1")]
+    Zero { what: &'static str },
+    #[error("memory {requested} MiB exceeds VO {vo:?}'s limit max_memory_mib = {limit}")]
+    MemoryOverLimit {
+        vo: String,
+        requested: u64,
+        limit: u64,
+    },
+    #[error("{requested} vCPUs exceed VO {vo:?}'s limit max_vcpus = {limit}")]
+    VcpusOverLimit {
+        vo: String,
+        requested: u32,
+        limit: u32,
+    },
+    #[error("disk {requested} MiB exceeds VO {vo:?}'s limit max_disk_mib = {limit}")]
+    DiskOverLimit {
+        vo: String,
+        requested: u64,
+        limit: u64,
+    },
+    #[error("invalid hostname {hostname:?}: {reason}")]
+    InvalidHostname { hostname: String, reason: String },
+}
+
+impl PolicyError {
+    /// Whether the job (not the site) is at fault. True for every refusal:
+    /// a site fault is a [`crate::site::ConfigError`] at load time.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            PolicyError::NoVo
+            | PolicyError::UnknownVo { .. }
+            | PolicyError::NoImage
+            | PolicyError::InvalidImageName { .. }
+            | PolicyError::UnknownImage { .. }
+            | PolicyError::ImageNotAllowed { .. }
+            | PolicyError::Zero { .. }
+            | PolicyError::MemoryOverLimit { .. }
+            | PolicyError::VcpusOverLimit { .. }
+            | PolicyError::DiskOverLimit { .. }
+            | PolicyError::InvalidHostname { .. } => true,
+        }
+    }
+}
+
+/// Admit a job of VO `vo` (None or empty: the site's `default_vo`) asking
+/// for `req`.
+pub fn admit(
+    site: &SiteConfig,
+    vo: Option<&str>,
+    req: &EnvironmentRequest,
+) -> Result<ResolvedEnvironment, PolicyError> {
+    // 1. The VO.
+    let vo_name = match vo.filter(|v| !v.is_empty()).or(site.default_vo.as_deref()) {
+        Some(v) => v,
+        None => return Err(PolicyError::NoVo),
+    };
+    let policy = site
+        .vos
+        .get(vo_name)
+        .ok_or_else(|| PolicyError::UnknownVo {
+            vo: vo_name.to_string(),
+            known: site.vos.keys().cloned().collect(),
+        })?;
+
+    // 2. The image: named by the request, else the site's default.
+    let (image_name, from_default) = match (&req.image, &site.defaults.image) {
+        (Some(name), _) => {
+            validate_image_name(name).map_err(|reason| PolicyError::InvalidImageName {
+                image: name.clone(),
+                reason,
+            })?;
+            (name.as_str(), false)
+        }
+        (None, Some(name)) => (name.as_str(), true),
+        (None, None) => return Err(PolicyError::NoImage),
+    };
+    let image = site
+        .images
+        .get(image_name)
+        .ok_or_else(|| PolicyError::UnknownImage {
+            image: image_name.to_string(),
+            catalogue: site.images.keys().cloned().collect(),
+        })?;
+    if !policy.images.allows(image_name) {
+        return Err(PolicyError::ImageNotAllowed {
+            vo: policy.name.clone(),
+            image: image_name.to_string(),
+            allowed: policy.images.to_string(),
+            from_default,
+        });
+    }
+
+    // 3. Values: request, else image defaults, else site defaults.
+    let defaults = &site.defaults;
+    let memory_mib = req
+        .memory_mib
+        .or(image.defaults.memory_mib)
+        .unwrap_or(defaults.memory_mib);
+    let vcpus = req.vcpus.or(image.defaults.vcpus).unwrap_or(defaults.vcpus);
+    let disk_mib = req
+        .disk_mib
+        .or(image.defaults.disk_mib)
+        .unwrap_or(defaults.disk_mib);
+    let hostname = req
+        .hostname
+        .clone()
+        .or_else(|| image.defaults.hostname.clone())
+        .unwrap_or_else(|| defaults.hostname.clone());
+
+    // 4. Limits.
+    if memory_mib == 0 {
+        return Err(PolicyError::Zero { what: "memory_mib" });
+    }
+    if vcpus == 0 {
+        return Err(PolicyError::Zero { what: "vcpus" });
+    }
+    if disk_mib == 0 {
+        return Err(PolicyError::Zero { what: "disk_mib" });
+    }
+    if let Some(limit) = policy.max_memory_mib.filter(|&l| memory_mib > l) {
+        return Err(PolicyError::MemoryOverLimit {
+            vo: policy.name.clone(),
+            requested: memory_mib,
+            limit,
+        });
+    }
+    if let Some(limit) = policy.max_vcpus.filter(|&l| vcpus > l) {
+        return Err(PolicyError::VcpusOverLimit {
+            vo: policy.name.clone(),
+            requested: vcpus,
+            limit,
+        });
+    }
+    if let Some(limit) = policy.max_disk_mib.filter(|&l| disk_mib > l) {
+        return Err(PolicyError::DiskOverLimit {
+            vo: policy.name.clone(),
+            requested: disk_mib,
+            limit,
+        });
+    }
+
+    // 5. Hostname (the site's defaults were checked at load).
+    validate_hostname(&hostname).map_err(|reason| PolicyError::InvalidHostname {
+        hostname: hostname.clone(),
+        reason,
+    })?;
+
+    Ok(ResolvedEnvironment {
+        vo: policy.name.clone(),
+        image: image.clone(),
+        memory_mib,
+        vcpus,
+        disk_mib,
+        save_image: req.save_image.unwrap_or(false),
+        hostname,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const SITE: &str = "\
+image_dir: images
+defaults: { image: debian-minimal, hostname: sd-guest }
+images:
+  debian-minimal:
+    disk: debian-minimal.qcow2
+    kernel: vmlinuz
+    initrd: initrd.img
+    description: Debian 12 minbase
+    defaults: { memory_mib: 768, disk_mib: 4096 }
+  busybox: { disk: busybox.raw, format: raw, kernel: vmlinuz, initrd: initrd.img }
+vos:
+  demo:
+    images: [debian-minimal, busybox]
+    max_memory_mib: 2048
+    max_vcpus: 2
+    max_disk_mib: 8192
+  atlas:
+    images: [debian-minimal]
+    max_memory_mib: 1024
+    max_vcpus: 1
+  open: { images: \"*\" }
+default_vo: demo
+";
+
+    fn site() -> SiteConfig {
+        SiteConfig::from_str(SITE, Path::new("/etc/sd/site.yaml")).unwrap()
+    }
+
+    fn refusal(vo: Option<&str>, req: EnvironmentRequest) -> String {
+        let e = admit(&site(), vo, &req).unwrap_err();
+        assert!(e.is_user_error());
+        e.to_string()
+    }
+
+    #[test]
+    fn admitted_environment() {
+        let req = EnvironmentRequest {
+            image: Some("debian-minimal".into()),
+            memory_mib: Some(1024),
+            vcpus: Some(2),
+            disk_mib: None,
+            save_image: Some(true),
+            hostname: Some("worker-1.example.org".into()),
+        };
+        insta::assert_yaml_snapshot!(admit(&site(), Some("demo"), &req).unwrap());
+    }
+
+    #[test]
+    fn values_come_from_request_then_image_then_site() {
+        let site = site();
+        // Nothing asked: default VO, default image, its defaults, then the site's.
+        let env = admit(&site, None, &EnvironmentRequest::default()).unwrap();
+        assert_eq!(env.vo, "demo");
+        assert_eq!(env.image.name, "debian-minimal");
+        assert_eq!(
+            env.image.disk,
+            Path::new("/etc/sd/images/debian-minimal.qcow2")
+        );
+        assert_eq!((env.memory_mib, env.vcpus, env.disk_mib), (768, 1, 4096));
+        assert_eq!(env.hostname, "sd-guest");
+        assert!(!env.save_image);
+        // An image without defaults gets the site's.
+        let env = admit(
+            &site,
+            Some("demo"),
+            &EnvironmentRequest::image_only("busybox"),
+        )
+        .unwrap();
+        assert_eq!((env.memory_mib, env.vcpus, env.disk_mib), (512, 1, 2048));
+        assert_eq!(env.image.format, crate::site::DiskFormat::Raw);
+        // The request wins.
+        let req = EnvironmentRequest {
+            memory_mib: Some(600),
+            disk_mib: Some(100),
+            ..Default::default()
+        };
+        let env = admit(&site, Some("atlas"), &req).unwrap();
+        assert_eq!(
+            (env.vo.as_str(), env.memory_mib, env.vcpus, env.disk_mib),
+            ("atlas", 600, 1, 100)
+        );
+        // Limits are inclusive; a VO without limits has none.
+        let req = EnvironmentRequest {
+            memory_mib: Some(2048),
+            vcpus: Some(2),
+            disk_mib: Some(8192),
+            ..Default::default()
+        };
+        assert!(admit(&site, Some("demo"), &req).is_ok());
+        let req = EnvironmentRequest {
+            image: Some("busybox".into()),
+            memory_mib: Some(1 << 20),
+            vcpus: Some(64),
+            ..Default::default()
+        };
+        assert!(admit(&site, Some("open"), &req).is_ok());
+        // An empty VO name counts as none.
+        assert_eq!(
+            admit(&site, Some(""), &EnvironmentRequest::default())
+                .unwrap()
+                .vo,
+            "demo"
+        );
+    }
+
+    #[test]
+    fn refused_unknown_image() {
+        insta::assert_snapshot!(refusal(
+            Some("demo"),
+            EnvironmentRequest::image_only("centos")
+        ));
+    }
+
+    #[test]
+    fn refused_image_not_allowed_for_vo() {
+        insta::assert_snapshot!(refusal(
+            Some("atlas"),
+            EnvironmentRequest::image_only("busybox")
+        ));
+    }
+
+    #[test]
+    fn refused_default_image_not_allowed_for_vo() {
+        let mut site = site();
+        site.defaults.image = Some("busybox".into());
+        let e = admit(&site, Some("atlas"), &EnvironmentRequest::default()).unwrap_err();
+        insta::assert_snapshot!(e.to_string());
+    }
+
+    #[test]
+    fn refused_memory_over_limit() {
+        let req = EnvironmentRequest {
+            memory_mib: Some(4096),
+            ..Default::default()
+        };
+        insta::assert_snapshot!(refusal(Some("demo"), req));
+    }
+
+    #[test]
+    fn refused_vcpus_over_limit() {
+        let req = EnvironmentRequest {
+            vcpus: Some(2),
+            ..Default::default()
+        };
+        insta::assert_snapshot!(refusal(Some("atlas"), req));
+    }
+
+    #[test]
+    fn refused_disk_over_limit() {
+        let req = EnvironmentRequest {
+            disk_mib: Some(10_000),
+            ..Default::default()
+        };
+        insta::assert_snapshot!(refusal(Some("demo"), req));
+    }
+
+    #[test]
+    fn refused_zero() {
+        let req = EnvironmentRequest {
+            vcpus: Some(0),
+            ..Default::default()
+        };
+        insta::assert_snapshot!(refusal(Some("demo"), req));
+    }
+
+    #[test]
+    fn refused_unknown_vo() {
+        insta::assert_snapshot!(refusal(Some("cms"), EnvironmentRequest::default()));
+    }
+
+    #[test]
+    fn refused_no_vo() {
+        let mut site = site();
+        site.default_vo = None;
+        let e = admit(&site, None, &EnvironmentRequest::default()).unwrap_err();
+        assert_eq!(e, PolicyError::NoVo);
+        insta::assert_snapshot!(e.to_string());
+    }
+
+    #[test]
+    fn refused_no_image() {
+        let mut site = site();
+        site.defaults.image = None;
+        let e = admit(&site, Some("demo"), &EnvironmentRequest::default()).unwrap_err();
+        assert_eq!(e, PolicyError::NoImage);
+    }
+
+    #[test]
+    fn refused_bad_hostname() {
+        let req = EnvironmentRequest {
+            hostname: Some("my_host".into()),
+            ..Default::default()
+        };
+        insta::assert_snapshot!(refusal(Some("demo"), req));
+    }
+
+    #[test]
+    fn refused_image_name_with_a_slash() {
+        insta::assert_snapshot!(refusal(
+            Some("demo"),
+            EnvironmentRequest::image_only("../../etc/shadow")
+        ));
+    }
+
+    #[test]
+    fn image_names_never_reach_a_path() {
+        for name in [
+            "/etc/passwd",
+            "a/b",
+            "..",
+            "../x",
+            "debian-minimal/../busybox",
+            "Debian-Minimal",
+            "",
+        ] {
+            let e =
+                admit(&site(), Some("demo"), &EnvironmentRequest::image_only(name)).unwrap_err();
+            assert!(
+                matches!(e, PolicyError::InvalidImageName { .. }),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_vo_is_checked_before_the_image() {
+        let e = admit(
+            &site(),
+            Some("cms"),
+            &EnvironmentRequest::image_only("../x"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PolicyError::UnknownVo { .. }));
+    }
+}

@@ -26,6 +26,9 @@ pub struct EnvironmentRequest {
 impl EnvironmentRequest {
     /// A request that names only an image (`--sd-env=debian-minimal`).
     pub fn image_only(name: &str) -> Self {
-        EnvironmentRequest { image: Some(name.to_string()), ..Default::default() }
+        EnvironmentRequest {
+            image: Some(name.to_string()),
+            ..Default::default()
+        }
     }
 }

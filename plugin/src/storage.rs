@@ -11,7 +11,10 @@ use std::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("base image {path}: {source}")]
-    Base { path: String, source: std::io::Error },
+    Base {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("base image {0} is not a qcow2 file")]
     NotQcow2(String),
     #[error("cannot run qemu-img: {0} (scripts/setup installs qemu-utils)")]
@@ -22,7 +25,10 @@ pub enum StorageError {
 
 /// Virtual size of a disk image in bytes: the qcow2 header's, or a raw file's length.
 pub fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64, StorageError> {
-    let err = |source| StorageError::Base { path: path.display().to_string(), source };
+    let err = |source| StorageError::Base {
+        path: path.display().to_string(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(err)?;
     match format {
         DiskFormat::Raw => Ok(f.metadata().map_err(err)?.len()),
@@ -39,7 +45,12 @@ pub fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64, StorageError
 
 /// Creates `overlay` (qcow2) over `base`, as large as the request asks but
 /// never smaller than the base (a smaller overlay would cut its file system).
-pub fn create_overlay(base: &Path, format: DiskFormat, overlay: &Path, size_mib: u64) -> Result<(), StorageError> {
+pub fn create_overlay(
+    base: &Path,
+    format: DiskFormat,
+    overlay: &Path,
+    size_mib: u64,
+) -> Result<(), StorageError> {
     let base_size = virtual_size(base, format)?;
     let size = base_size.max(size_mib.saturating_mul(1 << 20));
     let fmt = match format {
@@ -54,7 +65,9 @@ pub fn create_overlay(base: &Path, format: DiskFormat, overlay: &Path, size_mib:
         .output()
         .map_err(StorageError::Tool)?;
     if !out.status.success() {
-        return Err(StorageError::Create(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(StorageError::Create(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(())
 }
@@ -67,7 +80,11 @@ mod tests {
     fn overlay_is_never_smaller_than_its_base_and_leaves_it_alone() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
-        let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status();
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("64M")
+            .status();
         if !st.map(|s| s.success()).unwrap_or(false) {
             panic!("qemu-img is needed for this test (scripts/setup installs it)");
         }
@@ -80,9 +97,15 @@ mod tests {
         create_overlay(&base, DiskFormat::Qcow2, &big, 128).unwrap();
         assert_eq!(virtual_size(&big, DiskFormat::Qcow2).unwrap(), 128 << 20);
         assert_eq!(std::fs::read(&base).unwrap(), before);
-        assert!(matches!(virtual_size(&dir.path().join("none"), DiskFormat::Raw), Err(StorageError::Base { .. })));
+        assert!(matches!(
+            virtual_size(&dir.path().join("none"), DiskFormat::Raw),
+            Err(StorageError::Base { .. })
+        ));
         assert!(matches!(virtual_size(&small, DiskFormat::Qcow2), Ok(_)));
         std::fs::write(dir.path().join("raw"), b"not qcow").unwrap();
-        assert!(matches!(virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2), Err(_)));
+        assert!(matches!(
+            virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2),
+            Err(_)
+        ));
     }
 }

@@ -30,14 +30,18 @@ pub struct UserFiles {
 impl UserFiles {
     /// The user who runs this process (`sd run` acts for its caller).
     pub fn caller() -> Self {
-        UserFiles { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
+        UserFiles {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
     }
 
     /// Opens a regular file for reading; refuses devices, FIFOs, directories.
     pub fn open_read(&self, path: &Path) -> Result<File, UserFileError> {
         let mut opts = OpenOptions::new();
         // O_NONBLOCK: opening a FIFO must not hang us; we refuse it below.
-        opts.read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+        opts.read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
         let file = self.open_as_user(path, opts)?;
         let meta = file.metadata().map_err(|e| err(path, e.to_string()))?;
         if !meta.is_file() {
@@ -49,7 +53,11 @@ impl UserFiles {
     /// Creates (or truncates) a file for writing, as the user.
     pub fn create(&self, path: &Path, mode: u32) -> Result<File, UserFileError> {
         let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true).mode(mode & 0o777).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        opts.write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode & 0o777)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
         self.open_as_user(path, opts)
     }
 
@@ -66,7 +74,10 @@ impl UserFiles {
 }
 
 fn err(path: &Path, reason: String) -> UserFileError {
-    UserFileError { path: path.to_path_buf(), reason }
+    UserFileError {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 /// Runs `f` on a thread whose file-system identity is `uid:gid`.
@@ -86,7 +97,10 @@ fn run_as<T: Send + 'static>(
             libc::syscall(libc::SYS_setfsgid, gid);
             libc::syscall(libc::SYS_setfsuid, uid);
             if libc::syscall(libc::SYS_setfsuid, -1i32) as u32 != uid {
-                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "cannot take the user's identity"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "cannot take the user's identity",
+                ));
             }
         }
         f()
@@ -109,9 +123,16 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let me = UserFiles::caller();
         assert!(me.open_read(&secret).is_ok());
-        assert!(me.open_read(dir.path()).unwrap_err().reason.contains("not a regular file"));
+        assert!(me
+            .open_read(dir.path())
+            .unwrap_err()
+            .reason
+            .contains("not a regular file"));
         if nix::unistd::geteuid().is_root() {
-            let nobody = UserFiles { uid: 65534, gid: 65534 };
+            let nobody = UserFiles {
+                uid: 65534,
+                gid: 65534,
+            };
             let e = nobody.open_read(&secret).unwrap_err();
             assert!(e.reason.contains("ermission denied"), "{e}");
             // A file created for the user belongs to the user.

@@ -11,11 +11,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn images() -> PathBuf {
-    let dir = std::env::var_os("SD_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("build/images"));
+    let dir = std::env::var_os("SD_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/images"));
     assert!(
         dir.join("debian-minimal.qcow2").exists(),
         "no VO images in {}: run scripts/setup first",
@@ -31,7 +36,10 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
-        let dir = tempfile::Builder::new().prefix("sd-spine-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sd-spine-")
+            .tempdir()
+            .unwrap();
         let config = format!(
             "state_dir: {dir}/state\nlog_dir: {dir}/log\nimage_dir: {images}\n\
              backend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
@@ -65,7 +73,8 @@ impl Site {
 
     fn sd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
-        c.env("SD_CONFIG", self.path("site.yaml")).env_remove("SD_LOG");
+        c.env("SD_CONFIG", self.path("site.yaml"))
+            .env_remove("SD_LOG");
         c
     }
 
@@ -93,7 +102,10 @@ impl Site {
             if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
                 let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
                 if cmdline.contains("qemu-system") && cmdline.contains(&marker) {
-                    found.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
+                    found.push(format!(
+                        "process {}: {cmdline}",
+                        entry.file_name().to_string_lossy()
+                    ));
                 }
             }
         }
@@ -106,7 +118,10 @@ fn text(b: &[u8]) -> String {
 }
 
 fn guest_kernel() -> String {
-    std::fs::read_to_string(images().join("kernel-release")).unwrap().trim().to_string()
+    std::fs::read_to_string(images().join("kernel-release"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -126,11 +141,22 @@ fn hello_runs_in_the_guest_with_requested_resources_and_sandboxes() {
     );
     let out = site.run(&jdl);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "status {:?}\nstdout: {stdout}\nstderr: {}", out.status, text(&out.stderr));
-    assert!(stdout.contains(&format!("kernel={}", guest_kernel())), "{stdout}");
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("kernel={}", guest_kernel())),
+        "{stdout}"
+    );
     assert!(stdout.contains("host=spine-guest"), "{stdout}");
     assert!(stdout.contains("cpus=2"), "{stdout}");
-    assert!(stdout.contains("debian-minimal"), "the VO image's marker: {stdout}");
+    assert!(
+        stdout.contains("debian-minimal"),
+        "the VO image's marker: {stdout}"
+    );
     assert!(stdout.contains("input sandbox content"), "{stdout}");
     let mem_kib: u64 = stdout
         .lines()
@@ -138,12 +164,23 @@ fn hello_runs_in_the_guest_with_requested_resources_and_sandboxes() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("MemTotal line");
     // The kernel reserves some of the RAM it is given; it never sees more.
-    assert!(mem_kib > 600 * 1024 && mem_kib <= 768 * 1024, "MemTotal {mem_kib} kB for 768 MiB");
-    assert_eq!(std::fs::read_to_string(site.path("out/result.txt")).unwrap(), "made-in-guest\n");
+    assert!(
+        mem_kib > 600 * 1024 && mem_kib <= 768 * 1024,
+        "MemTotal {mem_kib} kB for 768 MiB"
+    );
+    assert_eq!(
+        std::fs::read_to_string(site.path("out/result.txt")).unwrap(),
+        "made-in-guest\n"
+    );
     assert_eq!(site.leftovers(), Vec::<String>::new());
     // The console was captured to the log directory.
-    let logs: Vec<_> = std::fs::read_dir(site.path("log")).unwrap().flatten().collect();
-    assert!(logs.iter().any(|e| e.file_name().to_string_lossy().ends_with(".console.log")));
+    let logs: Vec<_> = std::fs::read_dir(site.path("log"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(logs
+        .iter()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".console.log")));
 }
 
 #[test]
@@ -171,7 +208,11 @@ fn job_killed_by_a_signal_is_reported_as_such() {
     );
     let out = site.run(&jdl);
     assert_eq!(out.status.code(), Some(128 + 9));
-    assert!(text(&out.stderr).contains("killed by signal 9 (SIGKILL)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("killed by signal 9 (SIGKILL)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(site.leftovers(), Vec::<String>::new());
 }
 
@@ -179,7 +220,9 @@ fn job_killed_by_a_signal_is_reported_as_such() {
 fn one_mebibyte_of_binary_output_is_byte_exact() {
     let site = Site::new();
     // Every byte value, in an order that is not a simple pattern.
-    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(site.path("job/data.bin"), &data).unwrap();
     let jdl = site.jdl(
         "binary.jdl",
@@ -189,15 +232,30 @@ fn one_mebibyte_of_binary_output_is_byte_exact() {
            VirtualOrganisation = "demo";"#,
     );
     let out = site.run(&jdl);
-    assert!(out.status.success(), "{}", text(&out.stderr[..out.stderr.len().min(2000)]));
-    assert!(out.stdout == data, "stdout differs ({} bytes)", out.stdout.len());
-    assert!(out.stderr == data, "stderr differs ({} bytes)", out.stderr.len());
+    assert!(
+        out.status.success(),
+        "{}",
+        text(&out.stderr[..out.stderr.len().min(2000)])
+    );
+    assert!(
+        out.stdout == data,
+        "stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+    assert!(
+        out.stderr == data,
+        "stderr differs ({} bytes)",
+        out.stderr.len()
+    );
 }
 
 #[test]
 fn malformed_jdl_is_refused_with_its_position_and_nothing_is_created() {
     let site = Site::new();
-    let jdl = site.jdl("bad.jdl", "[\n  Executable = \"/bin/true\"\n  Arguments = \"x\";\n]\n");
+    let jdl = site.jdl(
+        "bad.jdl",
+        "[\n  Executable = \"/bin/true\"\n  Arguments = \"x\";\n]\n",
+    );
     let out = site.run(&jdl);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
@@ -224,7 +282,10 @@ fn requests_outside_policy_name_the_limit_and_create_nothing() {
         let out = site.run(&jdl);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{record}: {err}");
-        assert!(err.contains(expected), "{record}: expected {expected:?} in: {err}");
+        assert!(
+            err.contains(expected),
+            "{record}: expected {expected:?} in: {err}"
+        );
         if expected.starts_with("max_") {
             assert!(err.contains(vo), "the refusal names the VO: {err}");
         }
@@ -265,14 +326,21 @@ fn start_long_job(site: &Site) -> (std::process::Child, String) {
 fn sigkill_mid_job_then_cleanup_leaves_nothing() {
     let site = Site::new();
     let (mut child, _) = start_long_job(&site);
-    assert!(!site.leftovers().is_empty(), "a running job has its journal, disk and QEMU");
+    assert!(
+        !site.leftovers().is_empty(),
+        "a running job has its journal, disk and QEMU"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     // The domain outlives a killed `sd run`: that is what cleanup is for.
     assert!(!site.leftovers().is_empty());
     let out = site.sd().arg("cleanup").output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("victim: cleaned up"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("victim: cleaned up"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(site.leftovers(), Vec::<String>::new());
     // Idempotent.
     let again = site.sd().args(["cleanup", "victim"]).output().unwrap();
@@ -284,7 +352,11 @@ fn sigkill_mid_job_then_cleanup_leaves_nothing() {
 fn sigterm_destroys_the_domain_and_cleans_up() {
     let site = Site::new();
     let (mut child, _) = start_long_job(&site);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + 15));
     assert_eq!(site.leftovers(), Vec::<String>::new());

@@ -53,7 +53,10 @@ pub struct RunRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMsg {
     /// First message of every connection. The guest takes `hostname` as its own.
-    Hello { version: u32, hostname: String },
+    Hello {
+        version: u32,
+        hostname: String,
+    },
     /// Start a command; at most one runs at a time.
     Run(RunRequest),
     /// Data for the running command's stdin; empty = end of file.
@@ -61,11 +64,16 @@ pub enum HostMsg {
     /// Send a signal to the running command's process group.
     Signal(i32),
     /// Create (or replace) a file in the VO image; followed by `FileChunk`s and `FileEnd`.
-    PutFile { path: String, mode: u32 },
+    PutFile {
+        path: String,
+        mode: u32,
+    },
     FileChunk(Vec<u8>),
     FileEnd,
     /// Ask for a file of the VO image; answered by `FileBegin`, `FileChunk`s, `FileEnd`.
-    GetFile { path: String },
+    GetFile {
+        path: String,
+    },
     Ping(u64),
     /// Stop everything, unmount the VO image cleanly, power the machine off.
     PowerOff,
@@ -82,20 +90,31 @@ pub enum GuestMsg {
         mem_total_kib: u64,
     },
     /// The command of a `Run` started with this pid.
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// The command ended; sent after all of its output.
-    Exited { code: i32 },
-    Killed { signal: i32 },
-    FileBegin { size: u64, mode: u32 },
+    Exited {
+        code: i32,
+    },
+    Killed {
+        signal: i32,
+    },
+    FileBegin {
+        size: u64,
+        mode: u32,
+    },
     FileChunk(Vec<u8>),
     FileEnd,
     /// A `PutFile` was written completely.
     FileStored,
     Pong(u64),
     /// A request failed; the link stays usable.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +194,10 @@ mod tests {
 
     #[test]
     fn messages_roundtrip() {
-        roundtrip(HostMsg::Hello { version: PROTOCOL_VERSION, hostname: "node1".into() });
+        roundtrip(HostMsg::Hello {
+            version: PROTOCOL_VERSION,
+            hostname: "node1".into(),
+        });
         roundtrip(HostMsg::Run(RunRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
             env: vec![("A".into(), "1".into())],
@@ -193,7 +215,10 @@ mod tests {
         let mut r = Cursor::new(buf);
         assert_eq!(read_msg::<_, GuestMsg>(&mut r).unwrap(), GuestMsg::Pong(1));
         assert_eq!(read_msg::<_, GuestMsg>(&mut r).unwrap(), GuestMsg::Pong(2));
-        assert!(matches!(read_msg::<_, GuestMsg>(&mut r), Err(ProtoError::Closed)));
+        assert!(matches!(
+            read_msg::<_, GuestMsg>(&mut r),
+            Err(ProtoError::Closed)
+        ));
     }
 
     #[test]
@@ -206,7 +231,8 @@ mod tests {
 
     #[test]
     fn bad_magic_and_garbage_are_errors_not_panics() {
-        let err = read_msg::<_, GuestMsg>(&mut Cursor::new(b"[    0.0] Linux".to_vec())).unwrap_err();
+        let err =
+            read_msg::<_, GuestMsg>(&mut Cursor::new(b"[    0.0] Linux".to_vec())).unwrap_err();
         assert!(matches!(err, ProtoError::BadMagic(_)));
         let mut frame = b"SD".to_vec();
         frame.extend_from_slice(&3u32.to_be_bytes());
@@ -214,7 +240,11 @@ mod tests {
         let err = read_msg::<_, GuestMsg>(&mut Cursor::new(frame)).unwrap_err();
         assert!(matches!(err, ProtoError::Decode(_)), "{err}");
         // Every truncation of a valid frame is an error, never a panic.
-        let whole = encode(&HostMsg::PutFile { path: "a/b".into(), mode: 0o644 }).unwrap();
+        let whole = encode(&HostMsg::PutFile {
+            path: "a/b".into(),
+            mode: 0o644,
+        })
+        .unwrap();
         for cut in 1..whole.len() {
             assert!(read_msg::<_, HostMsg>(&mut Cursor::new(&whole[..cut])).is_err());
         }

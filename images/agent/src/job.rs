@@ -70,14 +70,21 @@ pub fn spawn(
     let mut cmd = Command::new(program);
     cmd.args(&req.argv[1..]).env_clear().process_group(0);
     if !req.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     }
     cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
     cmd.stdin(match &req.stdin {
         StdinSource::Null => Stdio::null(),
         StdinSource::Stream => Stdio::piped(),
         StdinSource::File(name) => {
-            let path = if name.starts_with('/') { in_root(root, name)? } else { in_root(&cwd_on_host, name)? };
+            let path = if name.starts_with('/') {
+                in_root(root, name)?
+            } else {
+                in_root(&cwd_on_host, name)?
+            };
             Stdio::from(std::fs::File::open(&path).map_err(|e| format!("StdInput {name}: {e}"))?)
         }
     });
@@ -91,7 +98,9 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id();
 
     let pumps = [
@@ -105,7 +114,10 @@ pub fn spawn(
     std::thread::spawn(move || {
         let status = wait_for(pid);
         // Whatever the job left behind in its group (daemons holding the pipes) goes too.
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
         for p in pumps {
             let _ = p.join();
         }

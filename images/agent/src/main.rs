@@ -22,7 +22,9 @@ fn main() {
         match (args[i].as_str(), args.get(i + 1)) {
             ("--root", Some(v)) => root = PathBuf::from(v),
             ("--port", Some(v)) => port = Some(PathBuf::from(v)),
-            (other, _) => fatal(&format!("unknown argument {other:?} (usage: sd-guest [--root DIR] [--port DEV])")),
+            (other, _) => fatal(&format!(
+                "unknown argument {other:?} (usage: sd-guest [--root DIR] [--port DEV])"
+            )),
         }
         i += 2;
     }
@@ -118,7 +120,9 @@ fn unmount_all() {
 
 /// Reads a small text file, trimmed; empty on error.
 pub fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub type Channel = File;

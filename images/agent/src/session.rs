@@ -36,7 +36,9 @@ struct Upload {
 }
 
 pub fn serve(channel: Channel, root: &Path) -> ! {
-    let writer = Writer(Arc::new(Mutex::new(channel.try_clone().expect("dup channel"))));
+    let writer = Writer(Arc::new(Mutex::new(
+        channel.try_clone().expect("dup channel"),
+    )));
     let mut reader = channel;
     let running: Arc<Mutex<Option<RunningJob>>> = Arc::new(Mutex::new(None));
     let mut upload: Option<Upload> = None;
@@ -51,7 +53,9 @@ pub fn serve(channel: Channel, root: &Path) -> ! {
                 continue;
             }
             Err(e) => {
-                log(&format!("link error, waiting for the host to reconnect: {e}"));
+                log(&format!(
+                    "link error, waiting for the host to reconnect: {e}"
+                ));
                 job::kill_running(&running);
                 upload = None;
                 drain_until_hangup(&mut reader);
@@ -74,7 +78,9 @@ pub fn serve(channel: Channel, root: &Path) -> ! {
             HostMsg::Run(req) => {
                 let mut slot = running.lock().unwrap();
                 if slot.is_some() {
-                    writer.send(&GuestMsg::Error { message: "a command is already running".into() });
+                    writer.send(&GuestMsg::Error {
+                        message: "a command is already running".into(),
+                    });
                     continue;
                 }
                 match job::spawn(&req, root, writer.clone(), running.clone()) {
@@ -89,8 +95,14 @@ pub fn serve(channel: Channel, root: &Path) -> ! {
             HostMsg::Signal(sig) => job::signal_running(&running, sig),
             HostMsg::PutFile { path, mode } => {
                 upload = Some(match open_for_upload(root, &path, mode) {
-                    Ok(file) => Upload { file: Some(file), error: None },
-                    Err(e) => Upload { file: None, error: Some(e) },
+                    Ok(file) => Upload {
+                        file: Some(file),
+                        error: None,
+                    },
+                    Err(e) => Upload {
+                        file: None,
+                        error: Some(e),
+                    },
                 });
             }
             HostMsg::FileChunk(data) => {
@@ -104,12 +116,22 @@ pub fn serve(channel: Channel, root: &Path) -> ! {
                 }
             }
             HostMsg::FileEnd => match upload.take() {
-                Some(Upload { error: None, file: Some(f) }) => match f.sync_all() {
+                Some(Upload {
+                    error: None,
+                    file: Some(f),
+                }) => match f.sync_all() {
                     Ok(()) => writer.send(&GuestMsg::FileStored),
-                    Err(e) => writer.send(&GuestMsg::Error { message: format!("sync: {e}") }),
+                    Err(e) => writer.send(&GuestMsg::Error {
+                        message: format!("sync: {e}"),
+                    }),
                 },
-                Some(Upload { error: Some(message), .. }) => writer.send(&GuestMsg::Error { message }),
-                _ => writer.send(&GuestMsg::Error { message: "FileEnd without PutFile".into() }),
+                Some(Upload {
+                    error: Some(message),
+                    ..
+                }) => writer.send(&GuestMsg::Error { message }),
+                _ => writer.send(&GuestMsg::Error {
+                    message: "FileEnd without PutFile".into(),
+                }),
             },
             HostMsg::GetFile { path } => send_file(root, &path, &writer),
             HostMsg::Ping(n) => writer.send(&GuestMsg::Pong(n)),
@@ -123,13 +145,17 @@ pub fn serve(channel: Channel, root: &Path) -> ! {
 
 fn hello(hostname: &str) -> GuestMsg {
     let uts = nix::sys::utsname::uname().ok();
-    let kernel_release = uts.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let kernel_release = uts
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mem_total_kib = read_trimmed("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    let vcpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let vcpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     GuestMsg::Hello {
         version: PROTOCOL_VERSION,
         kernel_release,
@@ -184,23 +210,39 @@ fn open_for_upload(root: &Path, path: &str, mode: u32) -> Result<File, String> {
 }
 
 fn send_file(root: &Path, path: &str, writer: &Writer) {
-    let result = in_root(root, path).and_then(|p| File::open(&p).map_err(|e| format!("open {path}: {e}")));
+    let result =
+        in_root(root, path).and_then(|p| File::open(&p).map_err(|e| format!("open {path}: {e}")));
     let mut file = match result {
         Ok(f) => f,
         Err(message) => return writer.send(&GuestMsg::Error { message }),
     };
     let meta = match file.metadata() {
         Ok(m) if m.is_file() => m,
-        Ok(_) => return writer.send(&GuestMsg::Error { message: format!("{path} is not a regular file") }),
-        Err(e) => return writer.send(&GuestMsg::Error { message: format!("stat {path}: {e}") }),
+        Ok(_) => {
+            return writer.send(&GuestMsg::Error {
+                message: format!("{path} is not a regular file"),
+            })
+        }
+        Err(e) => {
+            return writer.send(&GuestMsg::Error {
+                message: format!("stat {path}: {e}"),
+            })
+        }
     };
-    writer.send(&GuestMsg::FileBegin { size: meta.len(), mode: meta.permissions().mode() & 0o7777 });
+    writer.send(&GuestMsg::FileBegin {
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o7777,
+    });
     let mut buf = vec![0u8; sd_proto::CHUNK];
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => writer.send(&GuestMsg::FileChunk(buf[..n].to_vec())),
-            Err(e) => return writer.send(&GuestMsg::Error { message: format!("read {path}: {e}") }),
+            Err(e) => {
+                return writer.send(&GuestMsg::Error {
+                    message: format!("read {path}: {e}"),
+                })
+            }
         }
     }
     writer.send(&GuestMsg::FileEnd);
@@ -213,8 +255,14 @@ mod tests {
     #[test]
     fn paths_stay_inside_the_root() {
         let root = Path::new("/newroot");
-        assert_eq!(in_root(root, "/sd-job/a.txt").unwrap(), Path::new("/newroot/sd-job/a.txt"));
-        assert_eq!(in_root(root, "sd-job/./a").unwrap(), Path::new("/newroot/sd-job/a"));
+        assert_eq!(
+            in_root(root, "/sd-job/a.txt").unwrap(),
+            Path::new("/newroot/sd-job/a.txt")
+        );
+        assert_eq!(
+            in_root(root, "sd-job/./a").unwrap(),
+            Path::new("/newroot/sd-job/a")
+        );
         assert!(in_root(root, "/sd-job/../../etc/passwd").is_err());
         assert!(in_root(root, "/").is_err());
     }

@@ -3,7 +3,6 @@
 use clap::{Parser, Subcommand};
 use smartdomains::deployment::{self, Deployment};
 use smartdomains::guest_link::JobOutcome;
-use smartdomains::hypervisor::kvm_probe;
 use smartdomains::jdl::JobDescription;
 use smartdomains::journal::Journal;
 use smartdomains::site::SiteConfig;
@@ -80,14 +79,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some(kvm_probe::PROBE_ARG) {
-        return ExitCode::from(kvm_probe::run_probe_guest() as u8);
-    }
     let cli = Cli::parse();
     let level = if cli.verbose { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| level.into()),
+        )
         .without_time()
         .with_target(false)
         .init();
@@ -100,7 +98,11 @@ fn main() -> ExitCode {
                 Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
             };
             match command {
-                Command::Run { jdl, output_dir, id } => run(&site, &jdl, &output_dir, id),
+                Command::Run {
+                    jdl,
+                    output_dir,
+                    id,
+                } => run(&site, &jdl, &output_dir, id),
                 Command::Cleanup { id, all } => cleanup(&site, id, all),
                 Command::Status => status(&site),
                 Command::CheckConfig { .. } => unreachable!(),
@@ -122,7 +124,12 @@ fn check_config(path: &Path) -> ExitCode {
                 eprintln!("sd: {m}");
             }
             if missing.is_empty() {
-                println!("{}: OK ({} images, {} VOs)", path.display(), site.images.len(), site.vos.len());
+                println!(
+                    "{}: OK ({} images, {} VOs)",
+                    path.display(),
+                    site.images.len(),
+                    site.vos.len()
+                );
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -138,10 +145,11 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     // Front end → request → policy: all checks before anything is created.
     let mut text = String::new();
     if let Err(e) = files.open_read(jdl_path).and_then(|mut f| {
-        f.read_to_string(&mut text).map_err(|e| smartdomains::user_files::UserFileError {
-            path: jdl_path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        f.read_to_string(&mut text)
+            .map_err(|e| smartdomains::user_files::UserFileError {
+                path: jdl_path.to_path_buf(),
+                reason: e.to_string(),
+            })
     }) {
         return fail(EXIT_REFUSED, &e.to_string());
     }
@@ -155,10 +163,15 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
     };
     let id = id.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         format!("run-{}-{}", std::process::id(), t.as_millis())
     });
-    let jdl_dir = jdl_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let jdl_dir = jdl_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let plan = match job::plan(&jdl, jdl_dir, &id) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
@@ -208,7 +221,11 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            let code = if e.is_user_error() { EXIT_REFUSED } else { EXIT_SITE_FAULT };
+            let code = if e.is_user_error() {
+                EXIT_REFUSED
+            } else {
+                EXIT_SITE_FAULT
+            };
             return fail(code, &format!("job {id}: {e}"));
         }
     };
@@ -218,14 +235,19 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     match outcome {
         JobOutcome::Exited(code) => ExitCode::from(code as u8),
         JobOutcome::Killed(signal) => {
-            eprintln!("sd: job killed by signal {signal} ({})", signal_name(signal));
+            eprintln!(
+                "sd: job killed by signal {signal} ({})",
+                signal_name(signal)
+            );
             ExitCode::from((128 + signal) as u8)
         }
     }
 }
 
 fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| "unknown".into())
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Ctrl-C, SIGTERM, SIGHUP: destroy the domain, clean up, exit 128+N.
@@ -241,8 +263,14 @@ fn guard_signals(site: SiteConfig, id: String) {
     std::thread::spawn(move || {
         let signal = set.wait().unwrap_or(Signal::SIGTERM);
         match deployment::interrupt(&site, &id) {
-            Ok(_) => eprintln!("sd: {}: domain {id} destroyed and cleaned up", signal.as_str()),
-            Err(e) => eprintln!("sd: {}: cleanup of {id} failed: {e} (run `sd cleanup {id}`)", signal.as_str()),
+            Ok(_) => eprintln!(
+                "sd: {}: domain {id} destroyed and cleaned up",
+                signal.as_str()
+            ),
+            Err(e) => eprintln!(
+                "sd: {}: cleanup of {id} failed: {e} (run `sd cleanup {id}`)",
+                signal.as_str()
+            ),
         }
         std::process::exit(128 + signal as i32);
     });
@@ -274,13 +302,24 @@ fn cleanup(site: &SiteConfig, id: Option<String>, all: bool) -> ExitCode {
 fn status(site: &SiteConfig) -> ExitCode {
     let ids = Journal::list(&site.state_dir).unwrap_or_default();
     if ids.is_empty() {
-        println!("no deployments on this host (state directory {})", site.state_dir.display());
+        println!(
+            "no deployments on this host (state directory {})",
+            site.state_dir.display()
+        );
         return ExitCode::SUCCESS;
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    println!("{:<32} {:<8} {:<6} {:<16} {:>8} {:>6} {:>8}", "ID", "BACKEND", "ACCEL", "IMAGE", "MEMORY", "VCPUS", "UPTIME");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "{:<32} {:<8} {:<6} {:<16} {:>8} {:>6} {:>8}",
+        "ID", "BACKEND", "ACCEL", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
+    );
     for id in ids {
-        let Ok(Some(j)) = Journal::open(&site.state_dir, &id) else { continue };
+        let Ok(Some(j)) = Journal::open(&site.state_dir, &id) else {
+            continue;
+        };
         let f = j.facts();
         let env = f.environment.clone().unwrap_or_default();
         println!(

@@ -49,7 +49,10 @@ pub enum HypervisorError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("cannot start {program}: {source} (is it installed? scripts/setup installs it)")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("the hypervisor exited during start-up: {detail}")]
     StartFailed { detail: String },
     #[error("hypervisor control: {0}")]

@@ -37,18 +37,23 @@ pub struct Qemu {
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Qemu {
     pub fn new(options: QemuOptions) -> Self {
         Qemu { options }
     }
 
-    fn choose_accel(&self) -> (&'static str, Option<String>) {
+    fn choose_accel(&self, kernel: &Path) -> (&'static str, Option<String>) {
         match self.options.accel {
             AccelChoice::Kvm => ("kvm", None),
             AccelChoice::Tcg => ("tcg", None),
-            AccelChoice::Auto => match kvm_usable(&self.options.cache_dir, KVM_PROBE_TIMEOUT) {
+            AccelChoice::Auto => match kvm_usable(
+                &self.options.binary,
+                kernel,
+                &self.options.cache_dir,
+                KVM_PROBE_TIMEOUT,
+            ) {
                 KvmVerdict::Works => ("kvm", None),
                 KvmVerdict::Unusable(why) => ("tcg", Some(why)),
             },
@@ -57,7 +62,14 @@ impl Qemu {
 
     /// The command line, apart from the binary. Public for the benchmark,
     /// which boots the same machine without SmartDomains around it.
-    pub fn args(&self, spec: &DomainSpec, accel: &str, qmp: &Path, agent: &Path, pidfile: &Path) -> Vec<String> {
+    pub fn args(
+        &self,
+        spec: &DomainSpec,
+        accel: &str,
+        qmp: &Path,
+        agent: &Path,
+        pidfile: &Path,
+    ) -> Vec<String> {
         let cpu = if accel == "kvm" { "host" } else { "max" };
         let mut args: Vec<String> = vec![
             "-name".into(),
@@ -84,27 +96,46 @@ impl Qemu {
             "-append".into(),
             spec.cmdline.clone(),
             "-drive".into(),
-            format!("file={},if=virtio,format={},discard=unmap", spec.disk.display(), spec.disk_format),
+            format!(
+                "file={},if=virtio,format={},discard=unmap",
+                spec.disk.display(),
+                spec.disk_format
+            ),
             "-device".into(),
             "virtio-serial-pci".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", agent.display()),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                agent.display()
+            ),
             "-device".into(),
-            format!("virtserialport,chardev=agent,name={}", sd_proto::VIRTIO_PORT_NAME),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                sd_proto::VIRTIO_PORT_NAME
+            ),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp.display()),
             "-pidfile".into(),
             pidfile.display().to_string(),
         ];
+        let run_as = self
+            .options
+            .run_as
+            .as_ref()
+            .filter(|_| nix::unistd::geteuid().is_root());
         if self.options.sandbox {
+            // QEMU installs its seccomp filter before it drops to the -runas
+            // user, so set*id must stay allowed for that drop; once it runs
+            // as that user it cannot get root back anyway.
+            let elevate = if run_as.is_some() { "allow" } else { "deny" };
             args.push("-sandbox".into());
-            args.push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into());
+            args.push(format!(
+                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+            ));
         }
-        if let Some(user) = &self.options.run_as {
-            if nix::unistd::geteuid().is_root() {
-                args.push("-runas".into());
-                args.push(user.clone());
-            }
+        if let Some(user) = run_as {
+            args.push("-runas".into());
+            args.push(user.clone());
         }
         args
     }
@@ -124,7 +155,7 @@ impl Hypervisor for Qemu {
     }
 
     fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError> {
-        let (accel, why_not_kvm) = self.choose_accel();
+        let (accel, why_not_kvm) = self.choose_accel(&spec.kernel);
         if let Some(why) = why_not_kvm {
             tracing::info!("KVM not usable ({why}); running under TCG emulation");
         }
@@ -132,7 +163,10 @@ impl Hypervisor for Qemu {
         let agent = spec.run_dir.join("agent.sock");
         let pidfile = spec.run_dir.join("qemu.pid");
         let qemu_log = spec.run_dir.join("qemu.log");
-        journal.record(Resource::Domain { backend: self.name().into(), name: spec.name.clone() })?;
+        journal.record(Resource::Domain {
+            backend: self.name().into(),
+            name: spec.name.clone(),
+        })?;
 
         let log = std::fs::File::create(&qemu_log)?;
         let mut cmd = Command::new(&self.options.binary);
@@ -147,30 +181,47 @@ impl Hypervisor for Qemu {
             cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
         }
         let program = self.options.binary.display().to_string();
-        let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn { program, source })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| HypervisorError::Spawn { program, source })?;
 
         // Wait for QMP; QEMU opens its sockets before the guest starts.
         let deadline = Instant::now() + START_TIMEOUT;
         let stream = loop {
             if let Some(status) = child.try_wait()? {
                 let detail = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-                return Err(HypervisorError::StartFailed { detail: format!("{status}: {}", detail.trim()) });
+                return Err(HypervisorError::StartFailed {
+                    detail: format!("{status}: {}", detail.trim()),
+                });
             }
             if let Ok(s) = UnixStream::connect(&qmp) {
                 break s;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return Err(HypervisorError::StartFailed { detail: "no QMP socket after 15 s".into() });
+                return Err(HypervisorError::StartFailed {
+                    detail: "no QMP socket after 15 s".into(),
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         };
         // Reap it when it ends, so that it does not linger as a zombie of ours.
         std::thread::spawn(move || child.wait());
 
-        let kvm = qmp_query_kvm(stream)?;
+        let kvm = qmp_query_kvm(stream).map_err(|e| HypervisorError::StartFailed {
+            detail: format!(
+                "{e}: {}",
+                std::fs::read_to_string(&qemu_log)
+                    .unwrap_or_default()
+                    .trim()
+            ),
+        })?;
         let acceleration = if kvm { "kvm" } else { "tcg" }.to_string();
-        Ok(Booted { agent_socket: agent, control_socket: Some(qmp), acceleration })
+        Ok(Booted {
+            agent_socket: agent,
+            control_socket: Some(qmp),
+            acceleration,
+        })
     }
 
     fn is_running(&self, name: &str) -> bool {
@@ -207,12 +258,16 @@ fn qmp_query_kvm(stream: UnixStream) -> Result<bool, HypervisorError> {
 /// PIDs of QEMU processes started for the domain `name` (by their `-name`).
 fn find_processes(name: &str) -> Vec<nix::unistd::Pid> {
     let wanted = format!("guest={name},debug-threads=off");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
             let mut args = cmdline.split(|b| *b == 0);
             let mut prev_was_name = false;
             args.any(|a| {

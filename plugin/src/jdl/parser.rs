@@ -1,0 +1,1345 @@
+//! The ClassAd syntax tree of a JDL file and its recursive-descent parser.
+//!
+//! Expressions are kept as trees: `other.GlueCEStateFreeCPUs >= 2` stays a
+//! comparison of an attribute reference with a literal, to be evaluated (or
+//! passed on) by whoever understands the other side of the match.
+
+use super::error::{spanned, JdlError, Span, Spanned};
+use super::lexer::{is_keyword, Lexer, Tok, Token};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::fmt;
+use std::path::Path;
+
+/// How deeply brackets, braces and parentheses may nest. Bounds the
+/// parser's recursion so no input can overflow the stack (debug builds
+/// use ~20 KiB of stack per level). Real JDLs nest a handful of levels.
+const MAX_NESTING: u32 = 32;
+
+/// How tall an expression tree may grow. Dropping, printing, comparing and
+/// serializing a tree recurse; a chain like `a || b || c ...` is one level
+/// per operator, so this allows long chains but not unbounded ones.
+const MAX_HEIGHT: u32 = 200;
+
+/// A literal value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Value {
+    String(String),
+    Integer(i64),
+    Real(f64),
+    Boolean(bool),
+    Undefined,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnaryOp {
+    Not,
+    Neg,
+    Plus,
+    BitNot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Or,
+    And,
+    BitOr,
+    BitXor,
+    BitAnd,
+    Eq,
+    NotEq,
+    /// `=?=`: identical, also when undefined.
+    Is,
+    /// `=!=`: not identical.
+    Isnt,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Shl,
+    Shr,
+    UShr,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+/// Binding strength of the conditional, unary and postfix levels; binary
+/// operators sit between (see [`BinaryOp::precedence`]).
+const CONDITIONAL_PREC: u8 = 1;
+const UNARY_PREC: u8 = 12;
+const POSTFIX_PREC: u8 = 13;
+
+impl UnaryOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            UnaryOp::Not => "!",
+            UnaryOp::Neg => "-",
+            UnaryOp::Plus => "+",
+            UnaryOp::BitNot => "~",
+        }
+    }
+
+    fn from_tok(tok: &Tok) -> Option<Self> {
+        Some(match tok {
+            Tok::Bang => UnaryOp::Not,
+            Tok::Minus => UnaryOp::Neg,
+            Tok::Plus => UnaryOp::Plus,
+            Tok::Tilde => UnaryOp::BitNot,
+            _ => return None,
+        })
+    }
+}
+
+impl BinaryOp {
+    /// The operator as written (`is`/`isnt` print as `=?=`/`=!=`).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinaryOp::Or => "||",
+            BinaryOp::And => "&&",
+            BinaryOp::BitOr => "|",
+            BinaryOp::BitXor => "^",
+            BinaryOp::BitAnd => "&",
+            BinaryOp::Eq => "==",
+            BinaryOp::NotEq => "!=",
+            BinaryOp::Is => "=?=",
+            BinaryOp::Isnt => "=!=",
+            BinaryOp::Lt => "<",
+            BinaryOp::Le => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::Ge => ">=",
+            BinaryOp::Shl => "<<",
+            BinaryOp::Shr => ">>",
+            BinaryOp::UShr => ">>>",
+            BinaryOp::Add => "+",
+            BinaryOp::Sub => "-",
+            BinaryOp::Mul => "*",
+            BinaryOp::Div => "/",
+            BinaryOp::Mod => "%",
+        }
+    }
+
+    /// Higher binds tighter; all binary operators are left-associative.
+    pub fn precedence(self) -> u8 {
+        match self {
+            BinaryOp::Or => 2,
+            BinaryOp::And => 3,
+            BinaryOp::BitOr => 4,
+            BinaryOp::BitXor => 5,
+            BinaryOp::BitAnd => 6,
+            BinaryOp::Eq | BinaryOp::NotEq | BinaryOp::Is | BinaryOp::Isnt => 7,
+            BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => 8,
+            BinaryOp::Shl | BinaryOp::Shr | BinaryOp::UShr => 9,
+            BinaryOp::Add | BinaryOp::Sub => 10,
+            BinaryOp::Mul | BinaryOp::Div | BinaryOp::Mod => 11,
+        }
+    }
+
+    fn from_tok(tok: &Tok) -> Option<Self> {
+        Some(match tok {
+            Tok::OrOr => BinaryOp::Or,
+            Tok::AndAnd => BinaryOp::And,
+            Tok::Pipe => BinaryOp::BitOr,
+            Tok::Caret => BinaryOp::BitXor,
+            Tok::Amp => BinaryOp::BitAnd,
+            Tok::EqEq => BinaryOp::Eq,
+            Tok::NotEq => BinaryOp::NotEq,
+            Tok::MetaEq => BinaryOp::Is,
+            Tok::MetaNotEq => BinaryOp::Isnt,
+            Tok::Ident(word) if word.eq_ignore_ascii_case("is") => BinaryOp::Is,
+            Tok::Ident(word) if word.eq_ignore_ascii_case("isnt") => BinaryOp::Isnt,
+            Tok::Lt => BinaryOp::Lt,
+            Tok::Le => BinaryOp::Le,
+            Tok::Gt => BinaryOp::Gt,
+            Tok::Ge => BinaryOp::Ge,
+            Tok::Shl => BinaryOp::Shl,
+            Tok::Shr => BinaryOp::Shr,
+            Tok::UShr => BinaryOp::UShr,
+            Tok::Plus => BinaryOp::Add,
+            Tok::Minus => BinaryOp::Sub,
+            Tok::Star => BinaryOp::Mul,
+            Tok::Slash => BinaryOp::Div,
+            Tok::Percent => BinaryOp::Mod,
+            _ => return None,
+        })
+    }
+}
+
+/// Operators serialize as their symbol: snapshots read like the source.
+impl Serialize for UnaryOp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.symbol())
+    }
+}
+
+impl Serialize for BinaryOp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.symbol())
+    }
+}
+
+/// A ClassAd expression. Attribute values are expressions too: a plain
+/// value is a `Literal`, a list, or a record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Expr {
+    Literal(Value),
+    /// `{ a, b }`; elements keep their positions for error messages.
+    List(Vec<Spanned<Expr>>),
+    /// `[ a = 1; b = 2 ]`
+    Record(ClassAd),
+    /// `Name`, or `other.Name` / `self.Name` / `my.Name` / `target.Name` /
+    /// `parent.Name` with the scope in lower case.
+    AttrRef {
+        scope: Option<String>,
+        name: String,
+    },
+    Unary {
+        op: UnaryOp,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    /// `cond ? then : otherwise`
+    Conditional {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
+    /// `member("x", other.Tags)`; the name as written (ClassAd function
+    /// names are case-insensitive).
+    Call {
+        function: String,
+        args: Vec<Expr>,
+    },
+    /// `base.attr` where `base` is not a scope name (e.g. `other.Ad.Attr`).
+    Select {
+        base: Box<Expr>,
+        attr: String,
+    },
+    /// `base[index]`
+    Subscript {
+        base: Box<Expr>,
+        index: Box<Expr>,
+    },
+}
+
+/// The words that turn `word.Name` into a scoped attribute reference.
+const SCOPES: [&str; 5] = ["self", "other", "my", "target", "parent"];
+
+impl Expr {
+    /// The string, if this is a string literal.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Expr::Literal(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// What kind of thing this is, with its text, for "found ..." in error
+    /// messages: `string "lots"`, `integer -5`, `expression a + b`.
+    pub fn describe(&self) -> String {
+        let kind = match self {
+            Expr::Literal(Value::String(_)) => "string",
+            Expr::Literal(Value::Integer(_)) => "integer",
+            Expr::Literal(Value::Real(_)) => "real",
+            Expr::Literal(Value::Boolean(_)) => "boolean",
+            Expr::Literal(Value::Undefined | Value::Error) => return self.to_string(),
+            Expr::List(_) => "list",
+            Expr::Record(_) => "record",
+            Expr::AttrRef { .. } => "attribute reference",
+            _ => "expression",
+        };
+        const LIMIT: usize = 60;
+        let text = self.to_string();
+        if text.chars().count() > LIMIT {
+            format!("{kind} {}...", text.chars().take(LIMIT).collect::<String>())
+        } else {
+            format!("{kind} {text}")
+        }
+    }
+
+    fn precedence(&self) -> u8 {
+        match self {
+            Expr::Conditional { .. } => CONDITIONAL_PREC,
+            Expr::Binary { op, .. } => op.precedence(),
+            Expr::Unary { .. } => UNARY_PREC,
+            // A negative number prints with its sign, like a unary minus.
+            Expr::Literal(Value::Integer(n)) if *n < 0 => UNARY_PREC,
+            Expr::Literal(Value::Real(r)) if r.is_sign_negative() => UNARY_PREC,
+            _ => POSTFIX_PREC,
+        }
+    }
+
+    /// Writes `self` as an operand that needs at least `min` precedence,
+    /// with parentheses if it binds more loosely.
+    fn fmt_operand(&self, f: &mut fmt::Formatter<'_>, min: u8) -> fmt::Result {
+        if self.precedence() < min {
+            write!(f, "({self})")
+        } else {
+            write!(f, "{self}")
+        }
+    }
+}
+
+/// ClassAd source text, with only the parentheses the precedence needs.
+/// Parsing the output gives the same tree.
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Literal(value) => write!(f, "{value}"),
+            Expr::List(items) => {
+                f.write_str("{")?;
+                for (i, item) in items.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{}", item.node)?;
+                }
+                f.write_str("}")
+            }
+            Expr::Record(ad) => write!(f, "{ad}"),
+            Expr::AttrRef {
+                scope: Some(scope),
+                name,
+            } => write!(f, "{scope}.{name}"),
+            Expr::AttrRef { scope: None, name } => f.write_str(name),
+            Expr::Unary { op, operand } => {
+                f.write_str(op.symbol())?;
+                operand.fmt_operand(f, UNARY_PREC)
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let prec = op.precedence();
+                lhs.fmt_operand(f, prec)?;
+                write!(f, " {} ", op.symbol())?;
+                // Left-associative: an equal-precedence right operand needs parentheses.
+                rhs.fmt_operand(f, prec + 1)
+            }
+            Expr::Conditional {
+                cond,
+                then,
+                otherwise,
+            } => {
+                cond.fmt_operand(f, CONDITIONAL_PREC + 1)?;
+                write!(f, " ? {then} : ")?;
+                otherwise.fmt_operand(f, CONDITIONAL_PREC)
+            }
+            Expr::Call { function, args } => {
+                write!(f, "{function}(")?;
+                for (i, arg) in args.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{arg}")?;
+                }
+                f.write_str(")")
+            }
+            Expr::Select { base, attr } => {
+                base.fmt_operand(f, POSTFIX_PREC)?;
+                write!(f, ".{attr}")
+            }
+            Expr::Subscript { base, index } => {
+                base.fmt_operand(f, POSTFIX_PREC)?;
+                write!(f, "[{index}]")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::String(s) => {
+                f.write_str("\"")?;
+                for c in s.chars() {
+                    match c {
+                        '"' => f.write_str("\\\"")?,
+                        '\\' => f.write_str("\\\\")?,
+                        '\n' => f.write_str("\\n")?,
+                        '\t' => f.write_str("\\t")?,
+                        '\r' => f.write_str("\\r")?,
+                        c => write!(f, "{c}")?,
+                    }
+                }
+                f.write_str("\"")
+            }
+            Value::Integer(n) => write!(f, "{n}"),
+            // Debug always has a '.' or an exponent, so the text stays a real.
+            Value::Real(r) => write!(f, "{r:?}"),
+            Value::Boolean(b) => write!(f, "{b}"),
+            Value::Undefined => f.write_str("undefined"),
+            Value::Error => f.write_str("error"),
+        }
+    }
+}
+
+/// One `Name = value` of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    /// As written; compare with `eq_ignore_ascii_case`.
+    pub name: String,
+    pub name_span: Span,
+    pub value: Spanned<Expr>,
+}
+
+/// A record: attributes in source order, names unique ignoring case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassAd {
+    span: Span,
+    attributes: Vec<Attribute>,
+}
+
+impl ClassAd {
+    /// The value of `name`, ignoring case.
+    pub fn get(&self, name: &str) -> Option<&Spanned<Expr>> {
+        self.attribute(name).map(|a| &a.value)
+    }
+
+    /// The attribute `name` (ignoring case), with its spelling and position.
+    pub fn attribute(&self, name: &str) -> Option<&Attribute> {
+        self.attributes
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
+    /// All attributes, in source order.
+    pub fn attributes(&self) -> &[Attribute] {
+        &self.attributes
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Attribute> {
+        self.attributes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.attributes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attributes.is_empty()
+    }
+
+    /// Where the record starts: its `[`, or the start of a file without one.
+    pub fn span(&self) -> Span {
+        self.span
+    }
+}
+
+/// `[ a = 1; b = "x" ]` on one line; `{:#}` puts each attribute on its own
+/// line (nested values stay on one line).
+impl fmt::Display for ClassAd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.write_str("[\n")?;
+            for a in &self.attributes {
+                writeln!(f, "    {} = {};", a.name, a.value.node)?;
+            }
+            f.write_str("]")
+        } else {
+            f.write_str("[")?;
+            for (i, a) in self.attributes.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "; " };
+                write!(f, "{sep}{} = {}", a.name, a.value.node)?;
+            }
+            f.write_str("]")
+        }
+    }
+}
+
+/// A map from names to positioned values, in source order.
+impl Serialize for ClassAd {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.attributes.len()))?;
+        for a in &self.attributes {
+            map.serialize_entry(&a.name, &a.value)?;
+        }
+        map.end()
+    }
+}
+
+/// Parses JDL text into a record. `file` only labels error messages.
+///
+/// The outer `[ ... ]` is optional: a file may be a bare list of
+/// `Name = value;` attributes.
+pub fn parse_str(src: &str, file: &Path) -> Result<ClassAd, JdlError> {
+    let mut parser = Parser::new(src, file)?;
+    if parser.tok.tok == Tok::LBracket {
+        let (ad, _) = parser.class_ad()?;
+        if parser.tok.tok != Tok::Eof {
+            return Err(parser.unexpected("end of input after ']'"));
+        }
+        Ok(ad)
+    } else {
+        let attributes = parser.attributes(None)?.0;
+        Ok(ClassAd {
+            span: Span::new(1, 1),
+            attributes,
+        })
+    }
+}
+
+/// An expression under construction, with the height of its tree.
+struct Built {
+    expr: Expr,
+    height: u32,
+}
+
+struct Parser<'a> {
+    lexer: Lexer<'a>,
+    /// The current (not yet consumed) token.
+    tok: Token,
+    /// Current recursion depth through `expr()`, bounded by `MAX_NESTING`.
+    depth: u32,
+}
+
+impl<'a> Parser<'a> {
+    fn new(src: &str, file: &'a Path) -> Result<Self, JdlError> {
+        let mut lexer = Lexer::new(src, file);
+        let tok = lexer.next_token()?;
+        Ok(Parser {
+            lexer,
+            tok,
+            depth: 0,
+        })
+    }
+
+    /// Consumes the current token and returns it.
+    fn advance(&mut self) -> Result<Token, JdlError> {
+        let next = self.lexer.next_token()?;
+        Ok(std::mem::replace(&mut self.tok, next))
+    }
+
+    fn error(&self, span: Span, message: impl Into<String>) -> JdlError {
+        JdlError::new(self.lexer.file(), span, message)
+    }
+
+    /// "expected X, found <current token>", at the current token.
+    fn unexpected(&self, expected: &str) -> JdlError {
+        self.error(
+            self.tok.span,
+            format!("expected {expected}, found {}", self.tok.tok),
+        )
+    }
+
+    fn expect(&mut self, tok: Tok, expected: &str) -> Result<Token, JdlError> {
+        if self.tok.tok == tok {
+            self.advance()
+        } else {
+            Err(self.unexpected(expected))
+        }
+    }
+
+    /// An identifier that is not a keyword (attribute and field names).
+    fn name(&mut self, expected: &str) -> Result<(String, Span), JdlError> {
+        match &self.tok.tok {
+            Tok::Ident(word) if !is_keyword(word) => {
+                let word = word.clone();
+                Ok((word, self.advance()?.span))
+            }
+            _ => Err(self.unexpected(expected)),
+        }
+    }
+
+    /// Wraps a new node around children of the given heights.
+    fn build(&self, span: Span, expr: Expr, children: &[u32]) -> Result<Built, JdlError> {
+        let height = 1 + children.iter().copied().max().unwrap_or(0);
+        if height > MAX_HEIGHT {
+            return Err(self.error(
+                span,
+                format!("expression too complex (more than {MAX_HEIGHT} levels of operators)"),
+            ));
+        }
+        Ok(Built { expr, height })
+    }
+
+    /// `[ attributes ]`, with the height of its tallest value.
+    fn class_ad(&mut self) -> Result<(ClassAd, u32), JdlError> {
+        let open = self.expect(Tok::LBracket, "'['")?;
+        let (attributes, height) = self.attributes(Some(open.span))?;
+        self.advance()?; // the `]` that attributes() stopped at
+        Ok((
+            ClassAd {
+                span: open.span,
+                attributes,
+            },
+            height,
+        ))
+    }
+
+    /// A record as a value.
+    fn record(&mut self) -> Result<Built, JdlError> {
+        let span = self.tok.span;
+        let (ad, height) = self.class_ad()?;
+        self.build(span, Expr::Record(ad), &[height])
+    }
+
+    /// `Name = value; ...` up to (not including) the `]` that closes the
+    /// `[` at `open`, or up to the end of input for a file without brackets.
+    /// Returns the attributes and the tallest value's height.
+    fn attributes(&mut self, open: Option<Span>) -> Result<(Vec<Attribute>, u32), JdlError> {
+        let (end, closer) = match open {
+            Some(_) => (Tok::RBracket, "']'"),
+            None => (Tok::Eof, "end of input"),
+        };
+        let mut attributes: Vec<Attribute> = vec![];
+        let mut height = 0;
+        while self.tok.tok != end {
+            if let (Tok::Eof, Some(open)) = (&self.tok.tok, open) {
+                return Err(self.unexpected(&format!("']' to close '[' at {open}")));
+            }
+            let (name, name_span) = self.name(&format!("attribute name or {closer}"))?;
+            if let Some(first) = attributes
+                .iter()
+                .find(|a| a.name.eq_ignore_ascii_case(&name))
+            {
+                return Err(self.error(
+                    name_span,
+                    format!(
+                        "duplicate attribute '{name}' (first defined at {})",
+                        first.name_span
+                    ),
+                ));
+            }
+            self.expect(Tok::Assign, &format!("'=' after attribute name '{name}'"))?;
+            let value_span = self.tok.span;
+            let value = self.expr()?;
+            height = height.max(value.height);
+            attributes.push(Attribute {
+                name,
+                name_span,
+                value: spanned(value_span, value.expr),
+            });
+            if self.tok.tok == Tok::Semi {
+                self.advance()?;
+            } else if self.tok.tok != end && self.tok.tok != Tok::Eof {
+                // (An unclosed record at end of input is reported above.)
+                return Err(self.unexpected(&format!("';' or {closer} after attribute value")));
+            }
+        }
+        Ok((attributes, height))
+    }
+
+    /// A full expression, conditional included.
+    fn expr(&mut self) -> Result<Built, JdlError> {
+        if self.depth >= MAX_NESTING {
+            return Err(self.error(
+                self.tok.span,
+                format!("expression nested too deeply (more than {MAX_NESTING} levels)"),
+            ));
+        }
+        self.depth += 1;
+        let result = self.conditional();
+        self.depth -= 1;
+        result
+    }
+
+    /// `cond ? then : otherwise`, right-associative.
+    fn conditional(&mut self) -> Result<Built, JdlError> {
+        let cond = self.binary(CONDITIONAL_PREC + 1)?;
+        if self.tok.tok != Tok::Question {
+            return Ok(cond);
+        }
+        let question = self.advance()?;
+        let then = self.expr()?;
+        self.expect(Tok::Colon, "':' of conditional expression")?;
+        let otherwise = self.expr()?;
+        let heights = [cond.height, then.height, otherwise.height];
+        let expr = Expr::Conditional {
+            cond: Box::new(cond.expr),
+            then: Box::new(then.expr),
+            otherwise: Box::new(otherwise.expr),
+        };
+        self.build(question.span, expr, &heights)
+    }
+
+    /// Binary operators binding at least as tightly as `min_prec`, by
+    /// precedence climbing.
+    fn binary(&mut self, min_prec: u8) -> Result<Built, JdlError> {
+        let mut lhs = self.unary()?;
+        while let Some(op) = BinaryOp::from_tok(&self.tok.tok) {
+            if op.precedence() < min_prec {
+                break;
+            }
+            let op_span = self.advance()?.span;
+            let rhs = self.binary(op.precedence() + 1)?;
+            let heights = [lhs.height, rhs.height];
+            let expr = Expr::Binary {
+                op,
+                lhs: Box::new(lhs.expr),
+                rhs: Box::new(rhs.expr),
+            };
+            lhs = self.build(op_span, expr, &heights)?;
+        }
+        Ok(lhs)
+    }
+
+    /// Prefix operators, collected in a loop so `!!!!x` does not recurse.
+    /// A minus or plus on a number literal is folded into the literal, so
+    /// `Memory = -5` reads as the integer -5.
+    fn unary(&mut self) -> Result<Built, JdlError> {
+        let mut ops = vec![];
+        while let Some(op) = UnaryOp::from_tok(&self.tok.tok) {
+            ops.push((op, self.advance()?.span));
+        }
+        let mut operand = self.postfix()?;
+        for (op, span) in ops.into_iter().rev() {
+            operand = match (op, operand.expr) {
+                (UnaryOp::Plus, literal @ Expr::Literal(Value::Integer(_) | Value::Real(_))) => {
+                    Built {
+                        expr: literal,
+                        height: operand.height,
+                    }
+                }
+                (UnaryOp::Neg, Expr::Literal(Value::Integer(n))) => {
+                    // Literals stay within ±i64::MAX, so negating cannot overflow.
+                    Built {
+                        expr: Expr::Literal(Value::Integer(-n)),
+                        height: operand.height,
+                    }
+                }
+                (UnaryOp::Neg, Expr::Literal(Value::Real(r))) => Built {
+                    expr: Expr::Literal(Value::Real(-r)),
+                    height: operand.height,
+                },
+                (op, expr) => self.build(
+                    span,
+                    Expr::Unary {
+                        op,
+                        operand: Box::new(expr),
+                    },
+                    &[operand.height],
+                )?,
+            };
+        }
+        Ok(operand)
+    }
+
+    /// Selections `a.b` and subscripts `a[i]` after a primary.
+    fn postfix(&mut self) -> Result<Built, JdlError> {
+        let mut base = self.primary()?;
+        loop {
+            match self.tok.tok {
+                Tok::Dot => {
+                    let dot = self.advance()?;
+                    let (attr, _) = self.name("attribute name after '.'")?;
+                    base = match base.expr {
+                        Expr::AttrRef { scope: None, name }
+                            if SCOPES.iter().any(|s| s.eq_ignore_ascii_case(&name)) =>
+                        {
+                            let expr = Expr::AttrRef {
+                                scope: Some(name.to_ascii_lowercase()),
+                                name: attr,
+                            };
+                            Built {
+                                expr,
+                                height: base.height,
+                            }
+                        }
+                        expr => self.build(
+                            dot.span,
+                            Expr::Select {
+                                base: Box::new(expr),
+                                attr,
+                            },
+                            &[base.height],
+                        )?,
+                    };
+                }
+                Tok::LBracket => {
+                    let open = self.advance()?;
+                    let index = self.expr()?;
+                    self.expect(
+                        Tok::RBracket,
+                        &format!("']' to close subscript '[' at {}", open.span),
+                    )?;
+                    let heights = [base.height, index.height];
+                    let expr = Expr::Subscript {
+                        base: Box::new(base.expr),
+                        index: Box::new(index.expr),
+                    };
+                    base = self.build(open.span, expr, &heights)?;
+                }
+                _ => return Ok(base),
+            }
+        }
+    }
+
+    fn primary(&mut self) -> Result<Built, JdlError> {
+        let span = self.tok.span;
+        let literal = |value| {
+            Ok(Built {
+                expr: Expr::Literal(value),
+                height: 1,
+            })
+        };
+        match &self.tok.tok {
+            Tok::Int(n) => {
+                let value = Value::Integer(*n);
+                self.advance()?;
+                literal(value)
+            }
+            Tok::Real(r) => {
+                let value = Value::Real(*r);
+                self.advance()?;
+                literal(value)
+            }
+            Tok::Str(text) => {
+                let value = Value::String(text.clone());
+                self.advance()?;
+                literal(value)
+            }
+            Tok::Ident(word) if is_keyword(word) => {
+                let value = match word.to_ascii_lowercase().as_str() {
+                    "true" => Value::Boolean(true),
+                    "false" => Value::Boolean(false),
+                    "undefined" => Value::Undefined,
+                    "error" => Value::Error,
+                    _ => return Err(self.unexpected("an expression")), // `is`, `isnt`
+                };
+                self.advance()?;
+                literal(value)
+            }
+            Tok::Ident(_) => {
+                let (name, _) = self.name("a name")?;
+                if self.tok.tok == Tok::LParen {
+                    self.call(name, span)
+                } else {
+                    Ok(Built {
+                        expr: Expr::AttrRef { scope: None, name },
+                        height: 1,
+                    })
+                }
+            }
+            Tok::LParen => {
+                let open = self.advance()?;
+                let inner = self.expr()?;
+                self.expect(Tok::RParen, &format!("')' to close '(' at {}", open.span))?;
+                Ok(inner)
+            }
+            Tok::LBrace => self.list(),
+            Tok::LBracket => self.record(),
+            _ => Err(self.unexpected("an expression")),
+        }
+    }
+
+    /// `name(arg, ...)`, at the `(`.
+    fn call(&mut self, function: String, span: Span) -> Result<Built, JdlError> {
+        self.advance()?;
+        let (args, heights) = self.comma_separated(
+            Tok::RParen,
+            &format!("',' or ')' in arguments of '{function}'"),
+        )?;
+        let args = args.into_iter().map(|a| a.node).collect();
+        self.build(span, Expr::Call { function, args }, &heights)
+    }
+
+    /// `{ item, ... }`
+    fn list(&mut self) -> Result<Built, JdlError> {
+        let open = self.advance()?;
+        let (items, heights) = self.comma_separated(Tok::RBrace, "',' or '}' in list")?;
+        self.build(open.span, Expr::List(items), &heights)
+    }
+
+    /// Expressions separated by commas, up to and including `close`.
+    fn comma_separated(
+        &mut self,
+        close: Tok,
+        expected: &str,
+    ) -> Result<(Vec<Spanned<Expr>>, Vec<u32>), JdlError> {
+        let mut items = vec![];
+        let mut heights = vec![];
+        if self.tok.tok == close {
+            self.advance()?;
+            return Ok((items, heights));
+        }
+        loop {
+            let span = self.tok.span;
+            let item = self.expr()?;
+            heights.push(item.height);
+            items.push(spanned(span, item.expr));
+            if self.tok.tok == Tok::Comma {
+                self.advance()?;
+            } else if self.tok.tok == close {
+                self.advance()?;
+                return Ok((items, heights));
+            } else {
+                return Err(self.unexpected(expected));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> ClassAd {
+        parse_str(src, Path::new("t.jdl")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse_error(src: &str) -> String {
+        parse_str(src, Path::new("t.jdl")).unwrap_err().to_string()
+    }
+
+    /// The value of attribute `x` in `x = <src>`.
+    fn expr(src: &str) -> Expr {
+        parse(&format!("x = {src}")).get("x").unwrap().node.clone()
+    }
+
+    /// The tree as a fully parenthesised S-expression, to check grouping.
+    fn tree(e: &Expr) -> String {
+        match e {
+            Expr::Literal(v) => v.to_string(),
+            Expr::AttrRef { .. } => e.to_string(),
+            Expr::List(items) => {
+                format!(
+                    "{{{}}}",
+                    items
+                        .iter()
+                        .map(|i| tree(&i.node))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }
+            Expr::Record(ad) => ad.to_string(),
+            Expr::Unary { op, operand } => format!("({} {})", op.symbol(), tree(operand)),
+            Expr::Binary { op, lhs, rhs } => {
+                format!("({} {} {})", op.symbol(), tree(lhs), tree(rhs))
+            }
+            Expr::Conditional {
+                cond,
+                then,
+                otherwise,
+            } => {
+                format!("(? {} {} {})", tree(cond), tree(then), tree(otherwise))
+            }
+            Expr::Call { function, args } => {
+                format!(
+                    "(call {function}{})",
+                    args.iter()
+                        .map(|a| format!(" {}", tree(a)))
+                        .collect::<String>()
+                )
+            }
+            Expr::Select { base, attr } => format!("(. {} {attr})", tree(base)),
+            Expr::Subscript { base, index } => format!("([] {} {})", tree(base), tree(index)),
+        }
+    }
+
+    fn grouping(src: &str) -> String {
+        tree(&expr(src))
+    }
+
+    const REALISTIC: &str = include_str!("testdata/realistic.jdl");
+
+    #[test]
+    fn bracketed_and_bare_files_parse_alike() {
+        let bracketed = parse("[ a = 1; b = \"x\"; ]");
+        let bare = parse("a = 1; b = \"x\";");
+        assert_eq!(bracketed.to_string(), "[a = 1; b = \"x\"]");
+        assert_eq!(bare.to_string(), bracketed.to_string());
+        assert_eq!(bracketed.span(), Span::new(1, 1));
+    }
+
+    #[test]
+    fn last_semicolon_is_optional() {
+        assert_eq!(parse("[ a = 1; b = 2 ]").len(), 2);
+        assert_eq!(parse("a = 1; b = 2").len(), 2);
+        assert_eq!(parse("a = 1").len(), 1);
+    }
+
+    #[test]
+    fn empty_inputs() {
+        assert!(parse("").is_empty());
+        assert!(parse("  // nothing\n").is_empty());
+        assert!(parse("[]").is_empty());
+        assert!(parse("[ /* nothing */ ]").is_empty());
+    }
+
+    #[test]
+    fn lookup_ignores_case_and_keeps_spelling_and_order() {
+        let ad = parse("Executable = \"a\"; virtualorganisation = \"vo\"; Z = 1; A = 2;");
+        assert_eq!(ad.get("EXECUTABLE").unwrap().node.as_str(), Some("a"));
+        assert_eq!(
+            ad.get("VirtualOrganisation").unwrap().span,
+            Span::new(1, 41)
+        );
+        assert_eq!(ad.attribute("executable").unwrap().name, "Executable");
+        let names: Vec<&str> = ad.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["Executable", "virtualorganisation", "Z", "A"]);
+        assert!(ad.get("missing").is_none());
+    }
+
+    #[test]
+    fn duplicate_attributes_are_errors_ignoring_case() {
+        assert_eq!(
+            parse_error("[\n  Executable = \"a\";\n  EXECUTABLE = \"b\";\n]"),
+            "t.jdl:3:3: duplicate attribute 'EXECUTABLE' (first defined at 2:3)"
+        );
+        // Separate records have separate names.
+        assert_eq!(parse("a = [x = 1]; b = [x = 2]").len(), 2);
+    }
+
+    #[test]
+    fn literals() {
+        assert_eq!(expr("42"), Expr::Literal(Value::Integer(42)));
+        assert_eq!(expr("-42"), Expr::Literal(Value::Integer(-42)));
+        assert_eq!(expr("+7"), Expr::Literal(Value::Integer(7)));
+        assert_eq!(expr("- -3"), Expr::Literal(Value::Integer(3)));
+        assert_eq!(
+            expr("-9223372036854775807"),
+            Expr::Literal(Value::Integer(-i64::MAX))
+        );
+        assert_eq!(expr("1.5"), Expr::Literal(Value::Real(1.5)));
+        assert_eq!(expr("-2e3"), Expr::Literal(Value::Real(-2000.0)));
+        assert_eq!(
+            expr("\"a\\\"b\""),
+            Expr::Literal(Value::String("a\"b".into()))
+        );
+        for (src, value) in [
+            ("true", Value::Boolean(true)),
+            ("TRUE", Value::Boolean(true)),
+            ("False", Value::Boolean(false)),
+            ("undefined", Value::Undefined),
+            ("UNDEFINED", Value::Undefined),
+            ("error", Value::Error),
+            ("Error", Value::Error),
+        ] {
+            assert_eq!(expr(src), Expr::Literal(value), "{src}");
+        }
+    }
+
+    #[test]
+    fn lists() {
+        assert_eq!(expr("{}"), Expr::List(vec![]));
+        let Expr::List(items) = expr("{ 1, \"a\", [x = 1], {true} }") else {
+            panic!("not a list")
+        };
+        let texts: Vec<String> = items.iter().map(|i| i.node.to_string()).collect();
+        assert_eq!(texts, ["1", "\"a\"", "[x = 1]", "{true}"]);
+        let cols: Vec<u32> = items.iter().map(|i| i.span.col).collect();
+        assert_eq!(cols, [7, 10, 15, 24]);
+        assert_eq!(
+            parse_error("x = {1, 2,}"),
+            "t.jdl:1:11: expected an expression, found '}'"
+        );
+        assert_eq!(
+            parse_error("x = {1 2}"),
+            "t.jdl:1:8: expected ',' or '}' in list, found integer 2"
+        );
+        assert_eq!(
+            parse_error("x = {1, 2"),
+            "t.jdl:1:10: expected ',' or '}' in list, found end of input"
+        );
+    }
+
+    #[test]
+    fn nested_records() {
+        let ad = parse("[ Env = [ Image = \"deb\"; Inner = [ a = 1 ] ]; ]");
+        let Expr::Record(env) = &ad.get("env").unwrap().node else {
+            panic!("not a record")
+        };
+        assert_eq!(env.span(), Span::new(1, 9));
+        assert_eq!(env.get("image").unwrap().node.as_str(), Some("deb"));
+        let Expr::Record(inner) = &env.get("INNER").unwrap().node else {
+            panic!("not a record")
+        };
+        assert_eq!(inner.get("a").unwrap().span, Span::new(1, 40));
+    }
+
+    #[test]
+    fn precedence_from_loosest_to_tightest() {
+        assert_eq!(grouping("a || b && c"), "(|| a (&& b c))");
+        assert_eq!(grouping("a && b | c"), "(&& a (| b c))");
+        assert_eq!(grouping("a | b ^ c"), "(| a (^ b c))");
+        assert_eq!(grouping("a ^ b & c"), "(^ a (& b c))");
+        assert_eq!(grouping("a & b == c"), "(& a (== b c))");
+        assert_eq!(grouping("a == b < c"), "(== a (< b c))");
+        assert_eq!(grouping("a < b << c"), "(< a (<< b c))");
+        assert_eq!(grouping("a << b + c"), "(<< a (+ b c))");
+        assert_eq!(grouping("a + b * c"), "(+ a (* b c))");
+        assert_eq!(grouping("-a * b"), "(* (- a) b)");
+        assert_eq!(grouping("!a.b"), "(! (. a b))");
+        assert_eq!(grouping("-x[1]"), "(- ([] x 1))");
+        assert_eq!(grouping("a ? b : c || d"), "(? a b (|| c d))");
+        assert_eq!(grouping("a || b ? c : d"), "(? (|| a b) c d)");
+    }
+
+    #[test]
+    fn each_operator_of_a_level() {
+        for op in ["==", "!=", "=?=", "=!="] {
+            assert_eq!(
+                grouping(&format!("a {op} b {op} c")),
+                format!("({op} ({op} a b) c)")
+            );
+        }
+        for op in ["<", "<=", ">", ">="] {
+            assert_eq!(grouping(&format!("a {op} b")), format!("({op} a b)"));
+        }
+        for op in ["<<", ">>", ">>>", "+", "-", "*", "/", "%"] {
+            assert_eq!(grouping(&format!("a {op} b")), format!("({op} a b)"));
+        }
+        assert_eq!(grouping("a is undefined"), "(=?= a undefined)");
+        assert_eq!(grouping("a ISNT Undefined"), "(=!= a undefined)");
+        assert_eq!(grouping("!a && ~b && +c"), "(&& (&& (! a) (~ b)) (+ c))");
+    }
+
+    #[test]
+    fn binary_operators_are_left_associative() {
+        assert_eq!(grouping("a - b - c"), "(- (- a b) c)");
+        assert_eq!(grouping("a / b * c % d"), "(% (* (/ a b) c) d)");
+        assert_eq!(grouping("a && b && c"), "(&& (&& a b) c)");
+        assert_eq!(grouping("a - (b - c)"), "(- a (- b c))");
+    }
+
+    #[test]
+    fn conditional_is_right_associative() {
+        assert_eq!(grouping("a ? b : c ? d : e"), "(? a b (? c d e))");
+        assert_eq!(grouping("a ? b ? c : d : e"), "(? a (? b c d) e)");
+        assert_eq!(
+            parse_error("x = a ? b c"),
+            "t.jdl:1:11: expected ':' of conditional expression, found identifier 'c'"
+        );
+    }
+
+    #[test]
+    fn attribute_references_keep_their_scope() {
+        assert_eq!(
+            expr("other.GlueCEStateFreeCPUs"),
+            Expr::AttrRef {
+                scope: Some("other".into()),
+                name: "GlueCEStateFreeCPUs".into()
+            }
+        );
+        assert_eq!(
+            expr("SELF.X"),
+            Expr::AttrRef {
+                scope: Some("self".into()),
+                name: "X".into()
+            }
+        );
+        assert_eq!(
+            expr("My.X"),
+            Expr::AttrRef {
+                scope: Some("my".into()),
+                name: "X".into()
+            }
+        );
+        assert_eq!(
+            expr("target.X"),
+            Expr::AttrRef {
+                scope: Some("target".into()),
+                name: "X".into()
+            }
+        );
+        assert_eq!(
+            expr("Memory"),
+            Expr::AttrRef {
+                scope: None,
+                name: "Memory".into()
+            }
+        );
+        assert_eq!(grouping("other.Ad.Attr"), "(. other.Ad Attr)");
+        assert_eq!(grouping("Ad.Attr"), "(. Ad Attr)");
+        assert_eq!(grouping("other.Tags[0]"), "([] other.Tags 0)");
+        assert_eq!(grouping("a[1][2].b"), "(. ([] ([] a 1) 2) b)");
+        assert_eq!(
+            parse_error("x = other.;"),
+            "t.jdl:1:11: expected attribute name after '.', found ';'"
+        );
+        assert_eq!(
+            parse_error("x = a[1;"),
+            "t.jdl:1:8: expected ']' to close subscript '[' at 1:6, found ';'"
+        );
+    }
+
+    #[test]
+    fn function_calls() {
+        assert_eq!(
+            grouping("member(\"x\", other.Tags)"),
+            "(call member \"x\" other.Tags)"
+        );
+        assert_eq!(grouping("time()"), "(call time)");
+        assert_eq!(
+            grouping("size(split(a)) > 1"),
+            "(> (call size (call split a)) 1)"
+        );
+        assert_eq!(
+            parse_error("x = member(\"x\" other.Tags)"),
+            "t.jdl:1:16: expected ',' or ')' in arguments of 'member', found identifier 'other'"
+        );
+    }
+
+    #[test]
+    fn parentheses() {
+        assert_eq!(grouping("(a || b) && c"), "(&& (|| a b) c)");
+        assert_eq!(grouping("((1))"), "1");
+        assert_eq!(
+            parse_error("x = (a || b;"),
+            "t.jdl:1:12: expected ')' to close '(' at 1:5, found ';'"
+        );
+    }
+
+    #[test]
+    fn syntax_errors() {
+        assert_eq!(
+            parse_error("= 1"),
+            "t.jdl:1:1: expected attribute name or end of input, found '='"
+        );
+        assert_eq!(
+            parse_error("[ a 1 ]"),
+            "t.jdl:1:5: expected '=' after attribute name 'a', found integer 1"
+        );
+        assert_eq!(
+            parse_error("[ true = 1 ]"),
+            "t.jdl:1:3: expected attribute name or ']', found keyword 'true'"
+        );
+        assert_eq!(
+            parse_error("[ a = 1; ] x"),
+            "t.jdl:1:12: expected end of input after ']', found identifier 'x'"
+        );
+        assert_eq!(
+            parse_error("a = 1 b = 2"),
+            "t.jdl:1:7: expected ';' or end of input after attribute value, found identifier 'b'"
+        );
+        assert_eq!(
+            parse_error("a = 1; ]"),
+            "t.jdl:1:8: expected attribute name or end of input, found ']'"
+        );
+        assert_eq!(
+            parse_error("[ a = ; ]"),
+            "t.jdl:1:7: expected an expression, found ';'"
+        );
+        assert_eq!(
+            parse_error("[ a = is ]"),
+            "t.jdl:1:7: expected an expression, found keyword 'is'"
+        );
+        assert_eq!(
+            parse_error("[ a = 1 + ]"),
+            "t.jdl:1:11: expected an expression, found ']'"
+        );
+        assert_eq!(
+            parse_error("[ a = 1;\n"),
+            "t.jdl:2:1: expected ']' to close '[' at 1:1, found end of input"
+        );
+        assert_eq!(
+            parse_error("[ a = [ b = 1 ]"),
+            "t.jdl:1:16: expected ']' to close '[' at 1:1, found end of input"
+        );
+        assert_eq!(
+            parse_error("[ a = [ b = 1"),
+            "t.jdl:1:14: expected ']' to close '[' at 1:7, found end of input"
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for src in [
+            "a - (b - c)",
+            "(a - b) - c",
+            "-(a + b) * -c",
+            "!(a && b) || !c.d",
+            "(a ? b : c) ? d : e",
+            "a ? (b ? c : d) : e ? f : g",
+            "(-1).x",
+            "-x[-1]",
+            "{1, -2.5, \"q\\\"\\n\", [a = {}; b = undefined], error}",
+            "f(g(1, 2), (a || b))",
+            "1e300 * 2.0 + 3",
+        ] {
+            let once = expr(src).to_string();
+            assert_eq!(
+                tree(&expr(&once)),
+                tree(&expr(src)),
+                "{src} printed as {once}"
+            );
+            assert_eq!(expr(&once).to_string(), once);
+        }
+        let ad = parse(REALISTIC);
+        let printed = format!("{ad:#}");
+        assert_eq!(format!("{:#}", parse(&printed)), printed);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let n = 100_000;
+        let cases = [
+            format!("x = {}1{}", "(".repeat(n), ")".repeat(n)),
+            format!("x = {}", "{".repeat(n)),
+            format!("x = {}", "[a = ".repeat(n)),
+            format!("x = {}", "f(".repeat(n)),
+            format!("x = {}", "a[".repeat(n)),
+            format!("x = {}1", "a ? b : ".repeat(n)),
+            // Every binary level between two parentheses: the most stack per level.
+            format!(
+                "x = {}",
+                "a || b && c | d ^ e & f == g < h << i + j * -(".repeat(n)
+            ),
+        ];
+        for src in &cases {
+            let error = parse_str(src, Path::new("t.jdl")).unwrap_err();
+            assert!(
+                error
+                    .message
+                    .starts_with("expression nested too deeply (more than 32 levels)"),
+                "{error}"
+            );
+        }
+        let ok = format!("{}1{}", "(".repeat(31), ")".repeat(31));
+        assert_eq!(expr(&ok), Expr::Literal(Value::Integer(1)));
+    }
+
+    #[test]
+    fn long_operator_chains_are_bounded() {
+        let n = 100_000;
+        let cases = [
+            format!("x = {}a", "!".repeat(n)),
+            format!("x = 1{}", " + 1".repeat(n)),
+            format!("x = a{}", ".b".repeat(n)),
+            format!("x = a{}", "[0]".repeat(n)),
+        ];
+        for src in &cases {
+            let error = parse_str(src, Path::new("t.jdl")).unwrap_err();
+            assert_eq!(
+                error.message,
+                "expression too complex (more than 200 levels of operators)"
+            );
+        }
+        // `- - ... 1` folds into one literal.
+        assert_eq!(
+            expr(&format!("{}1", "- ".repeat(n))),
+            Expr::Literal(Value::Integer(1))
+        );
+        // The longest chain allowed can be printed, serialized and compared.
+        let ad = parse(&format!("x = a{}", " || a".repeat(199)));
+        assert_eq!(ad.to_string().len(), "[x = a]".len() + 199 * " || a".len());
+        assert!(serde_saphyr::to_string(&ad).is_ok());
+        assert_eq!(ad.clone(), ad);
+    }
+
+    #[test]
+    fn describe_names_the_kind() {
+        assert_eq!(expr("\"lots\"").describe(), "string \"lots\"");
+        assert_eq!(expr("-5").describe(), "integer -5");
+        assert_eq!(expr("1.5").describe(), "real 1.5");
+        assert_eq!(expr("TRUE").describe(), "boolean true");
+        assert_eq!(expr("undefined").describe(), "undefined");
+        assert_eq!(expr("{1}").describe(), "list {1}");
+        assert_eq!(expr("[a=1]").describe(), "record [a = 1]");
+        assert_eq!(expr("other.X").describe(), "attribute reference other.X");
+        assert_eq!(expr("2 * 1024").describe(), "expression 2 * 1024");
+        let long = expr(&format!("\"{}\"", "x".repeat(100))).describe();
+        assert!(long.ends_with("...") && long.len() < 80, "{long}");
+    }
+
+    #[test]
+    fn realistic_jdl_tree() {
+        insta::assert_yaml_snapshot!("realistic_classad", parse(REALISTIC));
+    }
+
+    #[test]
+    fn realistic_jdl_printed() {
+        insta::assert_snapshot!("realistic_printed", format!("{:#}", parse(REALISTIC)));
+    }
+}
