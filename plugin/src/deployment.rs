@@ -142,21 +142,52 @@ impl Deployment {
     /// gone within the site's shutdown timeout it is destroyed. Then every
     /// journal entry is undone.
     pub fn teardown(self, site: &SiteConfig) -> Result<(), DeployError> {
-        let name = domain_name(&self.id);
-        if self.link.power_off().is_ok() {
-            let stopped = self
-                .backend
-                .wait_stopped(&name, Duration::from_secs(site.shutdown_timeout_secs));
-            if !stopped {
-                tracing::warn!(
-                    "domain {name} did not power off in {} s; destroying it",
-                    site.shutdown_timeout_secs
-                );
-            }
-        }
+        power_off(site, self.backend.as_ref(), &self.id, self.link);
         let _step = step_lock();
         undo(site, self.journal)
     }
+}
+
+/// Asks the agent to power the domain off and waits for it, up to the
+/// site's shutdown timeout; whatever is left is destroyed by `undo`.
+fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) {
+    let name = domain_name(id);
+    if link.power_off().is_ok() {
+        let timeout = Duration::from_secs(site.shutdown_timeout_secs);
+        if !backend.wait_stopped(&name, timeout) {
+            tracing::warn!("domain {name} did not power off in {} s; destroying it", timeout.as_secs());
+        }
+    }
+}
+
+/// Reaches the agent of a running deployment again (`sd-exec`). Waits up to
+/// `timeout` for the link: one client at a time is served.
+pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLink, DeployError> {
+    let journal = Journal::open(&site.state_dir, id)?.ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
+    let facts = journal.facts();
+    let socket = facts.agent_socket.clone().ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
+    let hostname = facts.environment.as_ref().and_then(|e| e["hostname"].as_str()).unwrap_or("sd-guest").to_string();
+    let backend = backend_for(site, facts.backend.as_deref())?;
+    let name = domain_name(id);
+    let console = facts.console_log.clone().unwrap_or_default().display().to_string();
+    GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
+        .map_err(|error| DeployError::Link { error, console })
+}
+
+/// Graceful end of a deployment known only by its id (`sd-epilog`): power
+/// off through the agent if it answers, then undo the journal. Returns
+/// false if there was no such deployment.
+pub fn finish(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    let Some(journal) = Journal::open(&site.state_dir, id)? else { return Ok(false) };
+    let backend = backend_for(site, journal.facts().backend.as_deref())?;
+    if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(id)) {
+        match attach(site, id, Duration::from_secs(5)) {
+            Ok(link) => power_off(site, backend.as_ref(), id, link),
+            Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
+        }
+    }
+    let _step = step_lock();
+    undo(site, journal).map(|()| true)
 }
 
 /// A deployment under construction: dropped on error → undone.
@@ -183,6 +214,8 @@ impl Partial<'_> {
             let _step = step_lock();
             journal.record(Resource::Directory { path: dir.clone() })?;
             std::fs::create_dir_all(&dir)?;
+            // The job's disk and sockets are nobody else's business.
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             std::fs::create_dir_all(&site.log_dir)?;
         }
         {
@@ -217,6 +250,7 @@ impl Partial<'_> {
             })?;
             booted
         };
+        grant_agent_access(&spec.run_dir, &booted.agent_socket, env_uid(journal))?;
         let alive = || backend.is_running(&spec.name);
         let timeout = Duration::from_secs(site.boot_timeout_secs);
         let link = GuestLink::connect(&booted.agent_socket, &env.hostname, timeout, &alive)
@@ -241,6 +275,22 @@ impl Drop for Partial<'_> {
             }
         }
     }
+}
+
+fn env_uid(journal: &Journal) -> Option<u32> {
+    journal.facts().uid
+}
+
+/// The job's user reaches its domain's agent (sd-exec runs as that user):
+/// the run directory becomes traversable, the agent socket the user's.
+/// The control socket stays root's.
+fn grant_agent_access(run_dir: &Path, agent_socket: &Path, uid: Option<u32>) -> Result<(), DeployError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(uid) = uid.filter(|&u| u != nix::unistd::geteuid().as_raw()) else { return Ok(()) };
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711))?;
+    std::os::unix::fs::chown(agent_socket, Some(uid), None)?;
+    std::fs::set_permissions(agent_socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }
 
 /// Undoes a journal's entries in reverse order, then drops the journal.

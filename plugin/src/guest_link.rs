@@ -290,6 +290,15 @@ impl GuestLink {
     }
 }
 
+impl Drop for GuestLink {
+    /// Ends the connection for the agent too: the reader thread holds a
+    /// second descriptor of the socket, which would keep it open.
+    fn drop(&mut self) {
+        let s = self.writer.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

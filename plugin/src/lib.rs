@@ -15,3 +15,5 @@ pub mod request;
 pub mod site;
 pub mod storage;
 pub mod user_files;
+pub mod hook_log;
+pub mod slurm;

@@ -69,6 +69,9 @@ pub fn create_overlay(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
+    // What the job writes is the job's: no one else on the host reads it.
+    std::fs::set_permissions(overlay, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| StorageError::Create(format!("chmod {}: {e}", overlay.display())))?;
     Ok(())
 }
 
