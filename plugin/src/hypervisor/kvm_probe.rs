@@ -27,7 +27,13 @@ pub fn kvm_usable(qemu: &Path, kernel: &Path, cache_dir: &Path, timeout: Duratio
     {
         return KvmVerdict::Unusable(format!("/dev/kvm: {e}"));
     }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    // The verdict holds for this host boot, this QEMU and this kernel.
+    let boot_id = format!(
+        "{} {} {}",
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim(),
+        qemu.display(),
+        kernel.display()
+    );
     let cache = cache_dir.join("kvm-probe");
     if let Ok(text) = std::fs::read_to_string(&cache) {
         if let Some((id, verdict)) = text.split_once('\n') {
