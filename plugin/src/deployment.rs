@@ -155,7 +155,10 @@ fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestL
     if link.power_off().is_ok() {
         let timeout = Duration::from_secs(site.shutdown_timeout_secs);
         if !backend.wait_stopped(&name, timeout) {
-            tracing::warn!("domain {name} did not power off in {} s; destroying it", timeout.as_secs());
+            tracing::warn!(
+                "domain {name} did not power off in {} s; destroying it",
+                timeout.as_secs()
+            );
         }
     }
 }
@@ -163,13 +166,27 @@ fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestL
 /// Reaches the agent of a running deployment again (`sd-exec`). Waits up to
 /// `timeout` for the link: one client at a time is served.
 pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLink, DeployError> {
-    let journal = Journal::open(&site.state_dir, id)?.ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
+    let journal = Journal::open(&site.state_dir, id)?
+        .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
     let facts = journal.facts();
-    let socket = facts.agent_socket.clone().ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
-    let hostname = facts.environment.as_ref().and_then(|e| e["hostname"].as_str()).unwrap_or("sd-guest").to_string();
+    let socket = facts
+        .agent_socket
+        .clone()
+        .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
+    let hostname = facts
+        .environment
+        .as_ref()
+        .and_then(|e| e["hostname"].as_str())
+        .unwrap_or("sd-guest")
+        .to_string();
     let backend = backend_for(site, facts.backend.as_deref())?;
     let name = domain_name(id);
-    let console = facts.console_log.clone().unwrap_or_default().display().to_string();
+    let console = facts
+        .console_log
+        .clone()
+        .unwrap_or_default()
+        .display()
+        .to_string();
     GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
         .map_err(|error| DeployError::Link { error, console })
 }
@@ -178,7 +195,9 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
 /// off through the agent if it answers, then undo the journal. Returns
 /// false if there was no such deployment.
 pub fn finish(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
-    let Some(journal) = Journal::open(&site.state_dir, id)? else { return Ok(false) };
+    let Some(journal) = Journal::open(&site.state_dir, id)? else {
+        return Ok(false);
+    };
     let backend = backend_for(site, journal.facts().backend.as_deref())?;
     if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(id)) {
         match attach(site, id, Duration::from_secs(5)) {
@@ -284,9 +303,15 @@ fn env_uid(journal: &Journal) -> Option<u32> {
 /// The job's user reaches its domain's agent (sd-exec runs as that user):
 /// the run directory becomes traversable, the agent socket the user's.
 /// The control socket stays root's.
-fn grant_agent_access(run_dir: &Path, agent_socket: &Path, uid: Option<u32>) -> Result<(), DeployError> {
+fn grant_agent_access(
+    run_dir: &Path,
+    agent_socket: &Path,
+    uid: Option<u32>,
+) -> Result<(), DeployError> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(uid) = uid.filter(|&u| u != nix::unistd::geteuid().as_raw()) else { return Ok(()) };
+    let Some(uid) = uid.filter(|&u| u != nix::unistd::geteuid().as_raw()) else {
+        return Ok(());
+    };
     std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711))?;
     std::os::unix::fs::chown(agent_socket, Some(uid), None)?;
     std::fs::set_permissions(agent_socket, std::fs::Permissions::from_mode(0o600))?;

@@ -30,7 +30,11 @@ impl Write for HookWriter {
         if self.syslog {
             let line = String::from_utf8_lossy(buf);
             // The timestamp is syslog's own; drop ours.
-            let line = line.trim_end().splitn(2, ' ').nth(1).unwrap_or("").trim_start();
+            let line = line
+                .trim_end()
+                .split_once(' ')
+                .map_or("", |(_, rest)| rest)
+                .trim_start();
             if let Ok(c) = CString::new(line.replace('\0', " ")) {
                 // SAFETY: a constant format string and a valid C string.
                 unsafe { libc::syslog(libc::LOG_INFO, c"%s".as_ptr(), c.as_ptr()) };
@@ -46,7 +50,11 @@ impl Write for HookWriter {
 
 /// Installs the hook logger; returns the log file in use (if any). Call
 /// once, early; keep the returned guard's span entered for the whole hook.
-pub fn init(hook: &'static str, log_dir: &Path, job_id: &str) -> (Option<PathBuf>, tracing::span::EnteredSpan) {
+pub fn init(
+    hook: &'static str,
+    log_dir: &Path,
+    job_id: &str,
+) -> (Option<PathBuf>, tracing::span::EnteredSpan) {
     let path = log_dir.join(LOG_FILE);
     let file = std::fs::create_dir_all(log_dir)
         .and_then(|()| OpenOptions::new().create(true).append(true).open(&path))
@@ -60,12 +68,17 @@ pub fn init(hook: &'static str, log_dir: &Path, job_id: &str) -> (Option<PathBuf
         _ => c"smartdomains",
     };
     unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-    let writer = HookWriter { file: file.map(|f| Arc::new(Mutex::new(f))), syslog: true };
+    let writer = HookWriter {
+        file: file.map(|f| Arc::new(Mutex::new(f))),
+        syslog: true,
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .with_target(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .try_init();
     let span = tracing::info_span!("sd", %hook, job = %job_id);
     (used, span.entered())

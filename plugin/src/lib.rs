@@ -6,6 +6,7 @@
 
 pub mod deployment;
 pub mod guest_link;
+pub mod hook_log;
 pub mod hypervisor;
 pub mod jdl;
 pub mod job;
@@ -13,7 +14,6 @@ pub mod journal;
 pub mod policy;
 pub mod request;
 pub mod site;
+pub mod slurm;
 pub mod storage;
 pub mod user_files;
-pub mod hook_log;
-pub mod slurm;

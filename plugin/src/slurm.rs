@@ -65,9 +65,12 @@ pub struct SlurmJob {
 
 impl SlurmJob {
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<SlurmJob, String> {
-        let need = |name: &str| var(name).ok_or_else(|| format!("{name} is not set: not run by Slurm?"));
+        let need =
+            |name: &str| var(name).ok_or_else(|| format!("{name} is not set: not run by Slurm?"));
         let number = |name: &str| -> Result<u32, String> {
-            need(name)?.parse().map_err(|_| format!("{name} is not a number"))
+            need(name)?
+                .parse()
+                .map_err(|_| format!("{name} is not a number"))
         };
         let id = need("SLURM_JOB_ID")?;
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
@@ -102,18 +105,28 @@ fn refusal_path(site: &SiteConfig, id: &str) -> PathBuf {
 
 /// Checks the request: JDL read as the user, policy. The error is the
 /// user's, worded for the user.
-pub fn resolve(site: &SiteConfig, job: &SlurmJob, spec: &RequestSpec) -> Result<ResolvedEnvironment, String> {
+pub fn resolve(
+    site: &SiteConfig,
+    job: &SlurmJob,
+    spec: &RequestSpec,
+) -> Result<ResolvedEnvironment, String> {
     let (request, vo) = match spec {
         RequestSpec::Jdl(path) => {
             let path = job.work_dir.join(path);
             let mut text = String::new();
-            UserFiles { uid: job.uid, gid: job.gid }
-                .open_read(&path)
-                .map_err(|e| e.to_string())?
-                .read_to_string(&mut text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            UserFiles {
+                uid: job.uid,
+                gid: job.gid,
+            }
+            .open_read(&path)
+            .map_err(|e| e.to_string())?
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
             let jdl = JobDescription::parse(&text, &path).map_err(|e| e.to_string())?;
-            (jdl.virtual_environment.clone().unwrap_or_default(), jdl.virtual_organisation.clone())
+            (
+                jdl.virtual_environment.clone().unwrap_or_default(),
+                jdl.virtual_organisation.clone(),
+            )
         }
         // An image alone: the VO is the job's account if the site knows it as a VO.
         RequestSpec::Image(name) => {
@@ -128,7 +141,9 @@ pub fn resolve(site: &SiteConfig, job: &SlurmJob, spec: &RequestSpec) -> Result<
 /// 1 (site fault: Slurm drains the node).
 pub fn prolog() -> i32 {
     // The fast path for every job that asks for nothing: no file is touched.
-    let Some(value) = requested_environment(env_var) else { return 0 };
+    let Some(value) = requested_environment(env_var) else {
+        return 0;
+    };
     let site = match SiteConfig::load(&SiteConfig::default_path()) {
         Ok(s) => s,
         Err(e) => return site_fault_before_config("sd-prolog", &e.to_string()),
@@ -139,7 +154,11 @@ pub fn prolog() -> i32 {
     };
     let (_log, _span) = crate::hook_log::init("sd-prolog", &site.log_dir, &job.id);
     let id = job.deployment_id();
-    tracing::info!("request {value:?} for uid {} in {}", job.uid, job.work_dir.display());
+    tracing::info!(
+        "request {value:?} for uid {} in {}",
+        job.uid,
+        job.work_dir.display()
+    );
     let env = match resolve(&site, &job, &RequestSpec::parse(&value)) {
         Ok(env) => env,
         Err(message) => {
@@ -184,7 +203,11 @@ fn write_refusal(site: &SiteConfig, id: &str, message: &str) -> std::io::Result<
 
 /// Without a site config there is no log directory: syslog and stderr.
 fn site_fault_before_config(hook: &'static str, message: &str) -> i32 {
-    let (_log, _span) = crate::hook_log::init(hook, Path::new("/var/log/smartdomains"), &env_var("SLURM_JOB_ID").unwrap_or_default());
+    let (_log, _span) = crate::hook_log::init(
+        hook,
+        Path::new("/var/log/smartdomains"),
+        &env_var("SLURM_JOB_ID").unwrap_or_default(),
+    );
     tracing::error!("site fault: {message}");
     eprintln!("{hook}: {message}");
     1
@@ -193,7 +216,9 @@ fn site_fault_before_config(hook: &'static str, message: &str) -> i32 {
 /// `sd-epilog`. Exit status 0 unless something could not be cleaned up
 /// (then the node is drained: it holds leftovers an admin must see).
 pub fn epilog() -> i32 {
-    let Some(value) = requested_environment(env_var) else { return 0 };
+    let Some(value) = requested_environment(env_var) else {
+        return 0;
+    };
     let site = match SiteConfig::load(&SiteConfig::default_path()) {
         Ok(s) => s,
         Err(e) => return site_fault_before_config("sd-epilog", &e.to_string()),
@@ -216,7 +241,10 @@ pub fn epilog() -> i32 {
     let started = Instant::now();
     match deployment::finish(&site, &id) {
         Ok(true) => {
-            tracing::info!("domain {id} shut down and cleaned up in {:.1} s", started.elapsed().as_secs_f64());
+            tracing::info!(
+                "domain {id} shut down and cleaned up in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             0
         }
         Ok(false) => {
@@ -234,15 +262,21 @@ pub fn epilog() -> i32 {
 /// code at 0).
 fn job_outcome(job_id: &str) -> String {
     let code = env_var("SLURM_JOB_EXIT_CODE2").unwrap_or_else(|| "?".into());
-    let scontrol = ["/usr/bin/scontrol", "/usr/local/bin/scontrol"].into_iter().find(|p| Path::new(p).exists());
-    let Some(scontrol) = scontrol else { return format!("exit code {code}") };
+    let scontrol = ["/usr/bin/scontrol", "/usr/local/bin/scontrol"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(scontrol) = scontrol else {
+        return format!("exit code {code}");
+    };
     let child = std::process::Command::new(scontrol)
         .args(["show", "job", "-o", job_id])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn();
-    let Ok(mut child) = child else { return format!("exit code {code}") };
+    let Ok(mut child) = child else {
+        return format!("exit code {code}");
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -253,9 +287,16 @@ fn job_outcome(job_id: &str) -> String {
         let _ = s.read_to_string(&mut out);
     }
     let field = |name: &str| {
-        out.split_whitespace().find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('='))).unwrap_or("?").to_string()
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or("?")
+            .to_string()
     };
-    format!("exit code {code}, state {}, reason {}", field("JobState"), field("Reason"))
+    format!(
+        "exit code {code}, state {}, reason {}",
+        field("JobState"),
+        field("Reason")
+    )
 }
 
 /// `sd-exec -- CMD ARGS...`: runs the command inside this job's domain.
@@ -266,27 +307,44 @@ pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
     // Blocked before any thread exists, so that every thread inherits it.
     let signals = block_forwarded_signals();
     let job_id = env_var("SLURM_JOB_ID").ok_or(ExecError::NotInJob)?;
-    let site = SiteConfig::load(&SiteConfig::default_path()).map_err(|e| ExecError::Site(e.to_string()))?;
+    let site = SiteConfig::load(&SiteConfig::default_path())
+        .map_err(|e| ExecError::Site(e.to_string()))?;
     let id = deployment_id(&job_id);
     if let Ok(message) = std::fs::read_to_string(refusal_path(&site, &id)) {
         return Err(ExecError::Refused(message.trim().to_string()));
     }
-    let link = deployment::attach(&site, &id, Duration::from_secs(site.boot_timeout_secs)).map_err(|e| match e {
-        deployment::DeployError::NoSuchDeployment(_) => ExecError::NoDomain(job_id.clone()),
-        other => ExecError::Site(other.to_string()),
-    })?;
+    let link = deployment::attach(&site, &id, Duration::from_secs(site.boot_timeout_secs))
+        .map_err(|e| match e {
+            deployment::DeployError::NoSuchDeployment(_) => ExecError::NoDomain(job_id.clone()),
+            other => ExecError::Site(other.to_string()),
+        })?;
     // A batch script lives on the host (Slurm's spool): the guest gets a copy
     // at the same path. Programs are the guest's own.
     if let Some(mut script) = host_script(&program) {
-        link.put_file(&mut script, &program, 0o755).map_err(|e| ExecError::Site(e.to_string()))?;
+        link.put_file(&mut script, &program, 0o755)
+            .map_err(|e| ExecError::Site(e.to_string()))?;
     }
-    let env = std::env::vars().filter(|(k, _)| !k.is_empty() && !k.contains('=')).collect();
-    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "/".into());
-    let request = RunRequest { argv, env, cwd, stdin: StdinSource::Stream };
+    let env = std::env::vars()
+        .filter(|(k, _)| !k.is_empty() && !k.contains('='))
+        .collect();
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "/".into());
+    let request = RunRequest {
+        argv,
+        env,
+        cwd,
+        stdin: StdinSource::Stream,
+    };
     forward_signals(signals, link.writer());
     let stdin: Box<dyn Read + Send> = Box::new(std::io::stdin());
-    link.run(request, &mut std::io::stdout(), &mut std::io::stderr(), Some(stdin))
-        .map_err(|e| ExecError::Site(e.to_string()))
+    link.run(
+        request,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+        Some(stdin),
+    )
+    .map_err(|e| ExecError::Site(e.to_string()))
 }
 
 fn host_script(program: &str) -> Option<std::fs::File> {
@@ -309,7 +367,14 @@ fn host_script(program: &str) -> Option<std::fs::File> {
 fn block_forwarded_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
         set.add(s);
     }
     let _ = set.thread_block();
@@ -358,30 +423,51 @@ mod tests {
     use std::collections::HashMap;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn request_from_spank_or_comment() {
         assert_eq!(requested_environment(vars(&[])), None);
-        assert_eq!(requested_environment(vars(&[("SLURM_JOB_COMMENT", "just a note")])), None);
-        assert_eq!(requested_environment(vars(&[("SLURM_JOB_COMMENT", "sd-env:")])), None);
+        assert_eq!(
+            requested_environment(vars(&[("SLURM_JOB_COMMENT", "just a note")])),
+            None
+        );
+        assert_eq!(
+            requested_environment(vars(&[("SLURM_JOB_COMMENT", "sd-env:")])),
+            None
+        );
         assert_eq!(
             requested_environment(vars(&[("SLURM_JOB_COMMENT", " sd-env: busybox ")])),
             Some("busybox".into())
         );
         assert_eq!(
-            requested_environment(vars(&[("SPANK_SD_ENV", "jobs/hello.jdl"), ("SLURM_JOB_COMMENT", "sd-env:x")])),
+            requested_environment(vars(&[
+                ("SPANK_SD_ENV", "jobs/hello.jdl"),
+                ("SLURM_JOB_COMMENT", "sd-env:x")
+            ])),
             Some("jobs/hello.jdl".into())
         );
     }
 
     #[test]
     fn a_request_names_a_jdl_or_an_image() {
-        assert_eq!(RequestSpec::parse("jobs/hello.jdl"), RequestSpec::Jdl("jobs/hello.jdl".into()));
-        assert_eq!(RequestSpec::parse("hello.jdl"), RequestSpec::Jdl("hello.jdl".into()));
-        assert_eq!(RequestSpec::parse("debian-minimal"), RequestSpec::Image("debian-minimal".into()));
+        assert_eq!(
+            RequestSpec::parse("jobs/hello.jdl"),
+            RequestSpec::Jdl("jobs/hello.jdl".into())
+        );
+        assert_eq!(
+            RequestSpec::parse("hello.jdl"),
+            RequestSpec::Jdl("hello.jdl".into())
+        );
+        assert_eq!(
+            RequestSpec::parse("debian-minimal"),
+            RequestSpec::Image("debian-minimal".into())
+        );
         // A path is a file, never an image: the catalogue decides what images exist.
         assert_eq!(RequestSpec::parse("../x"), RequestSpec::Jdl("../x".into()));
     }
@@ -396,7 +482,12 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(ok.deployment_id(), "slurm-42");
-        assert!(SlurmJob::from_env(vars(&[("SLURM_JOB_ID", "../1"), ("SLURM_JOB_UID", "0"), ("SLURM_JOB_GID", "0")])).is_err());
+        assert!(SlurmJob::from_env(vars(&[
+            ("SLURM_JOB_ID", "../1"),
+            ("SLURM_JOB_UID", "0"),
+            ("SLURM_JOB_GID", "0")
+        ]))
+        .is_err());
         assert!(SlurmJob::from_env(vars(&[("SLURM_JOB_ID", "1")])).is_err());
     }
 }

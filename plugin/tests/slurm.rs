@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 const USER: &str = "nobody";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -29,15 +32,26 @@ fn slurm_conf() -> &'static str {
         if let Ok(c) = std::env::var("SLURM_CONF") {
             return c;
         }
-        let out = Command::new(repo().join("scripts/slurm-local")).arg("start").output().unwrap();
-        assert!(out.status.success(), "scripts/slurm-local start failed: {}", text(&out.stderr));
+        let out = Command::new(repo().join("scripts/slurm-local"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/slurm-local start failed: {}",
+            text(&out.stderr)
+        );
         let line = text(&out.stdout);
-        line.trim().strip_prefix("export SLURM_CONF=").expect("export line").to_string()
+        line.trim()
+            .strip_prefix("export SLURM_CONF=")
+            .expect("export line")
+            .to_string()
     })
 }
 
 fn site() -> SiteConfig {
-    SiteConfig::load(&SiteConfig::default_path()).expect("the site config the hooks read (scripts/setup writes it)")
+    SiteConfig::load(&SiteConfig::default_path())
+        .expect("the site config the hooks read (scripts/setup writes it)")
 }
 
 fn text(b: &[u8]) -> String {
@@ -59,13 +73,21 @@ fn slurm(cmd: &str) -> Command {
 
 fn run(mut c: Command) -> Output {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{c:?}: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     out
 }
 
 /// A working directory `nobody` can use, with the job files in it.
 fn workdir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("sd-slurm-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sd-slurm-")
+        .tempdir()
+        .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::create_dir(dir.path().join("jobs")).unwrap();
@@ -77,15 +99,37 @@ fn workdir() -> tempfile::TempDir {
 
 fn sbatch(dir: &Path, args: &[&str]) -> String {
     let mut c = slurm("sbatch");
-    c.current_dir(dir).args(["--parsable", "--uid", USER, "-o", "job-%j.out", "-e", "job-%j.err"]).args(args);
-    text(&run(c).stdout).trim().split(';').next().unwrap().to_string()
+    c.current_dir(dir)
+        .args([
+            "--parsable",
+            "--uid",
+            USER,
+            "-o",
+            "job-%j.out",
+            "-e",
+            "job-%j.err",
+        ])
+        .args(args);
+    text(&run(c).stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn job_field(id: &str, field: &str) -> String {
-    let out = slurm("scontrol").args(["show", "job", "-o", id]).output().unwrap();
+    let out = slurm("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
     text(&out.stdout)
         .split_whitespace()
-        .find_map(|w| w.strip_prefix(field).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+        .find_map(|w| {
+            w.strip_prefix(field)
+                .and_then(|v| v.strip_prefix('='))
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -94,7 +138,10 @@ fn wait_done(id: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let state = job_field(id, "JobState");
-        if matches!(state.as_str(), "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY") {
+        if matches!(
+            state.as_str(),
+            "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY"
+        ) {
             return state;
         }
         assert!(Instant::now() < deadline, "job {id} still {state}");
@@ -105,13 +152,19 @@ fn wait_done(id: &str) -> String {
 fn wait_state(id: &str, wanted: &str) {
     let deadline = Instant::now() + Duration::from_secs(240);
     while job_field(id, "JobState") != wanted {
-        assert!(Instant::now() < deadline, "job {id} never {wanted}: {}", job_field(id, "JobState"));
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never {wanted}: {}",
+            job_field(id, "JobState")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn output(dir: &Path, id: &str) -> (String, String) {
-    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("job-{id}.{ext}"))).unwrap_or_default();
+    let read = |ext: &str| {
+        std::fs::read_to_string(dir.join(format!("job-{id}.{ext}"))).unwrap_or_default()
+    };
     (read("out"), read("err"))
 }
 
@@ -133,7 +186,10 @@ fn leftovers(id: &str) -> Vec<String> {
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             if text(&cmdline).contains(&name) {
-                found.push(format!("QEMU process {}", entry.file_name().to_string_lossy()));
+                found.push(format!(
+                    "QEMU process {}",
+                    entry.file_name().to_string_lossy()
+                ));
             }
         }
     }
@@ -159,7 +215,10 @@ fn node_state() -> String {
 }
 
 fn guest_kernel() -> String {
-    std::fs::read_to_string(repo().join("build/images/kernel-release")).unwrap().trim().to_string()
+    std::fs::read_to_string(repo().join("build/images/kernel-release"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -168,18 +227,29 @@ fn batch_script_and_srun_run_inside_the_guest() {
     let dir = workdir();
     let id = sbatch(
         dir.path(),
-        &["--sd-env=jobs/hello.jdl", "--wrap", "echo kernel=$(uname -r) host=$(hostname); cat /etc/sd-image; id -u"],
+        &[
+            "--sd-env=jobs/hello.jdl",
+            "--wrap",
+            "echo kernel=$(uname -r) host=$(hostname); cat /etc/sd-image; id -u",
+        ],
     );
     assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
     let (out, err) = output(dir.path(), &id);
-    assert!(out.contains(&format!("kernel={}", guest_kernel())), "{out}{err}");
-    assert!(out.contains("host=hello-vm"), "the JDL's hostname: {out}{err}");
+    assert!(
+        out.contains(&format!("kernel={}", guest_kernel())),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("host=hello-vm"),
+        "the JDL's hostname: {out}{err}"
+    );
     assert!(out.contains("name=debian-minimal"), "{out}{err}");
     assert_no_leftovers(&id);
 
     let srun = run({
         let mut c = slurm("srun");
-        c.current_dir(dir.path()).args(["--uid", USER, "--sd-env=busybox", "uname", "-r"]);
+        c.current_dir(dir.path())
+            .args(["--uid", USER, "--sd-env=busybox", "uname", "-r"]);
         c
     });
     assert_eq!(text(&srun.stdout).trim(), guest_kernel());
@@ -189,7 +259,10 @@ fn batch_script_and_srun_run_inside_the_guest() {
 fn exit_code_from_the_guest_is_the_jobs() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", "echo in-guest; exit 3"]);
+    let id = sbatch(
+        dir.path(),
+        &["--sd-env=busybox", "--wrap", "echo in-guest; exit 3"],
+    );
     assert_eq!(wait_done(&id), "FAILED");
     assert_eq!(job_field(&id, "ExitCode"), "3:0");
     assert!(output(dir.path(), &id).0.contains("in-guest"));
@@ -205,10 +278,17 @@ fn two_jobs_at_once_get_their_own_domains() {
     let b = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", script]);
     // Both domains exist at the same time.
     let site = site();
-    let journal = |id: &str| site.state_dir.join("journal").join(format!("slurm-{id}.json"));
+    let journal = |id: &str| {
+        site.state_dir
+            .join("journal")
+            .join(format!("slurm-{id}.json"))
+    };
     let deadline = Instant::now() + Duration::from_secs(180);
     while !(journal(&a).exists() && journal(&b).exists()) {
-        assert!(Instant::now() < deadline, "the two jobs never ran at the same time");
+        assert!(
+            Instant::now() < deadline,
+            "the two jobs never ran at the same time"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for id in [&a, &b] {
@@ -228,14 +308,27 @@ fn forbidden_image_fails_the_job_and_keeps_the_node() {
         "[ Executable = \"/bin/true\"; VirtualOrganisation = \"atlas\";\n  VirtualEnvironment = [ Image = \"busybox\"; ]; ]\n",
     )
     .unwrap();
-    let id = sbatch(dir.path(), &["--sd-env=jobs/forbidden.jdl", "--wrap", "echo should-not-run"]);
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--sd-env=jobs/forbidden.jdl",
+            "--wrap",
+            "echo should-not-run",
+        ],
+    );
     assert_eq!(wait_done(&id), "FAILED");
     let (out, err) = output(dir.path(), &id);
     assert!(!out.contains("should-not-run"), "{out}");
-    assert!(err.contains("atlas") && err.contains("busybox"), "the refusal in the job's stderr: {err}");
+    assert!(
+        err.contains("atlas") && err.contains("busybox"),
+        "the refusal in the job's stderr: {err}"
+    );
     assert_no_leftovers(&id);
     let state = node_state();
-    assert!(state == "idle" || state == "mixed" || state == "allocated", "node state {state}");
+    assert!(
+        state == "idle" || state == "mixed" || state == "allocated",
+        "node state {state}"
+    );
     assert!(!state.contains("drain"), "{state}");
 }
 
@@ -243,7 +336,10 @@ fn forbidden_image_fails_the_job_and_keeps_the_node() {
 fn scancel_of_a_running_job_cleans_up() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", "echo started; sleep 300"]);
+    let id = sbatch(
+        dir.path(),
+        &["--sd-env=busybox", "--wrap", "echo started; sleep 300"],
+    );
     wait_state(&id, "RUNNING");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !output(dir.path(), &id).0.contains("started") {
@@ -278,11 +374,14 @@ fn prolog_killed_mid_boot_then_epilog_cleans_up() {
     // and holds the batch job, and drains the node.
     assert_no_leftovers(&id);
     let _ = slurm("scancel").arg(&id).status();
-    let node = text(&run({
-        let mut c = slurm("sinfo");
-        c.args(["-h", "-o", "%n"]);
-        c
-    }).stdout)
+    let node = text(
+        &run({
+            let mut c = slurm("sinfo");
+            c.args(["-h", "-o", "%n"]);
+            c
+        })
+        .stdout,
+    )
     .trim()
     .to_string();
     run({
@@ -308,9 +407,14 @@ fn prolog_of(id: &str) -> Option<nix::unistd::Pid> {
 fn job_without_a_request_is_untouched() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(dir.path(), &["--wrap", "uname -r; echo SPANK=${SPANK_SD_ENV:-none}"]);
+    let id = sbatch(
+        dir.path(),
+        &["--wrap", "uname -r; echo SPANK=${SPANK_SD_ENV:-none}"],
+    );
     assert_eq!(wait_done(&id), "COMPLETED");
-    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout).trim().to_string();
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout)
+        .trim()
+        .to_string();
     let (out, _) = output(dir.path(), &id);
     assert_eq!(out, format!("{host}\nSPANK=none\n"));
     assert_no_leftovers(&id);
@@ -323,7 +427,11 @@ fn comment_request_without_the_plugin_option() {
     let sd_exec = bin("sd-exec");
     let id = sbatch(
         dir.path(),
-        &["--comment=sd-env:busybox", "--wrap", &format!("{} -- cat /etc/sd-image", sd_exec.display())],
+        &[
+            "--comment=sd-env:busybox",
+            "--wrap",
+            &format!("{} -- cat /etc/sd-image", sd_exec.display()),
+        ],
     );
     assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
     assert!(output(dir.path(), &id).0.contains("name=busybox"));

@@ -38,7 +38,9 @@ fn main() -> ExitCode {
 
 /// Dies of the same signal as the command, so that Slurm records a signal.
 fn die_by(signal: i32) -> ExitCode {
-    use nix::sys::signal::{raise, sigprocmask, SigSet, SigmaskHow, Signal, signal as set_handler, SigHandler};
+    use nix::sys::signal::{
+        raise, signal as set_handler, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal,
+    };
     if let Ok(sig) = Signal::try_from(signal) {
         // SAFETY: restoring the default disposition.
         unsafe {

@@ -30,7 +30,9 @@ pub fn kvm_usable(qemu: &Path, kernel: &Path, cache_dir: &Path, timeout: Duratio
     // The verdict holds for this host boot, this QEMU and this kernel.
     let boot_id = format!(
         "{} {} {}",
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim(),
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim(),
         qemu.display(),
         kernel.display()
     );
