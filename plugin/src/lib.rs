@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod guest_link;
 pub mod hook_log;
 pub mod hypervisor;
+pub mod image_store;
 pub mod jdl;
 pub mod job;
 pub mod journal;

@@ -246,10 +246,18 @@ fn batch_script_and_srun_run_inside_the_guest() {
     assert!(out.contains("name=debian-minimal"), "{out}{err}");
     assert_no_leftovers(&id);
 
+    // As the user itself: `srun --uid` from root cannot wait in the queue.
     let srun = run({
-        let mut c = slurm("srun");
-        c.current_dir(dir.path())
-            .args(["--uid", USER, "--sd-env=busybox", "uname", "-r"]);
+        let mut c = slurm("runuser");
+        c.current_dir(dir.path()).args([
+            "-u",
+            USER,
+            "--",
+            "srun",
+            "--sd-env=busybox",
+            "uname",
+            "-r",
+        ]);
         c
     });
     assert_eq!(text(&srun.stdout).trim(), guest_kernel());
