@@ -8,6 +8,7 @@
 use crate::guest_link::{GuestLink, LinkError};
 use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
 use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
+use crate::image_store::{ImageStore, Manifest, SaveMeta};
 use crate::journal::{Journal, JournalError, Resource};
 use crate::policy::ResolvedEnvironment;
 use crate::site::{Acceleration, Backend, SiteConfig};
@@ -32,6 +33,8 @@ pub enum DeployError {
     BackendUnavailable(String, String),
     #[error("no deployment {0:?} on this host")]
     NoSuchDeployment(String),
+    #[error(transparent)]
+    Store(#[from] crate::image_store::StoreError),
 }
 
 /// Held while a resource is recorded and created, and by whoever cleans up
@@ -139,28 +142,94 @@ impl Deployment {
     }
 
     /// Graceful end: the agent unmounts and powers off; if the domain is not
-    /// gone within the site's shutdown timeout it is destroyed. Then every
-    /// journal entry is undone.
-    pub fn teardown(self, site: &SiteConfig) -> Result<(), DeployError> {
-        power_off(site, self.backend.as_ref(), &self.id, self.link);
+    /// gone within the site's shutdown timeout it is destroyed. The disk is
+    /// saved as a new image when the request (and the site's `save_images`)
+    /// say so; then every journal entry is undone.
+    pub fn teardown(
+        self,
+        site: &SiteConfig,
+        job_succeeded: bool,
+    ) -> Result<SaveOutcome, DeployError> {
+        let clean = power_off(site, self.backend.as_ref(), &self.id, self.link);
+        let saved = save_if_wanted(site, &self.journal, clean, job_succeeded);
         let _step = step_lock();
-        undo(site, self.journal)
+        undo(site, self.journal)?;
+        Ok(saved)
     }
 }
 
+/// What became of a save: None when none was wanted.
+pub type SaveOutcome = Option<Result<Manifest, String>>;
+
 /// Asks the agent to power the domain off and waits for it, up to the
-/// site's shutdown timeout; whatever is left is destroyed by `undo`.
-fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) {
+/// site's shutdown timeout; whatever is left is destroyed by `undo`. True
+/// if the guest stopped by itself (its file system was unmounted cleanly).
+fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) -> bool {
     let name = domain_name(id);
-    if link.power_off().is_ok() {
-        let timeout = Duration::from_secs(site.shutdown_timeout_secs);
-        if !backend.wait_stopped(&name, timeout) {
-            tracing::warn!(
-                "domain {name} did not power off in {} s; destroying it",
-                timeout.as_secs()
-            );
-        }
+    if link.power_off().is_err() {
+        return false;
     }
+    let timeout = Duration::from_secs(site.shutdown_timeout_secs);
+    let stopped = backend.wait_stopped(&name, timeout);
+    if !stopped {
+        tracing::warn!(
+            "domain {name} did not power off in {} s; destroying it",
+            timeout.as_secs()
+        );
+    }
+    stopped
+}
+
+/// Keeps the job's disk as a new image in the store, if its resolved
+/// environment (in the journal) says so. The domain is down by now.
+fn save_if_wanted(
+    site: &SiteConfig,
+    journal: &Journal,
+    clean: bool,
+    job_succeeded: bool,
+) -> SaveOutcome {
+    let env = journal.facts().environment.clone()?;
+    if env["save_image"].as_bool() != Some(true) {
+        return None;
+    }
+    if env["save_only_on_success"].as_bool() == Some(true) && !job_succeeded {
+        tracing::info!("the job failed: its disk is not saved (save_images: on_success)");
+        return None;
+    }
+    if !clean {
+        return Some(Err(
+            "the domain did not shut down cleanly; its disk is not saved".into(),
+        ));
+    }
+    let id = journal.id();
+    let vo = env["vo"].as_str().unwrap_or_default().to_string();
+    let name = match env["save_as"].as_str() {
+        Some(n) => n.to_string(),
+        None => format!("{vo}-{id}").to_ascii_lowercase(),
+    };
+    let meta = SaveMeta {
+        source_job: id.to_string(),
+        vo,
+        base_image: env["catalogue_image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        saved_by_uid: journal.facts().uid.unwrap_or(0),
+        vo_quota_bytes: env["store_quota_bytes"].as_u64(),
+    };
+    let overlay = run_dir(site, id).join("disk.qcow2");
+    let started = Instant::now();
+    let result = ImageStore::of_site(site).save(&overlay, &name, meta, &|_, _| {});
+    match &result {
+        Ok(m) => tracing::info!(
+            "saved the disk as image {name} ({} MiB, {} MiB compressed) in {:.1} s",
+            m.size >> 20,
+            m.compressed_size >> 20,
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => tracing::error!("the disk could not be saved as {name}: {e}"),
+    }
+    Some(result.map_err(|e| e.to_string()))
 }
 
 /// Reaches the agent of a running deployment again (`sd-exec`). Waits up to
@@ -192,21 +261,28 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
 }
 
 /// Graceful end of a deployment known only by its id (`sd-epilog`): power
-/// off through the agent if it answers, then undo the journal. Returns
-/// false if there was no such deployment.
-pub fn finish(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+/// off through the agent if it answers, save the disk if wanted, undo the
+/// journal. None if there was no such deployment.
+pub fn finish(
+    site: &SiteConfig,
+    id: &str,
+    job_succeeded: bool,
+) -> Result<Option<SaveOutcome>, DeployError> {
     let Some(journal) = Journal::open(&site.state_dir, id)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let backend = backend_for(site, journal.facts().backend.as_deref())?;
+    let mut clean = false;
     if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(id)) {
         match attach(site, id, Duration::from_secs(5)) {
-            Ok(link) => power_off(site, backend.as_ref(), id, link),
+            Ok(link) => clean = power_off(site, backend.as_ref(), id, link),
             Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
         }
     }
+    let saved = save_if_wanted(site, &journal, clean, job_succeeded);
     let _step = step_lock();
-    undo(site, journal).map(|()| true)
+    undo(site, journal)?;
+    Ok(Some(saved))
 }
 
 /// A deployment under construction: dropped on error → undone.
@@ -240,7 +316,13 @@ impl Partial<'_> {
         {
             let _step = step_lock();
             journal.record(Resource::File { path: disk.clone() })?;
-            storage::create_overlay(&env.image.disk, env.image.format, &disk, env.disk_mib)?;
+            // A saved image is decompressed (once, verified) into the store's cache.
+            let base = if env.from_store {
+                ImageStore::of_site(site).open_for_use(&env.image.name, &|_, _| {})?
+            } else {
+                env.image.disk.clone()
+            };
+            storage::create_overlay(&base, env.image.format, &disk, env.disk_mib)?;
         }
         let spec = DomainSpec {
             name: domain_name(id),

@@ -101,7 +101,7 @@ pub enum StoreError {
     )]
     Exists { name: String, dir: PathBuf },
     #[error(
-        "{} is corrupt: its sha256 is {actual}, its manifest says {expected}; \
+        "{} is corrupt (checksum mismatch): its sha256 is {actual}, its manifest says {expected}; \
          nothing was used. Remove the image (it cannot be repaired) and save it again",
         file.display()
     )]
@@ -240,6 +240,22 @@ impl ImageStore {
             dir: dir.into(),
             cache_dir: cache_dir.into(),
         }
+    }
+
+    /// The store of a site: `STATE_DIR/store`, cache `STATE_DIR/store-cache`.
+    pub fn of_site(site: &crate::site::SiteConfig) -> Self {
+        ImageStore::new(
+            site.state_dir.join("store"),
+            site.state_dir.join("store-cache"),
+        )
+    }
+
+    /// The manifest of a saved image, if the store has one by that name.
+    pub fn find(&self, name: &str) -> Result<Option<Manifest>, StoreError> {
+        if !self.manifest_path(name).exists() {
+            return Ok(None);
+        }
+        self.read_manifest(name).map(Some)
     }
 
     pub fn dir(&self) -> &Path {
@@ -1283,7 +1299,10 @@ mod tests {
         assert_eq!((file, expected), (&zst, &m.sha256));
         let msg = e.to_string();
         assert!(
-            msg.starts_with(&format!("{} is corrupt: its sha256 is ", zst.display())),
+            msg.starts_with(&format!(
+                "{} is corrupt (checksum mismatch): its sha256 is ",
+                zst.display()
+            )),
             "{msg}"
         );
         assert!(msg.ends_with("Remove the image (it cannot be repaired) and save it again"));

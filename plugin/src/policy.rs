@@ -8,8 +8,11 @@
 
 use serde::Serialize;
 
+use crate::image_store::ImageStore;
 use crate::request::EnvironmentRequest;
-use crate::site::{validate_hostname, validate_image_name, CatalogueImage, SiteConfig};
+use crate::site::{
+    validate_hostname, validate_image_name, CatalogueImage, DiskFormat, SavePolicy, SiteConfig,
+};
 
 /// What a job gets: everything `deployment` needs, nothing left optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,8 +22,21 @@ pub struct ResolvedEnvironment {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub disk_mib: u64,
-    pub save_image: bool,
     pub hostname: String,
+    /// The catalogue image this one is (or was saved from): its kernel,
+    /// initrd and defaults are the ones used.
+    pub catalogue_image: String,
+    /// The image is a saved one from the site's store (its `disk` is the
+    /// compressed file; `deployment` decompresses it once, verified).
+    pub from_store: bool,
+    /// Whether the disk is kept as a new image after the job.
+    pub save_image: bool,
+    /// Its name in the store, if the job gave one.
+    pub save_as: Option<String>,
+    /// Keep it only if the job ends with exit status 0 (`save_images: on_success`).
+    pub save_only_on_success: bool,
+    /// The VO's store quota (`max_store_mib`), in bytes.
+    pub store_quota_bytes: Option<u64>,
 }
 
 /// Why a job was refused. Each is the job's (the user's) to fix; the site
@@ -73,6 +89,16 @@ pub enum PolicyError {
     },
     #[error("invalid hostname {hostname:?}: {reason}")]
     InvalidHostname { hostname: String, reason: String },
+    #[error("image {image:?} was saved by VO {owner:?}; VO {vo:?} may not use it")]
+    SavedByOtherVo {
+        image: String,
+        owner: String,
+        vo: String,
+    },
+    #[error("this site does not save images (save_images: never); remove SaveImage/SaveAs from the request")]
+    SaveRefused,
+    #[error("cannot save as {name:?}: {reason}")]
+    BadSaveName { name: String, reason: String },
 }
 
 impl PolicyError {
@@ -90,7 +116,10 @@ impl PolicyError {
             | PolicyError::MemoryOverLimit { .. }
             | PolicyError::VcpusOverLimit { .. }
             | PolicyError::DiskOverLimit { .. }
-            | PolicyError::InvalidHostname { .. } => true,
+            | PolicyError::InvalidHostname { .. }
+            | PolicyError::SavedByOtherVo { .. }
+            | PolicyError::SaveRefused
+            | PolicyError::BadSaveName { .. } => true,
         }
     }
 }
@@ -127,21 +156,48 @@ pub fn admit(
         (None, Some(name)) => (name.as_str(), true),
         (None, None) => return Err(PolicyError::NoImage),
     };
-    let image = site
-        .images
-        .get(image_name)
-        .ok_or_else(|| PolicyError::UnknownImage {
-            image: image_name.to_string(),
-            catalogue: site.images.keys().cloned().collect(),
-        })?;
-    if !policy.images.allows(image_name) {
-        return Err(PolicyError::ImageNotAllowed {
-            vo: policy.name.clone(),
-            image: image_name.to_string(),
-            allowed: policy.images.to_string(),
-            from_default,
-        });
-    }
+    // A catalogue image, else one this VO saved in the store.
+    let store = ImageStore::of_site(site);
+    let mut catalogue_image = image_name.to_string();
+    let (image, from_store) = match site.images.get(image_name) {
+        Some(image) => {
+            if !policy.images.allows(image_name) {
+                return Err(PolicyError::ImageNotAllowed {
+                    vo: policy.name.clone(),
+                    image: image_name.to_string(),
+                    allowed: policy.images.to_string(),
+                    from_default,
+                });
+            }
+            (image.clone(), false)
+        }
+        None => {
+            let unknown = || PolicyError::UnknownImage {
+                image: image_name.to_string(),
+                catalogue: site.images.keys().cloned().collect(),
+            };
+            let saved = store.find(image_name).ok().flatten().ok_or_else(unknown)?;
+            if saved.vo != policy.name {
+                return Err(PolicyError::SavedByOtherVo {
+                    image: image_name.to_string(),
+                    owner: saved.vo,
+                    vo: policy.name.clone(),
+                });
+            }
+            // Booted with its base's kernel, initrd and defaults.
+            let base = site.images.get(&saved.base_image).ok_or_else(unknown)?;
+            catalogue_image = saved.base_image.clone();
+            let mut image = base.clone();
+            image.name = saved.name.clone();
+            image.disk = store.dir().join(format!("{}.qcow2.zst", saved.name));
+            image.format = DiskFormat::Qcow2;
+            image.description = Some(format!(
+                "saved from {} (job {})",
+                saved.base_image, saved.source_job
+            ));
+            (image, true)
+        }
+    };
 
     // 3. Values: request, else image defaults, else site defaults.
     let defaults = &site.defaults;
@@ -198,14 +254,43 @@ pub fn admit(
         reason,
     })?;
 
+    // 6. Saving the disk afterwards: the job asks, the site decides.
+    let asked = req.save_image.unwrap_or(false) || req.save_as.is_some();
+    let save_image = match site.save_images {
+        SavePolicy::Never if asked => return Err(PolicyError::SaveRefused),
+        SavePolicy::Never => false,
+        SavePolicy::OnRequest | SavePolicy::OnSuccess => asked,
+        SavePolicy::Always => true,
+    };
+    if let Some(name) = &req.save_as {
+        let bad = |reason: String| PolicyError::BadSaveName {
+            name: name.clone(),
+            reason,
+        };
+        validate_image_name(name).map_err(bad)?;
+        if site.images.contains_key(name) {
+            return Err(bad("the catalogue has an image of that name".into()));
+        }
+        if matches!(store.find(name), Ok(Some(_))) {
+            return Err(bad(
+                "the image store already has an image of that name".into()
+            ));
+        }
+    }
+
     Ok(ResolvedEnvironment {
         vo: policy.name.clone(),
-        image: image.clone(),
+        image,
         memory_mib,
         vcpus,
         disk_mib,
-        save_image: req.save_image.unwrap_or(false),
         hostname,
+        catalogue_image,
+        from_store,
+        save_image,
+        save_as: req.save_as.clone().filter(|_| save_image),
+        save_only_on_success: site.save_images == SavePolicy::OnSuccess,
+        store_quota_bytes: policy.max_store_mib.map(|m| m << 20),
     })
 }
 
@@ -258,6 +343,7 @@ default_vo: demo
             vcpus: Some(2),
             disk_mib: None,
             save_image: Some(true),
+            save_as: Some("worker-image".into()),
             hostname: Some("worker-1.example.org".into()),
         };
         insta::assert_yaml_snapshot!(admit(&site(), Some("demo"), &req).unwrap());

@@ -19,6 +19,8 @@ pub struct EnvironmentRequest {
     pub disk_mib: Option<u64>,
     /// Keep the domain's disk as a new image after the job.
     pub save_image: Option<bool>,
+    /// Name of that image in the site's store (default: `<vo>-<deployment>`).
+    pub save_as: Option<String>,
     /// Hostname the guest gets.
     pub hostname: Option<String>,
 }

@@ -64,6 +64,22 @@ pub struct SiteConfig {
     pub vos: BTreeMap<String, VoPolicy>,
     /// VO of jobs that name none.
     pub default_vo: Option<String>,
+    /// When a job's disk is kept as a new image in the store.
+    pub save_images: SavePolicy,
+}
+
+/// When a job's disk becomes a new image in the site's image store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SavePolicy {
+    /// Never; a job that asks (`SaveImage = true`) is refused.
+    Never,
+    /// When the job asks.
+    OnRequest,
+    /// When the job asks and ends with exit status 0.
+    OnSuccess,
+    /// After every job.
+    Always,
 }
 
 /// Which hypervisor runs the domains.
@@ -148,6 +164,8 @@ pub struct VoPolicy {
     pub max_memory_mib: Option<u64>,
     pub max_vcpus: Option<u32>,
     pub max_disk_mib: Option<u64>,
+    /// Most the VO's saved images may take in the store (compressed).
+    pub max_store_mib: Option<u64>,
 }
 
 /// The images a VO may use.
@@ -404,6 +422,7 @@ struct RawSite {
     images: Option<SpannedMap<RawImage>>,
     vos: Option<SpannedMap<RawVo>>,
     default_vo: Option<S<String>>,
+    save_images: Option<SavePolicy>,
 }
 
 #[derive(Deserialize)]
@@ -451,6 +470,7 @@ struct RawVo {
     max_memory_mib: Option<S<u64>>,
     max_vcpus: Option<S<u32>>,
     max_disk_mib: Option<S<u64>>,
+    max_store_mib: Option<S<u64>>,
 }
 
 /// `images:` of a VO: a list of names, or a single name; `"*"` = all.
@@ -869,6 +889,8 @@ impl Builder<'_> {
                     .nonzero_opt(&vo.max_memory_mib, &format!("{p}.max_memory_mib"))?,
                 max_vcpus: self.nonzero_opt(&vo.max_vcpus, &format!("{p}.max_vcpus"))?,
                 max_disk_mib: self.nonzero_opt(&vo.max_disk_mib, &format!("{p}.max_disk_mib"))?,
+                max_store_mib: self
+                    .nonzero_opt(&vo.max_store_mib, &format!("{p}.max_store_mib"))?,
             };
 
             // What a job of this VO gets when it asks for nothing must be
@@ -961,6 +983,7 @@ impl Builder<'_> {
             images,
             vos,
             default_vo,
+            save_images: raw.save_images.unwrap_or(SavePolicy::OnRequest),
         })
     }
 }

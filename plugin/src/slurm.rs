@@ -228,26 +228,29 @@ pub fn epilog() -> i32 {
     };
     let (_log, _span) = crate::hook_log::init("sd-epilog", &site.log_dir, &job_id);
     let id = deployment_id(&job_id);
-    tracing::info!("job ended: {}", job_outcome(&job_id));
+    let outcome = job_outcome(&job_id);
+    tracing::info!("job ended: {outcome}");
     if matches!(std::fs::remove_file(refusal_path(&site, &id)), Ok(())) {
         tracing::info!("the request {value:?} had been refused; nothing was deployed");
     }
-    if let Ok(Some(j)) = crate::journal::Journal::open(&site.state_dir, &id) {
-        let env = j.facts().environment.clone().unwrap_or_default();
-        if env["save_image"].as_bool() == Some(true) {
-            tracing::warn!("SaveImage was requested; saving images is not supported yet: the disk is discarded");
-        }
-    }
+    // Slurm's "exit:signal" of the batch script; a cancel leaves 0:0 but is no success.
+    let succeeded = env_var("SLURM_JOB_EXIT_CODE2").as_deref() == Some("0:0")
+        && !outcome.contains("CANCELLED")
+        && !outcome.contains("TIMEOUT");
     let started = Instant::now();
-    match deployment::finish(&site, &id) {
-        Ok(true) => {
+    match deployment::finish(&site, &id, succeeded) {
+        Ok(Some(saved)) => {
             tracing::info!(
                 "domain {id} shut down and cleaned up in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+            // A failed save is logged (by deployment); the node is fine.
+            if let Some(Ok(m)) = saved {
+                tracing::info!("image {} saved for VO {}", m.name, m.vo);
+            }
             0
         }
-        Ok(false) => {
+        Ok(None) => {
             tracing::info!("no domain to clean up (the prolog refused the request or never ran)");
             0
         }

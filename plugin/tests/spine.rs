@@ -361,3 +361,95 @@ fn sigterm_destroys_the_domain_and_cleans_up() {
     assert_eq!(status.code(), Some(128 + 15));
     assert_eq!(site.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn saved_image_is_reused_by_its_vo_and_a_corrupted_one_is_refused() {
+    let site = Site::new();
+    let job = |name: &str, vo: &str, env: &str, cmd: &str| {
+        site.jdl(
+            name,
+            &format!(
+                r#"Executable = "/bin/sh"; Arguments = "-c '{cmd}'"; VirtualOrganisation = "{vo}";
+                   VirtualEnvironment = [ {env} ];"#
+            ),
+        )
+    };
+    let first = site.run(&job(
+        "save.jdl",
+        "demo",
+        r#"Image = "busybox"; SaveAs = "spine-saved";"#,
+        "echo kept-across-jobs > /root/note",
+    ));
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("saved as image \"spine-saved\""),
+        "{}",
+        text(&first.stderr)
+    );
+    assert!(site.path("state/store/spine-saved.qcow2.zst").exists());
+    let listing = site.sd().arg("images").output().unwrap();
+    assert!(
+        text(&listing.stdout).contains("spine-saved"),
+        "{}",
+        text(&listing.stdout)
+    );
+
+    // A later job of the same VO boots from it and sees the file.
+    let second = site.run(&job(
+        "reuse.jdl",
+        "demo",
+        r#"Image = "spine-saved";"#,
+        "cat /root/note; cat /etc/sd-image",
+    ));
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).starts_with("kept-across-jobs\nname=busybox"),
+        "{}",
+        text(&second.stdout)
+    );
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+
+    // Another VO may not.
+    let other = site.run(&job(
+        "other.jdl",
+        "atlas",
+        r#"Image = "spine-saved";"#,
+        "true",
+    ));
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        text(&other.stderr).contains("was saved by VO \"demo\""),
+        "{}",
+        text(&other.stderr)
+    );
+
+    // One flipped byte: refused with a checksum error, nothing booted.
+    let stored = site.path("state/store/spine-saved.qcow2.zst");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&stored, bytes).unwrap();
+    std::fs::remove_dir_all(site.path("state/store-cache")).unwrap();
+    let corrupt = site
+        .sd()
+        .args(["run", "--id", "corrupt"])
+        .arg(job(
+            "corrupt.jdl",
+            "demo",
+            r#"Image = "spine-saved";"#,
+            "true",
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(corrupt.status.code(), Some(125));
+    assert!(
+        text(&corrupt.stderr).contains("checksum"),
+        "{}",
+        text(&corrupt.stderr)
+    );
+    assert!(
+        !site.path("log/corrupt.console.log").exists(),
+        "no domain was started"
+    );
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+}

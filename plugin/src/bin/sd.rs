@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use smartdomains::deployment::{self, Deployment};
 use smartdomains::guest_link::JobOutcome;
+use smartdomains::image_store::ImageStore;
 use smartdomains::jdl::JobDescription;
 use smartdomains::journal::Journal;
 use smartdomains::site::SiteConfig;
@@ -76,6 +77,22 @@ enum Command {
     },
     /// List the deployments on this host.
     Status,
+    /// List the image catalogue and the saved images of the store.
+    ///
+    /// A job saves its disk as a new image with `SaveImage = true;` (and
+    /// optionally `SaveAs = "name";`) in its VirtualEnvironment; later jobs of
+    /// the same VO name it as their Image.
+    Images {
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesAction {
+    /// Remove a saved image (root, or the user who saved it). Catalogue
+    /// images belong to the site config and are not removed here.
+    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +122,10 @@ fn main() -> ExitCode {
                 } => run(&site, &jdl, &output_dir, id),
                 Command::Cleanup { id, all } => cleanup(&site, id, all),
                 Command::Status => status(&site),
+                Command::Images { action: None } => images(&site),
+                Command::Images {
+                    action: Some(ImagesAction::Rm { name }),
+                } => remove_image(&site, &name),
                 Command::CheckConfig { .. } => unreachable!(),
             }
         }
@@ -217,7 +238,8 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
     );
-    let teardown = deployment.teardown(site);
+    let succeeded = matches!(outcome, Ok(JobOutcome::Exited(0)));
+    let teardown = deployment.teardown(site, succeeded);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -229,8 +251,18 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
             return fail(code, &format!("job {id}: {e}"));
         }
     };
-    if let Err(e) = teardown {
-        eprintln!("sd: cleanup of {id} incomplete: {e} (run `sd cleanup {id}`)");
+    match teardown {
+        Ok(Some(Ok(image))) => eprintln!(
+            "sd: the job's disk is saved as image {:?} ({} MiB, {} MiB compressed): VO {} may now ask for Image = \"{}\"",
+            image.name,
+            image.size >> 20,
+            image.compressed_size >> 20,
+            image.vo,
+            image.name
+        ),
+        Ok(Some(Err(e))) => eprintln!("sd: the job's disk was not saved: {e}"),
+        Ok(None) => {}
+        Err(e) => eprintln!("sd: cleanup of {id} incomplete: {e} (run `sd cleanup {id}`)"),
     }
     match outcome {
         JobOutcome::Exited(code) => ExitCode::from(code as u8),
@@ -286,6 +318,18 @@ fn cleanup(site: &SiteConfig, id: Option<String>, all: bool) -> ExitCode {
         },
     };
     let mut code = ExitCode::SUCCESS;
+    // What a save killed half-way left in the image store.
+    match ImageStore::of_site(site).cleanup_temporaries() {
+        Ok(removed) => {
+            for path in removed {
+                println!("{}: removed (left by an interrupted save)", path.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("sd: image store: {e}");
+            code = ExitCode::from(EXIT_SITE_FAULT);
+        }
+    }
     for id in ids {
         match deployment::cleanup(site, &id) {
             Ok(true) => println!("{id}: cleaned up"),
@@ -297,6 +341,91 @@ fn cleanup(site: &SiteConfig, id: Option<String>, all: bool) -> ExitCode {
         }
     }
     code
+}
+
+fn images(site: &SiteConfig) -> ExitCode {
+    println!("catalogue ({}):", site.path.display());
+    for (name, image) in &site.images {
+        let vos: Vec<&str> = site
+            .vos
+            .values()
+            .filter(|v| v.images.allows(name))
+            .map(|v| v.name.as_str())
+            .collect();
+        println!(
+            "  {:<20} {:<40} VOs: {}",
+            name,
+            image.description.as_deref().unwrap_or("-"),
+            vos.join(", ")
+        );
+    }
+    let store = ImageStore::of_site(site);
+    match store.list() {
+        Ok(saved) if saved.is_empty() => {
+            println!("store ({}): no saved images", store.dir().display())
+        }
+        Ok(saved) => {
+            println!("store ({}):", store.dir().display());
+            println!(
+                "  {:<24} {:<10} {:<16} {:>9} {:>9}  {:<20}  {}",
+                "NAME", "VO", "BASE", "SIZE", "STORED", "SAVED", "FROM JOB"
+            );
+            for m in saved {
+                println!(
+                    "  {:<24} {:<10} {:<16} {:>8}M {:>8}M  {:<20}  {}",
+                    m.name,
+                    m.vo,
+                    m.base_image,
+                    m.size >> 20,
+                    m.compressed_size >> 20,
+                    m.created,
+                    m.source_job
+                );
+            }
+        }
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
+    ExitCode::SUCCESS
+}
+
+fn remove_image(site: &SiteConfig, name: &str) -> ExitCode {
+    if site.images.contains_key(name) {
+        return fail(
+            EXIT_REFUSED,
+            &format!(
+                "{name} is a catalogue image: remove it from {}",
+                site.path.display()
+            ),
+        );
+    }
+    let store = ImageStore::of_site(site);
+    let manifest = match store.find(name) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return fail(
+                EXIT_REFUSED,
+                &format!("no saved image {name:?} in {}", store.dir().display()),
+            )
+        }
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    if uid != 0 && uid != manifest.saved_by_uid {
+        return fail(
+            EXIT_REFUSED,
+            &format!(
+                "image {name} was saved by uid {}; only that user or root may remove it",
+                manifest.saved_by_uid
+            ),
+        );
+    }
+    match store.remove(name) {
+        Ok(()) => {
+            println!("{name}: removed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
 }
 
 fn status(site: &SiteConfig) -> ExitCode {

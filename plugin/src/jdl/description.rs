@@ -37,7 +37,15 @@ pub struct JobDescription {
 }
 
 /// The fields of `VirtualEnvironment`, as documented.
-const ENVIRONMENT_FIELDS: [&str; 6] = ["Image", "Memory", "VCPUs", "Disk", "SaveImage", "Hostname"];
+const ENVIRONMENT_FIELDS: [&str; 7] = [
+    "Image",
+    "Memory",
+    "VCPUs",
+    "Disk",
+    "SaveImage",
+    "SaveAs",
+    "Hostname",
+];
 
 impl JobDescription {
     /// Parses JDL text and checks it; `file` only labels error messages.
@@ -212,6 +220,7 @@ impl Checker<'_> {
                 "vcpus" => request.vcpus = Some(self.positive("VCPUs", "", value)?),
                 "disk" => request.disk_mib = Some(self.positive("Disk", " (MiB)", value)?),
                 "saveimage" => request.save_image = Some(self.boolean("SaveImage", value)?),
+                "saveas" => request.save_as = Some(self.non_empty_string("SaveAs", value)?),
                 "hostname" => request.hostname = Some(self.non_empty_string("Hostname", value)?),
                 _ => {
                     let hint = closest(&field.name, &ENVIRONMENT_FIELDS)
@@ -560,6 +569,7 @@ mod tests {
                 vcpus: Some(4),
                 disk_mib: Some(2048),
                 save_image: Some(true),
+                save_as: None,
                 hostname: Some("h1".into()),
             })
         );
@@ -617,12 +627,12 @@ mod tests {
             (
                 "Memroy = 1",
                 "2:24: unknown field 'Memroy' in VirtualEnvironment (did you mean Memory? \
-                 known fields: Image, Memory, VCPUs, Disk, SaveImage, Hostname)",
+                 known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname)",
             ),
             (
                 "Flavour = \"big\"",
                 "2:24: unknown field 'Flavour' in VirtualEnvironment \
-                 (known fields: Image, Memory, VCPUs, Disk, SaveImage, Hostname)",
+                 (known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname)",
             ),
         ];
         for (field, expected) in cases {
