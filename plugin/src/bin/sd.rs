@@ -367,8 +367,8 @@ fn images(site: &SiteConfig) -> ExitCode {
         Ok(saved) => {
             println!("store ({}):", store.dir().display());
             println!(
-                "  {:<24} {:<10} {:<16} {:>9} {:>9}  {:<20}  {}",
-                "NAME", "VO", "BASE", "SIZE", "STORED", "SAVED", "FROM JOB"
+                "  {:<24} {:<10} {:<16} {:>9} {:>9}  {:<20}  FROM JOB",
+                "NAME", "VO", "BASE", "SIZE", "STORED", "SAVED"
             );
             for m in saved {
                 println!(
