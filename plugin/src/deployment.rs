@@ -8,10 +8,10 @@
 use crate::guest_link::{GuestLink, LinkError};
 use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
 use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
-use crate::image_store::{ImageStore, Manifest, SaveMeta};
+use crate::image_store::{self, ImageStore, Manifest, SaveMeta};
 use crate::journal::{Journal, JournalError, Resource};
 use crate::policy::ResolvedEnvironment;
-use crate::site::{Acceleration, Backend, SiteConfig};
+use crate::site::{Acceleration, Backend, DiskFormat, SiteConfig};
 use crate::storage::{self, StorageError};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -217,9 +217,15 @@ fn save_if_wanted(
         saved_by_uid: journal.facts().uid.unwrap_or(0),
         vo_quota_bytes: env["store_quota_bytes"].as_u64(),
     };
-    let overlay = run_dir(site, id).join("disk.qcow2");
+    let format = if env["image"]["format"].as_str() == Some("raw") {
+        DiskFormat::Raw
+    } else {
+        DiskFormat::Qcow2
+    };
+    let (overlay, _) = storage::job_disk(&run_dir(site, id), format);
     let started = Instant::now();
-    let result = ImageStore::of_site(site).save(&overlay, &name, meta, &|_, _| {});
+    let progress = image_store::progress(&format!("saving {name}"));
+    let result = ImageStore::of_site(site).save(&overlay, &name, meta, &*progress);
     match &result {
         Ok(m) => tracing::info!(
             "saved the disk as image {name} ({} MiB, {} MiB compressed) in {:.1} s",
@@ -303,7 +309,7 @@ impl Partial<'_> {
         let backend = self.backend.as_ref().unwrap();
         let journal = self.journal.as_mut().unwrap();
         let dir = run_dir(site, id);
-        let disk = dir.join("disk.qcow2");
+        let (disk, disk_format) = storage::job_disk(&dir, env.image.format);
         let console_log = console_log_path(site, id);
         {
             let _step = step_lock();
@@ -318,11 +324,14 @@ impl Partial<'_> {
             journal.record(Resource::File { path: disk.clone() })?;
             // A saved image is decompressed (once, verified) into the store's cache.
             let base = if env.from_store {
-                ImageStore::of_site(site).open_for_use(&env.image.name, &|_, _| {})?
+                ImageStore::of_site(site).open_for_use(
+                    &env.image.name,
+                    &*image_store::progress(&format!("decompressing {}", env.image.name)),
+                )?
             } else {
                 env.image.disk.clone()
             };
-            storage::create_overlay(&base, env.image.format, &disk, env.disk_mib)?;
+            storage::create_job_disk(&base, env.image.format, &disk, env.disk_mib)?;
         }
         let spec = DomainSpec {
             name: domain_name(id),
@@ -336,7 +345,7 @@ impl Partial<'_> {
             memory_mib: env.memory_mib,
             vcpus: env.vcpus,
             disk,
-            disk_format: "qcow2",
+            disk_format: storage::format_name(disk_format),
             run_dir: dir,
             console_log: console_log.clone(),
         };

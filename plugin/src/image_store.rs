@@ -649,6 +649,73 @@ impl ImageStore {
     }
 }
 
+/// A bar at a terminal, else progress lines in the log (the hooks' case).
+pub fn progress(label: &str) -> Box<dyn Fn(u64, u64)> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        terminal_progress(label)
+    } else {
+        log_progress(label)
+    }
+}
+
+/// A progress bar on stderr for [`ImageStore::save`] and
+/// [`ImageStore::open_for_use`] when stderr is a terminal (`label`, bytes
+/// done of total, rate, time left), finished when all is done; when stderr
+/// is not a terminal, a callback that does nothing.
+pub fn terminal_progress(label: &str) -> Box<dyn Fn(u64, u64)> {
+    use std::io::IsTerminal;
+    if !io::stderr().is_terminal() {
+        return Box::new(|_, _| {});
+    }
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    Box::new(move |done, total| {
+        if bar.is_finished() {
+            return;
+        }
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
+        }
+    })
+}
+
+/// A callback for [`ImageStore::save`] and [`ImageStore::open_for_use`]
+/// that logs (`tracing::info!`, for the batch-system hooks' logs) `label:
+/// N% (done of total bytes)` at the start and at every further 10%.
+pub fn log_progress(label: &str) -> Box<dyn Fn(u64, u64)> {
+    let label = label.to_string();
+    let last = std::cell::Cell::new(None::<u64>);
+    Box::new(move |done, total| {
+        let step = progress_step(done, total);
+        if last.get().is_some_and(|l| l >= step) {
+            return;
+        }
+        last.set(Some(step));
+        tracing::info!("{label}: {}% ({done} of {total} bytes)", step * 10);
+    })
+}
+
+/// Tenths done: 0..=10 (10 when `total` is 0).
+fn progress_step(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 10;
+    }
+    ((done.min(total) as u128 * 10) / total as u128) as u64
+}
+
 fn check_name(name: &str) -> Result<(), StoreError> {
     validate_image_name(name).map_err(|reason| StoreError::InvalidName {
         name: name.into(),
@@ -836,7 +903,13 @@ fn flatten(overlay: &Path, out: &Path) -> Result<(), StoreError> {
         "convert".as_ref(),
         "-q".as_ref(),
         "-f".as_ref(),
-        "qcow2".as_ref(),
+        // Never probed: a guest could have written a qcow2 header into a raw disk.
+        if overlay.extension().is_some_and(|e| e == "raw") {
+            "raw"
+        } else {
+            "qcow2"
+        }
+        .as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
         overlay.as_os_str(),
@@ -1693,6 +1766,30 @@ mod tests {
         assert_eq!(temporary_pid("a.json.tmp-4x"), None);
         assert!(is_cache_entry_of("a-b-0123456789abcdef.qcow2", "a-b"));
         assert!(!is_cache_entry_of("a-b-0123456789abcdef.qcow2", "a"));
+    }
+
+    #[test]
+    fn progress_is_logged_every_tenth() {
+        let steps: Vec<u64> = [0, 5, 9, 10, 19, 20, 55, 99, 100]
+            .iter()
+            .map(|&d| progress_step(d, 100))
+            .collect();
+        assert_eq!(steps, [0, 0, 0, 1, 1, 2, 5, 9, 10]);
+        assert_eq!(progress_step(0, 0), 10);
+        assert_eq!(progress_step(u64::MAX, u64::MAX), 10);
+        assert_eq!(progress_step(7, 3), 10);
+        // Both kinds of callback take what save and open_for_use report.
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_in(tmp.path());
+        let overlay = job_disk(tmp.path());
+        let log = log_progress("saving x");
+        store
+            .save(&overlay, "x", meta("demo", None), &*log)
+            .unwrap();
+        let term = terminal_progress("decompressing x");
+        store.open_for_use("x", &*term).unwrap();
+        term(1, 1);
+        term(2, 1);
     }
 
     fn median(v: &mut [f64]) -> f64 {

@@ -17,4 +17,5 @@ pub mod request;
 pub mod site;
 pub mod slurm;
 pub mod storage;
+pub mod storage_lvm;
 pub mod user_files;

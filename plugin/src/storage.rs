@@ -2,10 +2,18 @@
 //!
 //! The base is only ever read (QEMU opens a backing file read-only), so any
 //! number of jobs share it and none can change it.
+//!
+//! A `raw` catalogue image can instead be cloned ([`clone_raw`]): a reflink
+//! where the file system shares extents (btrfs, XFS), else a sparse copy of
+//! its data extents. A hypervisor that wants a block device gets the file on
+//! a loop device ([`LoopDevice`]), detached when it is dropped.
 
 use crate::site::DiskFormat;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +29,56 @@ pub enum StorageError {
     Tool(std::io::Error),
     #[error("qemu-img create failed: {0}")]
     Create(String),
+    #[error("cannot clone {} to {}: {source}", base.display(), target.display())]
+    Clone {
+        base: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loop device for {}: {what}: {source}", backing.display())]
+    Loop {
+        backing: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// QEMU's name of a disk format. Always given explicitly: probing a disk a
+/// guest wrote to would let it pose as a qcow2 with a backing file of its
+/// choosing.
+pub fn format_name(format: DiskFormat) -> &'static str {
+    match format {
+        DiskFormat::Qcow2 => "qcow2",
+        DiskFormat::Raw => "raw",
+    }
+}
+
+/// The job's own disk in its run directory, and its format: a qcow2
+/// overlay over a qcow2 base, a clone of a raw base.
+pub fn job_disk(run_dir: &Path, base_format: DiskFormat) -> (std::path::PathBuf, DiskFormat) {
+    match base_format {
+        DiskFormat::Qcow2 => (run_dir.join("disk.qcow2"), DiskFormat::Qcow2),
+        DiskFormat::Raw => (run_dir.join("disk.raw"), DiskFormat::Raw),
+    }
+}
+
+/// Creates the job's disk `target` (from [`job_disk`]) over or from `base`.
+pub fn create_job_disk(
+    base: &Path,
+    base_format: DiskFormat,
+    target: &Path,
+    size_mib: u64,
+) -> Result<(), StorageError> {
+    match base_format {
+        DiskFormat::Qcow2 => create_overlay(base, base_format, target, size_mib),
+        DiskFormat::Raw => {
+            let kind = clone_raw(base, target, size_mib)?;
+            tracing::info!("raw disk cloned by {kind:?}");
+            Ok(())
+        }
+    }
 }
 
 /// Virtual size of a disk image in bytes: the qcow2 header's, or a raw file's length.
@@ -53,10 +111,7 @@ pub fn create_overlay(
 ) -> Result<(), StorageError> {
     let base_size = virtual_size(base, format)?;
     let size = base_size.max(size_mib.saturating_mul(1 << 20));
-    let fmt = match format {
-        DiskFormat::Qcow2 => "qcow2",
-        DiskFormat::Raw => "raw",
-    };
+    let fmt = format_name(format);
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
         .arg(base)
@@ -73,6 +128,409 @@ pub fn create_overlay(
     std::fs::set_permissions(overlay, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| StorageError::Create(format!("chmod {}: {e}", overlay.display())))?;
     Ok(())
+}
+
+/// How [`clone_raw`] made the job's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneKind {
+    /// `FICLONE`: the clone shares the base's extents (copy-on-write in the
+    /// file system); instant, no space used until the job writes.
+    Reflink,
+    /// The base's data extents copied, its holes left as holes.
+    SparseCopy,
+}
+
+/// Makes `target` (a new file, mode 0600) a copy of the raw image `base`,
+/// grown (sparse) to `size_mib` MiB when that is larger than the base. A
+/// reflink when the file system can, else a sparse copy. On error `target`
+/// is removed again.
+pub fn clone_raw(base: &Path, target: &Path, size_mib: u64) -> Result<CloneKind, StorageError> {
+    let err = |source| StorageError::Clone {
+        base: base.to_path_buf(),
+        target: target.to_path_buf(),
+        source,
+    };
+    let src = File::open(base).map_err(|source| StorageError::Base {
+        path: base.display().to_string(),
+        source,
+    })?;
+    let len = src
+        .metadata()
+        .map_err(|source| StorageError::Base {
+            path: base.display().to_string(),
+            source,
+        })?
+        .len();
+    let dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)
+        .map_err(err)?;
+    let res = (|| {
+        let kind = if reflink(&src, &dst) {
+            CloneKind::Reflink
+        } else {
+            sparse_copy(&src, &dst, len)?;
+            CloneKind::SparseCopy
+        };
+        let size = size_mib.saturating_mul(1 << 20);
+        if size > len {
+            dst.set_len(size)?;
+        }
+        dst.sync_all()?;
+        Ok(kind)
+    })();
+    res.map_err(|e| {
+        drop(dst);
+        let _ = std::fs::remove_file(target);
+        err(e)
+    })
+}
+
+/// `FICLONE`: whether `dst` now shares all of `src`'s extents.
+fn reflink(src: &File, dst: &File) -> bool {
+    // SAFETY: FICLONE takes the source descriptor as its argument.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if r != 0 {
+        tracing::debug!(
+            "no reflink ({}): sparse copy",
+            std::io::Error::last_os_error()
+        );
+    }
+    r == 0
+}
+
+/// `lseek(fd, from, whence)`; `None` at ENXIO (no data/hole past `from`).
+fn seek_extent(f: &File, from: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), from as libc::off_t, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// Copies the data extents of `src` (`len` bytes) into `dst` at the same
+/// offsets; holes stay holes (`dst` ends up `len` bytes long).
+fn sparse_copy(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
+    dst.set_len(len)?;
+    let mut pos = 0;
+    while pos < len {
+        let start = match seek_extent(src, pos, libc::SEEK_DATA) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            // No SEEK_DATA on this file system: all of it is data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                copy_range(src, dst, pos, len - pos)?;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let end = seek_extent(src, start, libc::SEEK_HOLE)?
+            .unwrap_or(len)
+            .min(len);
+        copy_range(src, dst, start, end - start)?;
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes at `off` of `src` to the same offset of `dst`:
+/// `copy_file_range`, or reads and writes where the kernel cannot.
+fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> std::io::Result<()> {
+    let end = off + len;
+    let mut pos = off;
+    while pos < end {
+        let mut off_in = pos as libc::loff_t;
+        let mut off_out = pos as libc::loff_t;
+        let chunk = (end - pos).min(1 << 30) as usize;
+        // SAFETY: both descriptors are ours; the offsets are valid pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        if n > 0 {
+            pos += n as u64;
+            continue;
+        }
+        if n == 0 {
+            // The source is shorter than it was: nothing more to copy.
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => break,
+            _ => return Err(e),
+        }
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Ok(());
+        }
+        dst.write_all_at(&buf[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+// <linux/loop.h>
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_NAME_SIZE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+
+/// A file attached to a loop device (`/dev/loopN`), for hypervisors that
+/// want a block device. Autoclear is set: the kernel unbinds the device when
+/// its last opener closes it. Dropping it (or [`LoopDevice::detach`])
+/// unbinds it at once, or as soon as whoever else holds it open lets go.
+/// Root only.
+#[derive(Debug)]
+pub struct LoopDevice {
+    device: PathBuf,
+    backing: PathBuf,
+    /// The open loop device; `None` once detached.
+    dev: Option<File>,
+}
+
+impl LoopDevice {
+    /// Binds `backing` to a free loop device: `LOOP_CONFIGURE`, or on
+    /// kernels before 5.8 `LOOP_SET_FD` and `LOOP_SET_STATUS64`.
+    pub fn attach(backing: &Path, read_only: bool) -> Result<LoopDevice, StorageError> {
+        let fail = |what: &str, source| StorageError::Loop {
+            backing: backing.to_path_buf(),
+            what: what.to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(backing)
+            .map_err(|e| fail("open", e))?;
+        let ctl = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .map_err(|e| fail("open /dev/loop-control", e))?;
+        let mut flags = LO_FLAGS_AUTOCLEAR;
+        if read_only {
+            flags |= LO_FLAGS_READ_ONLY;
+        }
+        // SAFETY: plain-old-data, all zeros is a valid value.
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        info.lo_flags = flags;
+        let name = backing.as_os_str().as_encoded_bytes();
+        let n = name.len().min(LO_NAME_SIZE - 1);
+        info.lo_file_name[..n].copy_from_slice(&name[..n]);
+        // Another process may take the device GET_FREE gave us: try again.
+        let mut last = None;
+        for _ in 0..16 {
+            // SAFETY: LOOP_CTL_GET_FREE takes no argument.
+            let nr = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+            if nr < 0 {
+                return Err(fail("LOOP_CTL_GET_FREE", std::io::Error::last_os_error()));
+            }
+            let device = PathBuf::from(format!("/dev/loop{nr}"));
+            let dev = match OpenOptions::new()
+                .read(true)
+                .write(!read_only)
+                .open(&device)
+            {
+                Ok(d) => d,
+                // Not made yet by devtmpfs (or taken and removed): next.
+                Err(e) => {
+                    last = Some(fail(&format!("open {}", device.display()), e));
+                    continue;
+                }
+            };
+            let config = LoopConfig {
+                fd: file.as_raw_fd() as u32,
+                block_size: 0,
+                info,
+                reserved: [0; 8],
+            };
+            // SAFETY: LOOP_CONFIGURE reads a struct loop_config.
+            let r = unsafe {
+                libc::ioctl(
+                    dev.as_raw_fd(),
+                    LOOP_CONFIGURE as _,
+                    &config as *const LoopConfig,
+                )
+            };
+            let r = if r == 0 {
+                Ok(())
+            } else {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINVAL | libc::ENOTTY) => set_fd_and_status(&dev, &file, &info),
+                    _ => Err(e),
+                }
+            };
+            match r {
+                Ok(()) => {
+                    tracing::debug!("{} on {}", backing.display(), device.display());
+                    return Ok(LoopDevice {
+                        device,
+                        backing: backing.to_path_buf(),
+                        dev: Some(dev),
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    last = Some(fail(&format!("bind {}", device.display()), e));
+                }
+                Err(e) => return Err(fail(&format!("bind {}", device.display()), e)),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    /// `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.device
+    }
+
+    /// The file it shows.
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+
+    /// Unbinds the device (`LOOP_CLR_FD`; still held open elsewhere, it is
+    /// unbound when that opener closes it).
+    pub fn detach(mut self) -> Result<(), StorageError> {
+        self.clear()
+    }
+
+    fn clear(&mut self) -> Result<(), StorageError> {
+        let Some(dev) = self.dev.take() else {
+            return Ok(());
+        };
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD as _, 0) };
+        let res = if r == 0 {
+            Ok(())
+        } else {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: already unbound.
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(())
+            } else {
+                Err(StorageError::Loop {
+                    backing: self.backing.clone(),
+                    what: format!("detach {}", self.device.display()),
+                    source: e,
+                })
+            }
+        };
+        // Autoclear: closing the last descriptor finishes the unbinding.
+        drop(dev);
+        res
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if let Err(e) = self.clear() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Kernels before 5.8: `LOOP_SET_FD`, then `LOOP_SET_STATUS64` for the flags
+/// (unbinding again if that fails).
+fn set_fd_and_status(dev: &File, file: &File, info: &LoopInfo64) -> std::io::Result<()> {
+    // SAFETY: LOOP_SET_FD takes the backing descriptor.
+    if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD as _, file.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: LOOP_SET_STATUS64 reads a struct loop_info64.
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            LOOP_SET_STATUS64 as _,
+            info as *const LoopInfo64,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD as _, 0) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Loop devices (`/dev/loopN`) currently bound to `file`, from
+/// `/sys/block/loop*/loop/backing_file`.
+pub fn loop_devices_of(file: &Path) -> Vec<PathBuf> {
+    let want = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("loop")) else {
+            continue;
+        };
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        // The kernel appends " (deleted)" to a removed file's name.
+        let backing = backing.trim_end_matches('\n');
+        if Path::new(backing) == want {
+            out.push(PathBuf::from(format!("/dev/{name}")));
+        }
+    }
+    out.sort();
+    out
 }
 
 #[cfg(test)]
@@ -110,5 +568,146 @@ mod tests {
             virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2),
             Err(_)
         ));
+    }
+
+    /// A raw image with data, a hole between and a hole at the end:
+    /// `[0, 1 MiB)` noise, `[1 MiB, 9 MiB)` hole, `[9 MiB, 10 MiB)` noise,
+    /// `[10 MiB, 16 MiB)` hole.
+    fn sparse_raw(path: &Path) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let f = File::create(path).unwrap();
+        f.write_all_at(&noise(1 << 20), 0).unwrap();
+        f.write_all_at(&noise(1 << 20), 9 << 20).unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.sync_all().unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    fn blocks(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let data = sparse_raw(&base);
+        // 2 MiB of data: 4096 blocks of 512 bytes (a little more for metadata).
+        assert!(blocks(&base) < 5000, "{}", blocks(&base));
+        let src = File::open(&base).unwrap();
+        let target = dir.path().join("copy.raw");
+        let dst = File::create(&target).unwrap();
+        sparse_copy(&src, &dst, data.len() as u64).unwrap();
+        drop(dst);
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert!(
+            blocks(&target) <= blocks(&base) + 64,
+            "{} vs {}",
+            blocks(&target),
+            blocks(&base)
+        );
+        assert!(blocks(&target) >= 4096, "{}", blocks(&target));
+    }
+
+    #[test]
+    fn clone_raw_reflinks_or_copies_sparsely_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let data = sparse_raw(&base);
+        let before = std::fs::read(&base).unwrap();
+
+        let target = dir.path().join("disk.raw");
+        let kind = clone_raw(&base, &target, 32).unwrap();
+        // Whichever happened is what the file system can do: ext4 and
+        // tmpfs have no reflinks, btrfs and XFS do.
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        let can_reflink = reflink(&File::open(&base).unwrap(), &probe);
+        eprintln!("clone_raw on this file system: {kind:?}");
+        assert_eq!(kind == CloneKind::Reflink, can_reflink, "{kind:?}");
+        let got = std::fs::read(&target).unwrap();
+        assert_eq!(got.len(), 32 << 20);
+        assert_eq!(&got[..data.len()], &data[..]);
+        assert!(got[data.len()..].iter().all(|&b| b == 0));
+        if kind == CloneKind::SparseCopy {
+            assert!(blocks(&target) <= blocks(&base) + 64);
+        }
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&target).unwrap().permissions()
+            ) & 0o777,
+            0o600
+        );
+        assert_eq!(std::fs::read(&base).unwrap(), before);
+
+        // Never smaller than the base; an existing target is not overwritten.
+        let small = dir.path().join("small.raw");
+        clone_raw(&base, &small, 1).unwrap();
+        assert_eq!(std::fs::read(&small).unwrap(), data);
+        let e = clone_raw(&base, &small, 1).unwrap_err();
+        assert!(matches!(e, StorageError::Clone { .. }), "{e}");
+        assert_eq!(std::fs::read(&small).unwrap(), data);
+        let e = clone_raw(&dir.path().join("none"), &dir.path().join("x"), 1).unwrap_err();
+        assert!(matches!(e, StorageError::Base { .. }), "{e}");
+        assert!(!dir.path().join("x").exists());
+    }
+
+    /// Waits up to 5 s for `file` to be on no loop device (udev may hold
+    /// a just-attached device open for a moment after it is detached).
+    fn wait_unbound(file: &Path) -> Vec<PathBuf> {
+        for _ in 0..100 {
+            let bound = loop_devices_of(file);
+            if bound.is_empty() {
+                return bound;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        loop_devices_of(file)
+    }
+
+    #[test]
+    fn loop_device_shows_the_file_and_is_detached() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: no loop devices, test skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let data = sparse_raw(&base);
+        let dev = LoopDevice::attach(&base, true).unwrap();
+        assert!(dev.path().to_str().unwrap().starts_with("/dev/loop"));
+        assert_eq!(dev.backing(), base);
+        assert_eq!(loop_devices_of(&base), [dev.path().to_path_buf()]);
+        let got = std::fs::read(dev.path()).unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the loop device does not read back the file");
+        // Read-only: writes are refused.
+        let written = OpenOptions::new()
+            .write(true)
+            .open(dev.path())
+            .and_then(|f| f.write_all_at(b"x", 0).and_then(|_| f.sync_all()));
+        assert!(written.is_err(), "a read-only loop device was written");
+        dev.detach().unwrap();
+        assert_eq!(wait_unbound(&base), Vec::<PathBuf>::new());
+
+        // Dropping it detaches too, and a writable one writes through.
+        {
+            let dev = LoopDevice::attach(&base, false).unwrap();
+            let f = OpenOptions::new().write(true).open(dev.path()).unwrap();
+            f.write_all_at(b"through", 5 << 20).unwrap();
+            f.sync_all().unwrap();
+        }
+        assert_eq!(wait_unbound(&base), Vec::<PathBuf>::new());
+        let after = std::fs::read(&base).unwrap();
+        assert_eq!(&after[5 << 20..(5 << 20) + 7], b"through");
     }
 }

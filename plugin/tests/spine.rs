@@ -48,8 +48,9 @@ impl Site {
              images:\n\
              \x20 debian-minimal: {{ disk: debian-minimal.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
              \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+             \x20 busybox-raw: {{ disk: {dir}/busybox.raw, format: raw, kernel: vmlinuz, initrd: initrd.img }}\n\
              vos:\n\
-             \x20 demo: {{ images: [debian-minimal, busybox], max_memory_mib: 1024, max_vcpus: 2, max_disk_mib: 4096 }}\n\
+             \x20 demo: {{ images: [debian-minimal, busybox, busybox-raw], max_memory_mib: 1024, max_vcpus: 2, max_disk_mib: 4096 }}\n\
              \x20 atlas: {{ images: [busybox], max_memory_mib: 512, max_vcpus: 1, max_disk_mib: 2048 }}\n",
             dir = dir.path().display(),
             images = images().display(),
@@ -450,6 +451,37 @@ fn saved_image_is_reused_by_its_vo_and_a_corrupted_one_is_refused() {
     assert!(
         !site.path("log/corrupt.console.log").exists(),
         "no domain was started"
+    );
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn raw_catalogue_image_is_cloned_not_written() {
+    let site = Site::new();
+    let raw = site.path("busybox.raw");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(images().join("busybox.qcow2"))
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = std::fs::read(&raw).unwrap();
+    let jdl = site.jdl(
+        "raw.jdl",
+        r#"Executable = "/bin/sh"; Arguments = "-c 'cat /etc/sd-image; echo scribble > /root/x; sync'";
+           VirtualOrganisation = "demo"; VirtualEnvironment = [ Image = "busybox-raw"; ];"#,
+    );
+    let out = site.run(&jdl);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("name=busybox"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        std::fs::read(&raw).unwrap() == before,
+        "the raw base was written"
     );
     assert_eq!(site.leftovers(), Vec::<String>::new());
 }
