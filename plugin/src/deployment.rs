@@ -80,8 +80,19 @@ pub fn backend_for(
 }
 
 /// Name of the hypervisor domain of deployment `id`.
-pub fn domain_name(id: &str) -> String {
-    format!("sd-{id}")
+pub fn domain_name(site: &SiteConfig, id: &str) -> String {
+    // Ids are unique within one state directory; the hypervisor's names are
+    // host-wide. A tag of the state directory keeps two sites on one host
+    // (a test's and the real one) from ever touching each other's domains.
+    let tag = site
+        .state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
+        });
+    format!("sd-{id}-{tag:08x}")
 }
 
 fn run_dir(site: &SiteConfig, id: &str) -> PathBuf {
@@ -165,7 +176,7 @@ pub type SaveOutcome = Option<Result<Manifest, String>>;
 /// site's shutdown timeout; whatever is left is destroyed by `undo`. True
 /// if the guest stopped by itself (its file system was unmounted cleanly).
 fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) -> bool {
-    let name = domain_name(id);
+    let name = domain_name(site, id);
     if link.power_off().is_err() {
         return false;
     }
@@ -255,7 +266,7 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
         .unwrap_or("sd-guest")
         .to_string();
     let backend = backend_for(site, facts.backend.as_deref())?;
-    let name = domain_name(id);
+    let name = domain_name(site, id);
     let console = facts
         .console_log
         .clone()
@@ -279,7 +290,7 @@ pub fn finish(
     };
     let backend = backend_for(site, journal.facts().backend.as_deref())?;
     let mut clean = false;
-    if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(id)) {
+    if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(site, id)) {
         match attach(site, id, Duration::from_secs(5)) {
             Ok(link) => clean = power_off(site, backend.as_ref(), id, link),
             Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
@@ -334,7 +345,7 @@ impl Partial<'_> {
             storage::create_job_disk(&base, env.image.format, &disk, env.disk_mib)?;
         }
         let spec = DomainSpec {
-            name: domain_name(id),
+            name: domain_name(site, id),
             kernel: env.image.kernel.clone(),
             initrd: env.image.initrd.clone(),
             cmdline: format!(

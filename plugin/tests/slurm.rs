@@ -182,7 +182,7 @@ fn leftovers(id: &str) -> Vec<String> {
             found.push(p.display().to_string());
         }
     }
-    let name = format!("guest=sd-{dep},");
+    let name = format!("guest=sd-{dep}-");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             if text(&cmdline).contains(&name) {

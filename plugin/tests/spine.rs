@@ -296,14 +296,15 @@ fn requests_outside_policy_name_the_limit_and_create_nothing() {
 
 /// Waits until the job has printed `marker` on stdout, i.e. the domain is up
 /// and the job runs.
-fn start_long_job(site: &Site) -> (std::process::Child, String) {
+/// `id` must be unique on the host: QEMU processes are found by domain name.
+fn start_long_job(site: &Site, id: &str) -> (std::process::Child, String) {
     let jdl = site.jdl(
         "long.jdl",
         r#"Executable = "/bin/sh"; Arguments = "-c 'echo job-started; sleep 600'"; VirtualOrganisation = "demo";"#,
     );
     let mut child = site
         .sd()
-        .args(["run", "--id", "victim"])
+        .args(["run", "--id", id])
         .arg(&jdl)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -317,7 +318,11 @@ fn start_long_job(site: &Site) -> (std::process::Child, String) {
     while !text(&seen).contains("job-started") {
         assert!(Instant::now() < deadline, "job never started");
         let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "sd run ended early: {:?}", child.wait());
+        if n == 0 {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("sd run ended early: {:?}: {err}", child.wait());
+        }
         seen.extend_from_slice(&buf[..n]);
     }
     (child, text(&seen))
@@ -326,7 +331,7 @@ fn start_long_job(site: &Site) -> (std::process::Child, String) {
 #[test]
 fn sigkill_mid_job_then_cleanup_leaves_nothing() {
     let site = Site::new();
-    let (mut child, _) = start_long_job(&site);
+    let (mut child, _) = start_long_job(&site, "victim-kill");
     assert!(
         !site.leftovers().is_empty(),
         "a running job has its journal, disk and QEMU"
@@ -338,13 +343,13 @@ fn sigkill_mid_job_then_cleanup_leaves_nothing() {
     let out = site.sd().arg("cleanup").output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("victim: cleaned up"),
+        text(&out.stdout).contains("victim-kill: cleaned up"),
         "{}",
         text(&out.stdout)
     );
     assert_eq!(site.leftovers(), Vec::<String>::new());
     // Idempotent.
-    let again = site.sd().args(["cleanup", "victim"]).output().unwrap();
+    let again = site.sd().args(["cleanup", "victim-kill"]).output().unwrap();
     assert!(again.status.success());
     assert!(text(&again.stdout).contains("nothing to clean"));
 }
@@ -352,7 +357,7 @@ fn sigkill_mid_job_then_cleanup_leaves_nothing() {
 #[test]
 fn sigterm_destroys_the_domain_and_cleans_up() {
     let site = Site::new();
-    let (mut child, _) = start_long_job(&site);
+    let (mut child, _) = start_long_job(&site, "victim-term");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -433,7 +438,7 @@ fn saved_image_is_reused_by_its_vo_and_a_corrupted_one_is_refused() {
     std::fs::remove_dir_all(site.path("state/store-cache")).unwrap();
     let corrupt = site
         .sd()
-        .args(["run", "--id", "corrupt"])
+        .args(["run", "--id", "spine-corrupt"])
         .arg(job(
             "corrupt.jdl",
             "demo",
@@ -449,7 +454,7 @@ fn saved_image_is_reused_by_its_vo_and_a_corrupted_one_is_refused() {
         text(&corrupt.stderr)
     );
     assert!(
-        !site.path("log/corrupt.console.log").exists(),
+        !site.path("log/spine-corrupt.console.log").exists(),
         "no domain was started"
     );
     assert_eq!(site.leftovers(), Vec::<String>::new());
