@@ -36,6 +36,12 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("not enough space in {} for the job's disk: {needed} MiB needed, {free} MiB free", dir.display())]
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     #[error("loop device for {}: {what}: {source}", backing.display())]
     Loop {
         backing: PathBuf,
@@ -74,11 +80,38 @@ pub fn create_job_disk(
     match base_format {
         DiskFormat::Qcow2 => create_overlay(base, base_format, target, size_mib),
         DiskFormat::Raw => {
+            ensure_space_for_clone(base, target)?;
             let kind = clone_raw(base, target, size_mib)?;
             tracing::info!("raw disk cloned by {kind:?}");
             Ok(())
         }
     }
+}
+
+/// A clone needs room for the base's data (a reflink needs less, but may
+/// fall back to a copy): refuse before writing rather than fill the disk.
+fn ensure_space_for_clone(base: &Path, target: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(base)
+        .map_err(|source| StorageError::Base {
+            path: base.display().to_string(),
+            source,
+        })?
+        .blocks()
+        * 512;
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    if allocated > free {
+        return Err(StorageError::NoSpace {
+            dir: dir.to_path_buf(),
+            needed: allocated.div_ceil(1 << 20),
+            free: free >> 20,
+        });
+    }
+    Ok(())
 }
 
 /// Virtual size of a disk image in bytes: the qcow2 header's, or a raw file's length.
@@ -535,6 +568,34 @@ pub fn loop_devices_of(file: &Path) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_clone_that_cannot_fit_is_refused_before_writing() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let data: Vec<u8> = (0..(4u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        std::fs::write(&base, &data).unwrap();
+        let small = dir.path().join("small");
+        std::fs::create_dir(&small).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        let target = small.join("disk.raw");
+        let err = create_job_disk(&base, DiskFormat::Raw, &target, 1).unwrap_err();
+        let _ = Command::new("umount").arg(&small).status();
+        assert!(matches!(err, StorageError::NoSpace { .. }), "{err}");
+        assert!(err.to_string().contains("not enough space"), "{err}");
+        assert!(!target.exists());
+    }
+
     use super::*;
 
     #[test]
