@@ -103,7 +103,7 @@ fn ensure_space_for_clone(base: &Path, target: &Path) -> Result<(), StorageError
     let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
         return Ok(());
     };
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = st.blocks_available() * st.fragment_size();
     if allocated > free {
         return Err(StorageError::NoSpace {
             dir: dir.to_path_buf(),
