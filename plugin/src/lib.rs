@@ -5,6 +5,7 @@
 //! (`journal`, `storage`) → `hypervisor` backend → `guest_link`.
 
 pub mod deployment;
+pub mod description;
 pub mod guest_link;
 pub mod hook_log;
 pub mod hypervisor;

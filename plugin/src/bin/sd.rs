@@ -77,6 +77,16 @@ enum Command {
     },
     /// List the deployments on this host.
     Status,
+    /// Print a description (YAML, or SmartFrog's .sf text) fully resolved:
+    /// templates extended, references followed, defaults filled in.
+    ///
+    /// Nothing is deployed: this is what `sd start` will act on. Library files
+    /// (the site's templates) are read before FILE, later ones overriding.
+    Describe {
+        file: PathBuf,
+        #[arg(long = "library", value_name = "FILE")]
+        library: Vec<PathBuf>,
+    },
     /// List the image catalogue and the saved images of the store.
     ///
     /// A job saves its disk as a new image with `SaveImage = true;` (and
@@ -109,6 +119,7 @@ fn main() -> ExitCode {
     let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
     match cli.command {
         Command::CheckConfig { file } => check_config(&file.unwrap_or(config)),
+        Command::Describe { file, library } => describe(&file, &library),
         command => {
             let site = match SiteConfig::load(&config) {
                 Ok(s) => s,
@@ -126,7 +137,7 @@ fn main() -> ExitCode {
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
                 } => remove_image(&site, &name),
-                Command::CheckConfig { .. } => unreachable!(),
+                Command::CheckConfig { .. } | Command::Describe { .. } => unreachable!(),
             }
         }
     }
@@ -135,6 +146,22 @@ fn main() -> ExitCode {
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("sd: {message}");
     ExitCode::from(code)
+}
+
+fn describe(file: &Path, library: &[PathBuf]) -> ExitCode {
+    match smartdomains::description::resolve_file(file, library) {
+        Ok(resolved) => match serde_saphyr::to_string(&resolved) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(
+                EXIT_SITE_FAULT,
+                &format!("cannot print the description: {e}"),
+            ),
+        },
+        Err(e) => fail(EXIT_REFUSED, &e.to_string()),
+    }
 }
 
 fn check_config(path: &Path) -> ExitCode {

@@ -1,0 +1,328 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn jobs(name: &str) -> PathBuf {
+    // Relative to the crate (cargo runs tests there), so that snapshots name
+    // the file the way a user in the repository would.
+    Path::new("../jobs").join(name)
+}
+
+fn sf_error(src: &str) -> String {
+    resolve_str("test.sf", src, Format::SmartFrog)
+        .expect_err("should fail")
+        .to_string()
+}
+
+fn yaml_error(src: &str) -> String {
+    resolve_str("test.yaml", src, Format::Yaml)
+        .expect_err("should fail")
+        .to_string()
+}
+
+#[test]
+fn figure1_resolves() {
+    let d = resolve_file(&jobs("figure1.sf"), &[]).unwrap();
+    assert_eq!(d.root.kind, Kind::Compound);
+    let names: Vec<&str> = d.root.domains().iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sfConfig:computer1:domain1",
+            "sfConfig:computer1:domain2",
+            "sfConfig:computer2:domain1"
+        ]
+    );
+    let dom2 = d.root.domains()[1];
+    assert_eq!(dom2.get_str("sfProcessHost"), Some("PhysHost01.cern.ch"));
+    assert_eq!(dom2.get_str("kernel"), Some("/boot/vmlinuz-2.6.16-xen"));
+    assert_eq!(d.root.domains()[2].get_int("memory"), Some(512));
+    insta::assert_yaml_snapshot!(d);
+}
+
+#[test]
+fn pool_yaml_resolves() {
+    let d = resolve_file(&jobs("pool.yaml"), &[]).unwrap();
+    assert_eq!(d.root.kind, Kind::Sequence);
+    let members: Vec<&str> = d.root.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(members, ["db", "worker1", "worker2", "worker3"]);
+    assert_eq!(d.root.members[2].get_int("memory"), Some(512));
+    assert_eq!(d.root.members[3].get_int("vcpus"), Some(2));
+    assert_eq!(d.root.members[1].get_str("hostname"), Some("worker1"));
+    insta::assert_yaml_snapshot!(d);
+    // What `sd describe` will print.
+    let text = serde_saphyr::to_string(&d).unwrap();
+    assert!(
+        text.contains("path: sfConfig:worker3") || text.contains("path: \"sfConfig:worker3\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn sf_numbers() {
+    let d = resolve_str(
+        "n.sf",
+        "sfConfig { a 1e3; b -2.5E-1; c 7L; d 3D; e 0; }",
+        Format::SmartFrog,
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_string(&d.root.attributes).unwrap(),
+        r#"{"a":1000.0,"b":-0.25,"c":7,"d":3.0,"e":0}"#
+    );
+    let e = resolve_str("n.sf", "sfConfig { ip 10.0.0.1; }", Format::SmartFrog).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "n.sf:1:15: syntax error: malformed number starting `10.0`"
+    );
+}
+
+#[test]
+fn both_readers_agree() {
+    let yaml = r#"
+Base: { extends: DefaultXenDomain, memory: 300 }
+sfConfig:
+  extends: Compound
+  a: { extends: Base, vcpus: 2, image: { $ref: "PARENT:b:image" } }
+  b: { extends: DefaultXenDomain, image: "x", storageBackend: { $ref: "LAZY ATTRIB s" } }
+  s: { extends: LoopbackStorageBackend }
+"#;
+    let sf = r#"
+Base extends DefaultXenDomain { memory 300; }
+sfConfig extends Compound {
+  a extends Base { vcpus 2; image PARENT:b:image; }
+  b extends DefaultXenDomain { image "x"; storageBackend LAZY ATTRIB s; }
+  s extends LoopbackStorageBackend;
+}
+"#;
+    let y = resolve_str("d", yaml, Format::Yaml).unwrap();
+    let s = resolve_str("d", sf, Format::SmartFrog).unwrap();
+    assert_eq!(y, s);
+    assert_eq!(y.root.members[0].get_str("image"), Some("x"));
+}
+
+#[test]
+fn library_files_chain_and_nested_components_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("site.sf");
+    std::fs::write(
+        &lib,
+        "SiteDomain extends DefaultXenDomain { memory 128; kernel \"site-kernel\"; }\n\
+         Rack extends Compound { sfSyncTerminate true; node extends SiteDomain { vcpus 2; } }\n",
+    )
+    .unwrap();
+    let user = dir.path().join("mine.yaml");
+    std::fs::write(
+        &user,
+        "Mine: { extends: SiteDomain, memory: 700 }\n\
+         sfConfig:\n  extends: Rack\n  node: { image: custom }\n  extra: { extends: Mine }\n",
+    )
+    .unwrap();
+    let d = resolve_file(&user, &[lib]).unwrap();
+    let node = &d.root.members[0];
+    // The nested `node` merges into Rack's: its base's attributes survive.
+    assert_eq!(node.get_str("image"), Some("custom"));
+    assert_eq!(node.get_int("vcpus"), Some(2));
+    assert_eq!(node.get_str("kernel"), Some("site-kernel"));
+    let extra = &d.root.members[1];
+    assert_eq!(
+        extra.extends,
+        ["Mine", "SiteDomain", "DefaultXenDomain", "Prim"]
+    );
+    assert_eq!(extra.get_int("memory"), Some(700));
+    assert_eq!(d.root.get_bool("sfSyncTerminate"), Some(true));
+}
+
+#[test]
+fn lists_and_literals() {
+    let d = resolve_str(
+        "l.sf",
+        "sfConfig { xs [1, 2.5, \"a\\tb\", true, NULL, ATTRIB y]; y -3; z [| 1, 2 |]; }",
+        Format::SmartFrog,
+    )
+    .unwrap();
+    insta::assert_snapshot!(serde_json::to_string(&d.root.attributes).unwrap(), @r#"{"xs":[1,2.5,"a\tb",true,null,-3],"y":-3,"z":[1,2]}"#);
+}
+
+#[test]
+fn eager_reference_copies_a_component_and_quoted_yaml_stays_a_string() {
+    let d = resolve_str(
+        "c.yaml",
+        r#"
+sfConfig:
+  extends: Compound
+  sh: { extends: BashShell, shellCommand: /bin/sh }
+  store: { extends: LVMStorageBackend, shell: { $ref: "ATTRIB sh" } }
+  d: { extends: DefaultXenDomain, hostname: "42", storageBackend: { $ref: "LAZY PARENT:store" } }
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    let store = &d.root.members[1];
+    let Some(ResolvedValue::Component(shell)) = store.get("shell") else {
+        panic!("{store:?}")
+    };
+    assert_eq!(shell.kind, Kind::Shell);
+    assert_eq!(shell.get_str("shellCommand"), Some("/bin/sh"));
+    assert_eq!(d.root.members[2].get_str("hostname"), Some("42"));
+    assert_eq!(
+        d.root.members[2].get("storageBackend"),
+        Some(&ResolvedValue::Lazy {
+            lazy: "LAZY PARENT:store".into(),
+            target: "sfConfig:store".into()
+        })
+    );
+}
+
+// --- every error class, with path and line:column ------------------------
+
+#[test]
+fn error_extends_cycle() {
+    insta::assert_snapshot!(sf_error(
+        "A extends B { memory 1; }\nB extends A;\nsfConfig extends Compound {\n  d extends A;\n}\n"
+    ));
+}
+
+#[test]
+fn error_extends_cycle_yaml() {
+    insta::assert_snapshot!(yaml_error(
+        "Loop:\n  extends: Loop\nsfConfig:\n  extends: Sequence\n  w: { extends: Loop }\n"
+    ));
+}
+
+#[test]
+fn error_reference_cycle() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Sequence {\n  d extends DefaultXenDomain {\n    memory ATTRIB vcpus;\n    vcpus PARENT:d:memory;\n  }\n}\n"
+    ));
+}
+
+#[test]
+fn error_reference_cycle_yaml() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  worker1:\n    extends: DefaultXenDomain\n    memory: { $ref: \"PARENT:worker2:memory\" }\n  worker2:\n    extends: DefaultXenDomain\n    memory: { $ref: \"PARENT:worker1:memory\" }\n"
+    ));
+}
+
+#[test]
+fn error_dangling_reference() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  d extends DefaultXenDomain {\n    storageBackend LAZY ATTRIB loop;\n  }\n}\n"
+    ));
+}
+
+#[test]
+fn error_dangling_reference_path() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  db: { extends: DefaultXenDomain }\n  w:\n    extends: DefaultXenDomain\n    memory: { $ref: \"PARENT:db:memroy\" }\n"
+    ));
+}
+
+#[test]
+fn error_unknown_base() {
+    insta::assert_snapshot!(sf_error("sfConfig extends Compund {\n}\n"));
+}
+
+#[test]
+fn error_type() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  worker2:\n    extends: DefaultXenDomain\n    memory: lots\n"
+    ));
+}
+
+#[test]
+fn error_type_on_pool() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  sfSyncTerminate \"yes\";\n}\n"
+    ));
+}
+
+#[test]
+fn error_type_via_reference() {
+    // Reported where the reference is written.
+    insta::assert_snapshot!(sf_error(
+        "size \"big\";\nsfConfig extends Compound {\n  d extends DefaultXenDomain { memory ATTRIB size; }\n}\n"
+    ));
+}
+
+#[test]
+fn error_reference_to_itself() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  d extends DefaultXenDomain { memory ATTRIB memory; }\n}\n"
+    ));
+}
+
+#[test]
+fn error_type_storage_backend() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  sh extends BashShell;\n  d extends DefaultXenDomain { storageBackend LAZY sh; }\n}\n"
+    ));
+}
+
+#[test]
+fn error_type_in_template_names_its_file() {
+    insta::assert_snapshot!(sf_error(
+        "W extends DefaultXenDomain {\n  vcpus 0;\n}\nsfConfig extends Sequence { w1 extends W; }\n"
+    ));
+}
+
+#[test]
+fn error_unknown_attribute() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  worker2:\n    extends: DefaultXenDomain\n    memry: 512\n"
+    ));
+}
+
+#[test]
+fn error_unknown_attribute_on_pool() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  colour \"blue\";\n}\n"
+    ));
+}
+
+#[test]
+fn error_syntax_sf() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  d extends DefaultXenDomain {\n    memory 512\n    vcpus = 2;\n  }\n}\n"
+    ));
+}
+
+#[test]
+fn error_syntax_sf_unclosed() {
+    insta::assert_snapshot!(sf_error("sfConfig extends Compound {\n  a 1;\n"));
+}
+
+#[test]
+fn error_syntax_sf_string() {
+    insta::assert_snapshot!(sf_error("sfConfig {\n  a \"open\n}\n"));
+}
+
+#[test]
+fn error_include() {
+    insta::assert_snapshot!(sf_error(
+        "#include \"org/smartfrog/components.sf\"\nsfConfig {}\n"
+    ));
+}
+
+#[test]
+fn error_syntax_yaml() {
+    insta::assert_snapshot!(yaml_error("sfConfig:\n  extends: Sequence\n  db: [1, 2\n"));
+}
+
+#[test]
+fn error_syntax_yaml_reference() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  db:\n    extends: DefaultXenDomain\n    memory: { $ref: \"PARENT::x\" }\n"
+    ));
+}
+
+#[test]
+fn error_no_sfconfig() {
+    insta::assert_snapshot!(yaml_error("Worker: { extends: DefaultXenDomain }\n"));
+}
+
+#[test]
+fn error_missing_file() {
+    let e = resolve_file(Path::new("/nonexistent/pool.yaml"), &[]).unwrap_err();
+    assert!(matches!(e, DescriptionError::Read { .. }), "{e}");
+}
