@@ -14,6 +14,7 @@ pub mod jdl;
 pub mod job;
 pub mod journal;
 pub mod policy;
+pub mod pool;
 pub mod request;
 pub mod site;
 pub mod slurm;

@@ -8,7 +8,7 @@ use smartdomains::jdl::JobDescription;
 use smartdomains::journal::Journal;
 use smartdomains::site::SiteConfig;
 use smartdomains::user_files::UserFiles;
-use smartdomains::{job, policy};
+use smartdomains::{job, policy, pool};
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,8 +75,30 @@ enum Command {
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
-    /// List the deployments on this host.
-    Status,
+    /// List the deployments on this host, or the members of pool NAME.
+    Status {
+        /// A pool started with `sd start`: its members, state, memory, uptime.
+        name: Option<String>,
+    },
+    /// Start pool NAME from a description (YAML or SmartFrog .sf): every
+    /// domain in the described order. Returns when every member is up, or
+    /// when everything started has been rolled back after a failure.
+    ///
+    /// A Sequence starts each member once the previous one's agent answers.
+    /// Members are deployments `pool-NAME-MEMBER`; they run on after `sd start`
+    /// returns, until `sd terminate NAME`.
+    Start {
+        name: String,
+        file: PathBuf,
+        #[arg(long = "library", value_name = "FILE")]
+        library: Vec<PathBuf>,
+        /// VO of members without a `vo` attribute (default: the site's default_vo).
+        #[arg(long)]
+        vo: Option<String>,
+    },
+    /// Stop pool NAME: its members in reverse creation order, gracefully,
+    /// then its record. Idempotent: a pool that is not there is a success.
+    Terminate { name: String },
     /// Print a description (YAML, or SmartFrog's .sf text) fully resolved:
     /// templates extended, references followed, defaults filled in.
     ///
@@ -132,7 +154,15 @@ fn main() -> ExitCode {
                     id,
                 } => run(&site, &jdl, &output_dir, id),
                 Command::Cleanup { id, all } => cleanup(&site, id, all),
-                Command::Status => status(&site),
+                Command::Status { name: None } => status(&site),
+                Command::Status { name: Some(name) } => pool_status(&site, &name),
+                Command::Start {
+                    name,
+                    file,
+                    library,
+                    vo,
+                } => start(&site, &name, &file, &library, vo.as_deref()),
+                Command::Terminate { name } => terminate(&site, &name),
                 Command::Images { action: None } => images(&site),
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
@@ -455,6 +485,100 @@ fn remove_image(site: &SiteConfig, name: &str) -> ExitCode {
     }
 }
 
+fn start(
+    site: &SiteConfig,
+    name: &str,
+    file: &Path,
+    library: &[PathBuf],
+    vo: Option<&str>,
+) -> ExitCode {
+    let description = match smartdomains::description::resolve_file(file, library) {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        let n = description.root.domains().len();
+        eprintln!(
+            "sd: starting pool {name}: {n} domain(s) from {}",
+            file.display()
+        );
+    }
+    match pool::start_as(site, name, &description, vo) {
+        Ok(record) => {
+            if tty {
+                for m in &record.members {
+                    eprintln!("sd: {} up ({}, {} MiB)", m.id, m.image, m.memory_mib);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_user_error() => fail(EXIT_REFUSED, &e.to_string()),
+        Err(e) => fail(
+            EXIT_SITE_FAULT,
+            &format!("pool {name} not started (rolled back): {e}"),
+        ),
+    }
+}
+
+fn terminate(site: &SiteConfig, name: &str) -> ExitCode {
+    match pool::terminate(site, name) {
+        Ok(Some(record)) => {
+            for m in record.members.iter().rev() {
+                println!("{}: down", m.id);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("{name}: no such pool, nothing to terminate");
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_user_error() => fail(EXIT_REFUSED, &e.to_string()),
+        Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
+}
+
+fn pool_status(site: &SiteConfig, name: &str) -> ExitCode {
+    let record = match pool::load(site, name) {
+        Ok(Some(r)) => r,
+        Ok(None) => return fail(1, &format!("no pool {name:?} on this host")),
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    };
+    let now = pool::now_unix_ms();
+    println!(
+        "pool {name}: {} of {} member(s), from {}, stopping {}",
+        record.kind,
+        record.members.len(),
+        record.source,
+        if record.concurrent_terminate {
+            "concurrently"
+        } else {
+            "in reverse order"
+        }
+    );
+    println!(
+        "{:<40} {:<8} {:<16} {:>8} {:>6} {:>8}",
+        "MEMBER", "STATE", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
+    );
+    let states = pool::member_states(site, &record);
+    for (m, state) in record.members.iter().zip(states) {
+        let uptime = match (state, m.up_unix_ms) {
+            (pool::MemberState::Up, Some(up)) => format!("{}s", now.saturating_sub(up) / 1000),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<40} {:<8} {:<16} {:>7}M {:>6} {:>8}",
+            m.id,
+            format!("{state:?}").to_lowercase(),
+            m.image,
+            m.memory_mib,
+            m.vcpus,
+            uptime
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn status(site: &SiteConfig) -> ExitCode {
     let ids = Journal::list(&site.state_dir).unwrap_or_default();
     if ids.is_empty() {
@@ -488,6 +612,9 @@ fn status(site: &SiteConfig) -> ExitCode {
             env["vcpus"].as_u64().unwrap_or(0),
             now.saturating_sub(j.data().created_unix)
         );
+    }
+    for name in pool::list(site) {
+        println!("pool {name}: `sd status {name}` for its members");
     }
     ExitCode::SUCCESS
 }
