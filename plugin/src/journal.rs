@@ -8,8 +8,7 @@
 //! never leaves a half-written journal.
 
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Something on the host that a deployment creates and cleanup removes.
@@ -215,12 +214,8 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
+        crate::atomic_file::write(&self.path, &text).map_err(io)?;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! front end (`jdl`) → `request` → `policy` (against `site`) → `deployment`
 //! (`journal`, `storage`) → `hypervisor` backend → `guest_link`.
 
+pub mod atomic_file;
 pub mod deployment;
 pub mod description;
 pub mod guest_link;

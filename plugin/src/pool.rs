@@ -25,6 +25,7 @@
 //! process (like a batch system's): `sd start` returns once all are up and
 //! the domains run on.
 
+use crate::atomic_file;
 use crate::deployment::{self, DeployError, Deployment};
 use crate::description::{Kind, ResolvedComponent, ResolvedDescription, ResolvedValue};
 use crate::journal::{self, JournalError};
@@ -32,8 +33,7 @@ use crate::policy::{self, PolicyError, ResolvedEnvironment};
 use crate::request::EnvironmentRequest;
 use crate::site::SiteConfig;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -157,28 +157,17 @@ fn record_error(path: &Path, message: impl ToString) -> PoolError {
 }
 
 /// Writes `value` as JSON to `path` atomically. With `exclusive`, fails with
-/// `AlreadyExists` if `path` exists (hard link instead of rename).
+/// `AlreadyExists` if `path` exists.
 fn write_atomic(path: &Path, value: &PoolRecord, exclusive: bool) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(value).expect("pool record serialises");
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        if exclusive {
-            fs::hard_link(&tmp, path)?;
-            fs::remove_file(&tmp)
-        } else {
-            fs::rename(&tmp, path)
-        }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if exclusive {
+        atomic_file::create_new(path, &text)
+    } else {
+        atomic_file::write(path, &text)
     }
-    result
 }
 
 fn save(site: &SiteConfig, record: &PoolRecord) -> Result<(), PoolError> {

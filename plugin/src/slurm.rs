@@ -196,9 +196,7 @@ pub fn prolog() -> i32 {
 fn write_refusal(site: &SiteConfig, id: &str, message: &str) -> std::io::Result<()> {
     let path = refusal_path(site, id);
     std::fs::create_dir_all(path.parent().unwrap())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{message}\n"))?;
-    std::fs::rename(&tmp, &path)
+    crate::atomic_file::write(&path, format!("{message}\n").as_bytes())
 }
 
 /// Without a site config there is no log directory: syslog and stderr.
