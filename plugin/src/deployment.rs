@@ -44,7 +44,7 @@ pub fn step_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The backend a site's config chooses (`auto` = QEMU until Xen lands).
+/// The backend a site's config chooses, or the one a journal names.
 pub fn backend_for(
     site: &SiteConfig,
     name: Option<&str>,
@@ -60,6 +60,12 @@ pub fn backend_for(
         }
         None => site.backend,
     };
+    let wanted = match wanted {
+        // Auto: Xen where we are its dom0, QEMU everywhere else.
+        Backend::Auto if cfg!(feature = "xen") && xen_unavailable_because().is_none() => Backend::Xen,
+        Backend::Auto => Backend::Qemu,
+        other => other,
+    };
     match wanted {
         Backend::Auto | Backend::Qemu => Ok(Box::new(Qemu::new(QemuOptions {
             binary: site.qemu.binary.clone(),
@@ -72,11 +78,35 @@ pub fn backend_for(
             sandbox: site.qemu.sandbox,
             cache_dir: site.state_dir.clone(),
         }))),
-        Backend::Xen => Err(DeployError::BackendUnavailable(
-            "xen".into(),
-            "the Xen backend is not built yet; set `backend: qemu` or `auto`".into(),
-        )),
+        Backend::Xen => xen_backend(site),
     }
+}
+
+#[cfg(feature = "xen")]
+fn xen_unavailable_because() -> Option<String> {
+    crate::hypervisor::xen::Xen::unavailable_because()
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_unavailable_because() -> Option<String> {
+    Some("this SmartDomains was built without the Xen backend (cargo feature `xen`)".into())
+}
+
+#[cfg(feature = "xen")]
+fn xen_backend(site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
+    use crate::hypervisor::xen::{Xen, XenOptions};
+    if let Some(why) = xen_unavailable_because() {
+        return Err(DeployError::BackendUnavailable("xen".into(), why));
+    }
+    Ok(Box::new(Xen::new(XenOptions {
+        guest_type: site.xen.guest_type,
+        pvh_cpuid: site.xen.pvh_cpuid.clone(),
+    })))
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_backend(_site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
+    Err(DeployError::BackendUnavailable("xen".into(), xen_unavailable_because().unwrap()))
 }
 
 /// Name of the hypervisor domain of deployment `id`.
@@ -142,6 +172,7 @@ impl Deployment {
         };
         let (link, acceleration, boot_time) = partial.boot(id, env)?;
         let (journal, backend) = partial.disarm();
+        watch_domain(site, &link, backend.name(), id)?;
         Ok(Deployment {
             id: id.to_string(),
             journal,
@@ -177,10 +208,14 @@ pub type SaveOutcome = Option<Result<Manifest, String>>;
 /// if the guest stopped by itself (its file system was unmounted cleanly).
 fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) -> bool {
     let name = domain_name(site, id);
-    if link.power_off().is_err() {
-        return false;
-    }
     let timeout = Duration::from_secs(site.shutdown_timeout_secs);
+    if let Err(e) = link.power_off() {
+        // The agent is gone: the hypervisor may still ask the guest kernel.
+        tracing::warn!("agent of {name} did not power off ({e})");
+        if !matches!(backend.request_shutdown(&name), Ok(true)) {
+            return false;
+        }
+    }
     let stopped = backend.wait_stopped(&name, timeout);
     if !stopped {
         tracing::warn!(
@@ -273,8 +308,18 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
         .unwrap_or_default()
         .display()
         .to_string();
-    GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
-        .map_err(|error| DeployError::Link { error, console })
+    let link = GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
+        .map_err(|error| DeployError::Link { error, console })?;
+    watch_domain(site, &link, backend.name(), id)?;
+    Ok(link)
+}
+
+/// A link that ends when its domain does (see [`GuestLink::watch`]).
+fn watch_domain(site: &SiteConfig, link: &GuestLink, backend: &str, id: &str) -> Result<(), DeployError> {
+    let watcher = backend_for(site, Some(backend))?;
+    let name = domain_name(site, id);
+    link.watch(Duration::from_secs(1), move || watcher.is_running(&name));
+    Ok(())
 }
 
 /// Graceful end of a deployment known only by its id (`sd-epilog`): power
@@ -349,9 +394,13 @@ impl Partial<'_> {
             kernel: env.image.kernel.clone(),
             initrd: env.image.initrd.clone(),
             cmdline: format!(
-                "console={} panic=-1 quiet loglevel=3 sd.root={}",
+                "console={} panic=-1 quiet loglevel=3 sd.root={}{}",
                 backend.console_device(),
-                backend.disk_device()
+                backend.disk_device(),
+                backend
+                    .agent_device()
+                    .map(|d| format!(" sd.agent={d}"))
+                    .unwrap_or_default()
             ),
             memory_mib: env.memory_mib,
             vcpus: env.vcpus,
@@ -374,7 +423,12 @@ impl Partial<'_> {
         grant_agent_access(&spec.run_dir, &booted.agent_socket, env_uid(journal))?;
         let alive = || backend.is_running(&spec.name);
         let timeout = Duration::from_secs(site.boot_timeout_secs);
-        let link = GuestLink::connect(&booted.agent_socket, &env.hostname, timeout, &alive)
+        let connect = if backend.agent_device().is_some() {
+            GuestLink::connect_when_ready
+        } else {
+            GuestLink::connect
+        };
+        let link = connect(&booted.agent_socket, &env.hostname, timeout, &alive)
             .map_err(|error| DeployError::Link {
                 error,
                 console: console_log.display().to_string(),

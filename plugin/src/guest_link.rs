@@ -82,6 +82,8 @@ pub struct GuestLink {
     writer: LinkWriter,
     incoming: Receiver<Result<GuestMsg, ProtoError>>,
     pub info: GuestInfo,
+    /// Lives as long as the link; a watcher stops when it is gone.
+    token: Arc<()>,
 }
 
 impl GuestLink {
@@ -92,6 +94,29 @@ impl GuestLink {
         hostname: &str,
         timeout: Duration,
         alive: &dyn Fn() -> bool,
+    ) -> Result<GuestLink, LinkError> {
+        Self::open(socket, hostname, timeout, alive, false)
+    }
+
+    /// The first connection to a freshly booted domain whose agent channel
+    /// is a console (Xen): say hello only once the agent announced it is
+    /// ready ([`GuestMsg::Ready`]), since a console echoes and mangles
+    /// whatever arrives before the agent made it raw.
+    pub fn connect_when_ready(
+        socket: &Path,
+        hostname: &str,
+        timeout: Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<GuestLink, LinkError> {
+        Self::open(socket, hostname, timeout, alive, true)
+    }
+
+    fn open(
+        socket: &Path,
+        hostname: &str,
+        timeout: Duration,
+        alive: &dyn Fn() -> bool,
+        wait_for_ready: bool,
     ) -> Result<GuestLink, LinkError> {
         let stream = UnixStream::connect(socket).map_err(|source| LinkError::Connect {
             path: socket.display().to_string(),
@@ -110,11 +135,14 @@ impl GuestLink {
             }
         });
         let writer = LinkWriter(Arc::new(Mutex::new(stream)));
-        // Buffered by QEMU until the guest opens its port: one hello suffices.
-        writer.send(&HostMsg::Hello {
+        let hello = HostMsg::Hello {
             version: PROTOCOL_VERSION,
             hostname: hostname.to_string(),
-        })?;
+        };
+        // Buffered by QEMU until the guest opens its port: one hello suffices.
+        if !wait_for_ready {
+            writer.send(&hello)?;
+        }
         let deadline = Instant::now() + timeout;
         let mut link = GuestLink {
             writer,
@@ -125,6 +153,7 @@ impl GuestLink {
                 vcpus: 0,
                 mem_total_kib: 0,
             },
+            token: Arc::new(()),
         };
         loop {
             match link.incoming.recv_timeout(Duration::from_millis(200)) {
@@ -146,6 +175,11 @@ impl GuestLink {
                     };
                     return Ok(link);
                 }
+                Ok(Ok(GuestMsg::Ready)) => {
+                    if wait_for_ready {
+                        link.writer.send(&hello)?;
+                    }
+                }
                 Ok(Ok(GuestMsg::Error { message })) => return Err(LinkError::Guest(message)),
                 Ok(Ok(other)) => return Err(LinkError::Unexpected(format!("{other:?}"))),
                 Ok(Err(ProtoError::Closed)) | Err(RecvTimeoutError::Disconnected) => {
@@ -164,12 +198,37 @@ impl GuestLink {
         }
     }
 
+    /// Closes the link as soon as `alive()` turns false (checked every
+    /// `every`), so that a domain that crashed or was destroyed reads as a
+    /// closed link rather than a silent one: a console channel's dom0 end
+    /// (Xen's device model) stays open after its guest is gone.
+    pub fn watch(&self, every: Duration, alive: impl Fn() -> bool + Send + 'static) {
+        let token = Arc::downgrade(&self.token);
+        let stream = match self.writer.0.lock().unwrap_or_else(|e| e.into_inner()).try_clone() {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("cannot watch the domain: {e}"),
+        };
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            if token.upgrade().is_none() {
+                return;
+            }
+            if !alive() {
+                tracing::warn!("the domain is gone: closing its agent link");
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        });
+    }
+
     pub fn writer(&self) -> LinkWriter {
         self.writer.clone()
     }
 
     fn recv(&self) -> Result<GuestMsg, LinkError> {
         match self.incoming.recv() {
+            // A console channel's start-up announcement, late: not for us.
+            Ok(Ok(GuestMsg::Ready)) => self.recv(),
             Ok(Ok(GuestMsg::Error { message })) => Err(LinkError::Guest(message)),
             Ok(Ok(m)) => Ok(m),
             Ok(Err(e)) => Err(e.into()),
@@ -179,6 +238,7 @@ impl GuestLink {
 
     fn recv_timeout(&self, timeout: Duration) -> Result<GuestMsg, LinkError> {
         match self.incoming.recv_timeout(timeout) {
+            Ok(Ok(GuestMsg::Ready)) => self.recv_timeout(timeout),
             Ok(Ok(GuestMsg::Error { message })) => Err(LinkError::Guest(message)),
             Ok(Ok(m)) => Ok(m),
             Ok(Err(e)) => Err(e.into()),

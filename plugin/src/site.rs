@@ -54,6 +54,7 @@ pub struct SiteConfig {
     pub backend: Backend,
     pub acceleration: Acceleration,
     pub qemu: QemuConfig,
+    pub xen: XenConfig,
     pub boot_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     /// What a job gets for what it does not ask for.
@@ -118,6 +119,24 @@ pub struct QemuConfig {
     pub run_as: Option<String>,
     /// `-sandbox on`.
     pub sandbox: bool,
+}
+
+/// The `xen:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XenConfig {
+    /// PV (no hardware virtualisation needed) or PVH.
+    pub guest_type: XenGuestType,
+    /// `xl`'s `cpuid =` for PVH guests: the host's policy with these
+    /// changes. The default hides `rdtscp`, which nested SVM (Xen under
+    /// QEMU) cannot emulate.
+    pub pvh_cpuid: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XenGuestType {
+    Pv,
+    Pvh,
 }
 
 /// The site-wide `defaults:`.
@@ -416,6 +435,7 @@ struct RawSite {
     backend: Option<Backend>,
     acceleration: Option<Acceleration>,
     qemu: Option<RawQemu>,
+    xen: Option<RawXen>,
     boot_timeout_secs: Option<S<u64>>,
     shutdown_timeout_secs: Option<S<u64>>,
     defaults: Option<RawSiteDefaults>,
@@ -431,6 +451,13 @@ struct RawQemu {
     binary: Option<S<String>>,
     run_as: Option<S<String>>,
     sandbox: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXen {
+    guest_type: Option<XenGuestType>,
+    pvh_cpuid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -977,6 +1004,14 @@ impl Builder<'_> {
             backend: raw.backend.unwrap_or(Backend::Auto),
             acceleration: raw.acceleration.unwrap_or(Acceleration::Auto),
             qemu,
+            xen: XenConfig {
+                guest_type: raw.xen.as_ref().and_then(|x| x.guest_type).unwrap_or(XenGuestType::Pv),
+                pvh_cpuid: raw
+                    .xen
+                    .as_ref()
+                    .and_then(|x| x.pvh_cpuid.clone())
+                    .unwrap_or_else(|| "host,rdtscp=0".into()),
+            },
             boot_timeout_secs,
             shutdown_timeout_secs,
             defaults,

@@ -115,6 +115,11 @@ pub enum GuestMsg {
     Error {
         message: String,
     },
+    /// Unsolicited, once, when the agent starts on a console channel (Xen's
+    /// hvc): until the guest has made its tty raw, bytes from the host would
+    /// be echoed and mangled, so the first host waits for this before its
+    /// Hello.
+    Ready,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -38,9 +38,22 @@ fn main() {
         .write(true)
         .open(&port)
         .unwrap_or_else(|e| fatal(&format!("cannot open {}: {e}", port.display())));
+    // A console (Xen's hvc) carries our binary frames only in raw mode:
+    // no echo, no line editing, no CR/LF translation. What arrived before
+    // is dropped, and the host is told it may speak now.
+    let mut console = false;
+    if let Ok(mut t) = nix::sys::termios::tcgetattr(&channel) {
+        use nix::sys::termios::{cfmakeraw, tcflush, tcsetattr, FlushArg, SetArg};
+        cfmakeraw(&mut t);
+        if let Err(e) = tcsetattr(&channel, SetArg::TCSANOW, &t) {
+            fatal(&format!("cannot make {} raw: {e}", port.display()));
+        }
+        let _ = tcflush(&channel, FlushArg::TCIFLUSH);
+        console = true;
+    }
     log(&format!("serving on {}", port.display()));
     job::start_reaper();
-    session::serve(channel, &root);
+    session::serve(channel, &root, console);
 }
 
 /// The virtio console driver names each port in sysfs; devtmpfs gives the node.

@@ -35,10 +35,13 @@ struct Upload {
     error: Option<String>,
 }
 
-pub fn serve(channel: Channel, root: &Path) -> ! {
+pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
     let writer = Writer(Arc::new(Mutex::new(
         channel.try_clone().expect("dup channel"),
     )));
+    if announce {
+        writer.send(&GuestMsg::Ready);
+    }
     let mut reader = channel;
     let running: Arc<Mutex<Option<RunningJob>>> = Arc::new(Mutex::new(None));
     let mut upload: Option<Upload> = None;
@@ -70,6 +73,10 @@ pub fn serve(channel: Channel, root: &Path) -> ! {
                     });
                     continue;
                 }
+                // A new host session: whatever ran for the previous one has
+                // lost its caller (a console channel never reports hang-ups).
+                job::kill_running(&running);
+                upload = None;
                 if let Err(e) = nix::unistd::sethostname(&hostname) {
                     log(&format!("sethostname {hostname:?}: {e}"));
                 }
@@ -165,11 +172,24 @@ fn hello(hostname: &str) -> GuestMsg {
     }
 }
 
+/// After a broken frame: skip what the host still sends until it hangs up
+/// (a socket-like port) or, on a console that never hangs up, until it has
+/// been quiet for a moment — the next host starts afresh with a Hello.
 fn drain_until_hangup(reader: &mut File) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let is_console = nix::sys::termios::tcgetattr(&*reader).is_ok();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = reader.read(&mut buf) {
-        if n == 0 {
-            return;
+    loop {
+        if is_console {
+            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::from(300u16)), Ok(n) if n > 0) {
+                return;
+            }
+        }
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

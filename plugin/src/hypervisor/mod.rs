@@ -8,6 +8,8 @@
 
 pub mod kvm_probe;
 pub mod qemu;
+#[cfg(feature = "xen")]
+pub mod xen;
 
 use crate::journal::{Journal, JournalError};
 use std::path::PathBuf;
@@ -57,6 +59,8 @@ pub enum HypervisorError {
     StartFailed { detail: String },
     #[error("hypervisor control: {0}")]
     Control(String),
+    #[error("the {backend} backend does not support {what}")]
+    Unsupported { backend: &'static str, what: &'static str },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -70,6 +74,12 @@ pub trait Hypervisor: Send + Sync {
 
     /// The device the job's disk appears as in the guest (`/dev/vda`).
     fn disk_device(&self) -> &'static str;
+
+    /// The guest's device of the agent channel, when the agent cannot find
+    /// it by itself (a virtio-serial port is found by its name).
+    fn agent_device(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Starts the domain. Returns once the hypervisor runs it; the guest
     /// agent may still be booting.
@@ -89,6 +99,22 @@ pub trait Hypervisor: Send + Sync {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
+    }
+
+    /// Asks the guest to shut down through the hypervisor (used when its
+    /// agent does not answer). False if the backend has no such request.
+    fn request_shutdown(&self, _name: &str) -> Result<bool, HypervisorError> {
+        Ok(false)
+    }
+
+    /// Changes the memory the guest may use while it runs (balloon target).
+    fn set_memory_target(&self, _name: &str, _mib: u64) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported { backend: self.name(), what: "memory target changes" })
+    }
+
+    /// Pauses or resumes every vCPU of the domain.
+    fn pause(&self, _name: &str, _paused: bool) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported { backend: self.name(), what: "pause" })
     }
 
     /// Stops the domain at once, whatever state it is in. Idempotent: a

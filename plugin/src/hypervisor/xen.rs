@@ -1,0 +1,218 @@
+//! Xen backend: domains created through libxl (the library `xl` is built
+//! on, via `sd-xen`'s bindings), no `xl` or other shell-out.
+//!
+//! - Disk: the job's qcow2 overlay, served to the guest's `xen-blkfront` by
+//!   QEMU's qdisk backend in dom0 (libxl starts that device model), so the
+//!   storage layer is the same as for the QEMU backend.
+//! - Agent link: a PV channel named [`sd_proto::VIRTIO_PORT_NAME`] whose dom0
+//!   end is a Unix socket served by that device model — the same socket
+//!   interface the QEMU backend offers; the guest sees it as `/dev/hvc1`.
+//! - Console: `hvc0`, logged by xenconsoled to
+//!   `/var/log/xen/console/guest-NAME.log`; the domain's console log in our
+//!   log directory is a symbolic link to it.
+
+/// The safe libxl/libxenctrl layer, for tools and tests that look at Xen
+/// directly.
+pub use sd_xen;
+
+use super::{Booted, DomainSpec, Hypervisor, HypervisorError};
+use crate::journal::{Journal, Resource};
+use crate::site::XenGuestType;
+use sd_xen::{ChannelSpec, DiskSpec, DomainConfig, DomainState, GuestType, Libxl, XenCtrl};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct XenOptions {
+    pub guest_type: XenGuestType,
+    /// `cpuid =` policy of PVH guests (`host,rdtscp=0`).
+    pub pvh_cpuid: String,
+}
+
+pub struct Xen {
+    options: XenOptions,
+}
+
+/// Where xenconsoled (`--log=guest`) writes each guest's console.
+const XEN_CONSOLE_LOG_DIR: &str = "/var/log/xen/console";
+
+/// The guest's end of the agent channel: the first PV console after hvc0.
+pub const GUEST_AGENT_DEVICE: &str = "/dev/hvc1";
+
+impl From<sd_xen::XenError> for HypervisorError {
+    fn from(e: sd_xen::XenError) -> Self {
+        HypervisorError::Control(e.to_string())
+    }
+}
+
+impl Xen {
+    pub fn new(options: XenOptions) -> Self {
+        Xen { options }
+    }
+
+    /// Why this host cannot run Xen domains, if it cannot: we must be dom0
+    /// of a running Xen, with its control interface.
+    pub fn unavailable_because() -> Option<String> {
+        match std::fs::read_to_string("/proc/xen/capabilities") {
+            Ok(caps) if caps.contains("control_d") => None,
+            Ok(_) => Some("this is a Xen guest, not dom0: domains are created from dom0".into()),
+            Err(_) => Some(
+                "this machine does not run under the Xen hypervisor (no /proc/xen/capabilities); \
+                 boot it into Xen with a dom0 kernel, or use backend qemu (or auto)"
+                    .into(),
+            ),
+        }
+    }
+
+    fn config(&self, spec: &DomainSpec, agent: &Path) -> Result<DomainConfig, HypervisorError> {
+        let guest = match self.options.guest_type {
+            XenGuestType::Pv => GuestType::Pv,
+            XenGuestType::Pvh => GuestType::Pvh,
+        };
+        let mut config = DomainConfig::new(&spec.name, guest)?;
+        config
+            .boot(&spec.kernel, &spec.initrd, &spec.cmdline)?
+            .memory_mib(spec.memory_mib)
+            .vcpus(spec.vcpus);
+        config.add_disk(&DiskSpec { target: &spec.disk, format: spec.disk_format, vdev: "xvda" })?;
+        config.add_channel(&ChannelSpec { name: sd_proto::VIRTIO_PORT_NAME, socket: agent })?;
+        if guest == GuestType::Pvh {
+            config.cpuid(&self.options.pvh_cpuid)?;
+        }
+        Ok(config)
+    }
+
+    /// The hypervisor's view of the domain of this name, if it exists.
+    pub fn state(&self, name: &str) -> Result<Option<DomainState>, HypervisorError> {
+        let libxl = Libxl::open()?;
+        let Some(domid) = libxl.domid_of(name)? else {
+            return Ok(None);
+        };
+        Ok(XenCtrl::open()?.domain(domid)?.map(|d| d.state))
+    }
+
+    fn domid(&self, name: &str) -> Result<(Libxl, u32), HypervisorError> {
+        let libxl = Libxl::open()?;
+        let domid = libxl
+            .domid_of(name)?
+            .ok_or_else(|| HypervisorError::Control(format!("no Xen domain named {name}")))?;
+        Ok((libxl, domid))
+    }
+}
+
+impl Hypervisor for Xen {
+    fn name(&self) -> &'static str {
+        "xen"
+    }
+
+    fn console_device(&self) -> &'static str {
+        "hvc0"
+    }
+
+    fn disk_device(&self) -> &'static str {
+        "/dev/xvda"
+    }
+
+    fn agent_device(&self) -> Option<&'static str> {
+        Some(GUEST_AGENT_DEVICE)
+    }
+
+    fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError> {
+        let agent = spec.run_dir.join("agent.sock");
+        let mut config = self.config(spec, &agent)?;
+        let libxl = Libxl::open()?;
+        journal.record(Resource::Domain { backend: self.name().into(), name: spec.name.clone() })?;
+        link_console_log(&spec.name, &spec.console_log);
+        let started = Instant::now();
+        let domid = libxl.create(&mut config)?;
+        tracing::info!(
+            "xen: domain {} (domid {domid}) created in {} ms",
+            spec.name,
+            started.elapsed().as_millis()
+        );
+        // The device model opens the channel's socket as it starts; libxl
+        // returns once it runs, but give the socket a moment to appear.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.exists() {
+            if Instant::now() > deadline {
+                return Err(HypervisorError::StartFailed {
+                    detail: format!(
+                        "domain {domid} runs but the device model made no agent socket {}",
+                        agent.display()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let kind = match self.options.guest_type {
+            XenGuestType::Pv => "xen-pv",
+            XenGuestType::Pvh => "xen-pvh",
+        };
+        Ok(Booted { agent_socket: agent, control_socket: None, acceleration: kind.into() })
+    }
+
+    fn is_running(&self, name: &str) -> bool {
+        matches!(self.state(name), Ok(Some(s)) if s.is_live())
+    }
+
+    fn wait_stopped(&self, name: &str, timeout: Duration) -> bool {
+        // One context for the whole wait: opening one talks to xenstore.
+        let deadline = Instant::now() + timeout;
+        let (Ok(libxl), Ok(ctrl)) = (Libxl::open(), XenCtrl::open()) else {
+            return true;
+        };
+        loop {
+            let live = match libxl.domid_of(name) {
+                Ok(Some(domid)) => matches!(ctrl.domain(domid), Ok(Some(d)) if d.state.is_live()),
+                _ => false,
+            };
+            if !live {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn request_shutdown(&self, name: &str) -> Result<bool, HypervisorError> {
+        let (libxl, domid) = self.domid(name)?;
+        libxl.shutdown(domid)?;
+        Ok(true)
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        let libxl = Libxl::open()?;
+        // A shut-down or crashed domain still has a name until destroyed.
+        if let Some(domid) = libxl.domid_of(name)? {
+            libxl.destroy(domid)?;
+        }
+        Ok(())
+    }
+
+    fn set_memory_target(&self, name: &str, mib: u64) -> Result<(), HypervisorError> {
+        let (libxl, domid) = self.domid(name)?;
+        libxl.set_memory_target(domid, mib * 1024)?;
+        Ok(())
+    }
+
+    fn pause(&self, name: &str, paused: bool) -> Result<(), HypervisorError> {
+        let (libxl, domid) = self.domid(name)?;
+        if paused {
+            libxl.pause(domid)?
+        } else {
+            libxl.unpause(domid)?
+        }
+        Ok(())
+    }
+}
+
+/// Our console log is a link to xenconsoled's log of the guest.
+fn link_console_log(name: &str, console_log: &Path) {
+    let target = PathBuf::from(XEN_CONSOLE_LOG_DIR).join(format!("guest-{name}.log"));
+    let _ = std::fs::remove_file(console_log);
+    if let Err(e) = std::os::unix::fs::symlink(&target, console_log) {
+        tracing::warn!("console log link {}: {e}", console_log.display());
+    }
+}

@@ -1,0 +1,306 @@
+//! The Xen backend on a real Xen 4.17 hypervisor.
+//!
+//! This machine has no Xen, so `xen_backend_on_real_xen` boots one:
+//! `scripts/xen-testhost` starts Xen under QEMU TCG with a dom0 that sees
+//! this host's file system, and runs this very test binary there with the
+//! `dom0_` tests selected. Those are `#[ignore]`d everywhere else; inside
+//! dom0 (`SD_IN_XEN_DOM0=1`) they create domains through our libxl
+//! bindings — `sd run` with `backend: xen` — and check what is left with
+//! both libxl and libxenctrl.
+//!
+//! Run alone: `cargo test --release --test xen -- --nocapture`.
+#![cfg(feature = "xen")]
+
+use smartdomains::hypervisor::xen::{sd_xen, Xen, XenOptions};
+use smartdomains::hypervisor::Hypervisor;
+use smartdomains::site::XenGuestType;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---------------------------------------------------------------- on the host
+
+/// Without a hypervisor: `backend: xen` is refused with a reason, `auto`
+/// runs QEMU (checked without booting anything: `sd check-config`).
+#[test]
+fn without_xen_backend_xen_is_refused_and_auto_is_qemu() {
+    if std::env::var_os("SD_IN_XEN_DOM0").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let site = |backend: &str| {
+        let images = repo().join("build/images");
+        let cfg = dir.path().join(format!("{backend}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir: {d}/state\nlog_dir: {d}/log\nimage_dir: {i}\nbackend: {backend}\n\
+                 images:\n  busybox: {{ disk: busybox.qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+                 vos:\n  demo: {{ images: [busybox] }}\ndefault_vo: demo\n",
+                d = dir.path().display(),
+                i = images.display()
+            ),
+        )
+        .unwrap();
+        smartdomains::site::SiteConfig::load(&cfg).unwrap()
+    };
+    let err = smartdomains::deployment::backend_for(&site("xen"), None).err().expect("no Xen here");
+    let msg = err.to_string();
+    assert!(msg.contains("backend xen is not available on this host"), "{msg}");
+    assert!(msg.contains("does not run under the Xen hypervisor"), "{msg}");
+    let auto = smartdomains::deployment::backend_for(&site("auto"), None).unwrap();
+    assert_eq!(auto.name(), "qemu");
+}
+
+/// Boots the Xen test host and runs the `dom0_` tests in it.
+#[test]
+fn xen_backend_on_real_xen() {
+    if std::env::var_os("SD_IN_XEN_DOM0").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let started = Instant::now();
+    let out = Command::new(repo().join("scripts/xen-testhost"))
+        .args(["--timeout", "1200", "--"])
+        .arg(&exe)
+        .args(["--ignored", "--test-threads=1", "--nocapture", "dom0_"])
+        .current_dir(repo())
+        .env("SD_SD_BIN", env!("CARGO_BIN_EXE_sd"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    println!("--- Xen test host ({:.0} s)\n{stdout}\n--- stderr\n{stderr}", started.elapsed().as_secs_f64());
+    assert!(out.status.success(), "the dom0 tests failed: {:?}", out.status);
+    // Every dom0_ test ran (a filter typo would pass with 0 tests).
+    let expected = DOM0_TESTS;
+    assert!(
+        stdout.contains(&format!("test result: ok. {expected} passed")),
+        "expected {expected} dom0 tests to pass"
+    );
+}
+
+/// How many `dom0_` tests this file has.
+const DOM0_TESTS: usize = 5;
+
+// ------------------------------------------------------------ inside dom0
+
+/// A site with `backend: xen` in a temporary directory of dom0.
+struct Site {
+    dir: tempfile::TempDir,
+    guest_type: XenGuestType,
+}
+
+impl Site {
+    fn new(guest_type: XenGuestType) -> Site {
+        assert!(
+            std::env::var_os("SD_IN_XEN_DOM0").is_some(),
+            "dom0_ tests run inside the Xen test host (xen_backend_on_real_xen)"
+        );
+        let dir = tempfile::Builder::new().prefix("sd-xen-").tempdir().unwrap();
+        let kind = match guest_type {
+            XenGuestType::Pv => "pv",
+            XenGuestType::Pvh => "pvh",
+        };
+        let config = format!(
+            "state_dir: {d}/state\nlog_dir: {d}/log\nimage_dir: {i}\nbackend: xen\n\
+             boot_timeout_secs: 300\nshutdown_timeout_secs: 30\n\
+             xen: {{ guest_type: {kind} }}\n\
+             defaults: {{ image: busybox, memory_mib: 256, vcpus: 1, disk_mib: 256, hostname: xen-guest }}\n\
+             images:\n\
+             \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinux, initrd: initrd.img }}\n\
+             vos:\n\
+             \x20 demo: {{ images: [busybox], max_memory_mib: 512, max_vcpus: 2, max_disk_mib: 1024 }}\n\
+             default_vo: demo\n",
+            d = dir.path().display(),
+            i = repo().join("build/images").display(),
+        );
+        std::fs::write(dir.path().join("site.yaml"), config).unwrap();
+        std::fs::create_dir(dir.path().join("job")).unwrap();
+        Site { dir, guest_type }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn jdl(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.path("job").join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn sd(&self) -> Command {
+        let bin = std::env::var_os("SD_SD_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sd").into());
+        let mut c = Command::new(bin);
+        c.env("SD_CONFIG", self.path("site.yaml")).env_remove("SD_LOG");
+        c
+    }
+
+    fn run(&self, jdl: &Path) -> Output {
+        let started = Instant::now();
+        let out = self.sd().arg("run").arg(jdl).stdin(Stdio::null()).output().unwrap();
+        println!("sd run {} ({:?}): {:.2} s", jdl.display(), self.guest_type, started.elapsed().as_secs_f64());
+        out
+    }
+
+    fn xen(&self) -> Xen {
+        Xen::new(XenOptions { guest_type: self.guest_type, pvh_cpuid: "host,rdtscp=0".into() })
+    }
+
+    /// Journals and run directories left in the state directory.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = vec![];
+        for sub in ["state/journal", "state/run"] {
+            if let Ok(entries) = std::fs::read_dir(self.path(sub)) {
+                found.extend(entries.flatten().map(|e| e.path().display().to_string()));
+            }
+        }
+        found
+    }
+}
+
+/// Domains other than dom0, as libxl and as the hypervisor (libxenctrl) see them.
+fn domains_besides_dom0() -> (Vec<String>, Vec<u32>) {
+    let libxl = sd_xen::Libxl::open().unwrap();
+    let named = libxl.list().unwrap().into_iter().filter(|d| d.domid != 0).map(|d| format!("{} ({})", d.name, d.domid)).collect();
+    let ctrl = sd_xen::XenCtrl::open().unwrap();
+    let ids = ctrl.domains().unwrap().into_iter().filter(|d| d.domid != 0).map(|d| d.domid).collect();
+    (named, ids)
+}
+
+/// Dying domains take a moment to leave the hypervisor's list.
+fn assert_only_dom0() {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (named, ids) = domains_besides_dom0();
+        if named.is_empty() && ids.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "domains left: libxl {named:?}, xc {ids:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn hello_exit_code_and_bytes(guest_type: XenGuestType) {
+    let site = Site::new(guest_type);
+    // Every byte value, and the guest's own identity.
+    let jdl = site.jdl(
+        "hello.jdl",
+        r#"Executable = "/bin/sh";
+           Arguments = "-c 'echo kernel=$(uname -r) host=$(hostname); cat /etc/sd-image; i=0; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done; echo to-stderr >&2; exit 3'";"#,
+    );
+    let out = site.run(&jdl);
+    let stdout = out.stdout.clone();
+    assert_eq!(out.status.code(), Some(3), "stdout: {}\nstderr: {}", text(&stdout), text(&out.stderr));
+    let release = std::fs::read_to_string(repo().join("build/images/kernel-release")).unwrap();
+    let head = text(&stdout[..stdout.len() - 256]);
+    assert!(head.contains(&format!("kernel={} host=xen-guest", release.trim())), "{head}");
+    assert!(head.contains("busybox"), "the VO image's marker: {head}");
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(&stdout[stdout.len() - 256..], &all_bytes[..], "the 256 byte values, in order");
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    assert_only_dom0();
+}
+
+#[test]
+#[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
+fn dom0_pv_hello_exit_code_and_bytes() {
+    hello_exit_code_and_bytes(XenGuestType::Pv);
+}
+
+#[test]
+#[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
+fn dom0_pvh_hello_exit_code_and_bytes() {
+    hello_exit_code_and_bytes(XenGuestType::Pvh);
+}
+
+#[test]
+#[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
+fn dom0_guest_crash_leaves_nothing() {
+    let site = Site::new(XenGuestType::Pv);
+    // The guest kernel panics (and, with panic=-1, reboots): its domain must
+    // not be left behind, nor the job hang.
+    let jdl = site.jdl("crash.jdl", r#"Executable = "/bin/sh"; Arguments = "-c 'echo crashing; echo c > /proc/sysrq-trigger; sleep 600'";"#);
+    let out = site.run(&jdl);
+    assert!(!out.status.success(), "a crashed guest is a failed job");
+    assert!(text(&out.stdout).contains("crashing"), "{}", text(&out.stdout));
+    eprintln!("crash: status {:?}, stderr: {}", out.status, text(&out.stderr));
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    assert_only_dom0();
+}
+
+#[test]
+#[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
+fn dom0_killed_mid_boot_then_cleanup_leaves_nothing() {
+    let site = Site::new(XenGuestType::Pv);
+    let jdl = site.jdl("long.jdl", r#"Executable = "/bin/sh"; Arguments = "-c 'sleep 600'";"#);
+    let mut child = site.sd().args(["run", "--id", "victim"]).arg(&jdl).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Killed once the domain exists, before its agent answers.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while domains_besides_dom0().0.is_empty() {
+        assert!(Instant::now() < deadline, "no domain appeared");
+        assert!(child.try_wait().unwrap().is_none(), "sd run ended before its domain existed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!domains_besides_dom0().0.is_empty(), "the domain outlives a killed sd run");
+    let out = site.sd().arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("victim: cleaned up"), "{}", text(&out.stdout));
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    assert_only_dom0();
+}
+
+#[test]
+#[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
+fn dom0_memory_target_change_is_seen_by_the_guest() {
+    let site = Site::new(XenGuestType::Pv);
+    // The job reports MemTotal until it shrinks below 200 MiB.
+    let jdl = site.jdl(
+        "balloon.jdl",
+        r#"Executable = "/bin/sh";
+           Arguments = "-c 'i=0; while [ $i -lt 600 ]; do m=$(grep MemTotal /proc/meminfo | tr -s \" \" | cut -d\" \" -f2); echo mem=$m; [ $m -lt 204800 ] && exit 0; sleep 0.2; i=$((i+1)); done; exit 1'";"#,
+    );
+    let mut child = site.sd().arg("run").arg(&jdl).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    // Wait for the job's first report, then lower the target to 160 MiB.
+    while !text(&seen).contains("mem=") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "sd run ended early: {:?}", child.wait());
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let name = site.xen_domain_name();
+    site.xen().set_memory_target(&name, 160).unwrap();
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    let reports: Vec<u64> = text(&seen).lines().filter_map(|l| l.strip_prefix("mem=")?.parse().ok()).collect();
+    println!("guest MemTotal (kB) before and after the change: {:?} … {:?}", reports.first(), reports.last());
+    assert!(status.success(), "the guest never saw its memory shrink: {reports:?}");
+    assert!(reports[0] > 204800 && *reports.last().unwrap() < 204800, "{reports:?}");
+    assert_only_dom0();
+}
+
+impl Site {
+    /// The only domain of this site's state directory.
+    fn xen_domain_name(&self) -> String {
+        let libxl = sd_xen::Libxl::open().unwrap();
+        let names: Vec<String> = libxl.list().unwrap().into_iter().map(|d| d.name).filter(|n| n.starts_with("sd-")).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        names[0].clone()
+    }
+}
