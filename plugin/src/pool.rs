@@ -1,33 +1,65 @@
-//! Pools: the on/off button for a whole described set of domains.
+//! Pools: the on/off button for a whole described set of domains, with
+//! SmartFrog's semantics.
 //!
-//! [`start`] deploys every domain of a resolved description (`sd describe`)
-//! in the described order: a `Sequence` starts each member once the previous
-//! one's agent answered; a `Compound` deploys all its members and then counts
-//! as started (for now its members are deployed one after another too). If a
-//! member fails, the members already up are terminated in reverse creation
-//! order and the error is returned: all or nothing.
+//! [`start_as`] deploys every domain of a resolved description (`sd describe`)
+//! as the description says, recursively (pools nest):
+//! * a `Sequence` starts its members in order, each once the previous one
+//!   (a domain, or a whole nested pool) is up — for a domain, its agent
+//!   answered;
+//! * a `Compound` deploys all its members at once, each in its own thread,
+//!   and counts as started when all are up. There is no fixed limit on
+//!   simultaneous boots: the limit is the host's memory, checked for the
+//!   whole pool before anything is booted.
 //!
-//! [`terminate`] stops the members in reverse creation order, gracefully
-//! (the agent powers the guest off, the journal is undone); a `Compound`
-//! with `sfSyncTerminate false` stops its members concurrently. It is
-//! idempotent.
+//! If a member fails, the members already up are terminated in reverse
+//! creation order and the error is returned: all or nothing.
+//!
+//! **Liveness.** [`start_monitored`] (what `sd start` runs) then spawns the
+//! pool's monitor, a detached process (`sd pool-monitor NAME`, its own
+//! session, logging to `LOG_DIR/pool-NAME.log`, its pid in the pool record)
+//! that runs [`run_monitor`]: it beats every member every `sfLivenessDelay`
+//! seconds — a ping through the member's guest agent, over a link it keeps
+//! open — and a member that misses `sfLivenessFactor` beats in a row counts
+//! as dead. A member's delay and factor are those of the pool that holds it
+//! (in SmartFrog the parent pings its children); a pool that sets none has
+//! the prelude's `Compound` values (10 s, 2). The last beats are in
+//! `STATE_DIR/pools/NAME.liveness` (see [`read_liveness`]).
+//!
+//! **A dead member ends the pool.** In SmartFrog a `Compound` whose child
+//! dies terminates all its children in reverse creation order and then
+//! itself, which its own parent sees as a child's death in turn; a
+//! `Sequence`'s child terminating abnormally terminates the Sequence the
+//! same way. So whether the dead member sits in a Compound or a Sequence,
+//! at any depth, the whole pool is terminated: the monitor records why
+//! (`terminated_because` in the pool record), stops every member in
+//! reverse creation order — one after another, or concurrently when every
+//! pool in the tree is a Compound with `sfSyncTerminate false` — and exits.
+//! A member whose domain powered itself off counts as dead too: a pool
+//! member is a service, not a workflow step.
+//!
+//! [`terminate`] stops the monitor first, then the members in reverse
+//! creation order, gracefully (the agent powers the guest off, the journal
+//! is undone). It is idempotent.
 //!
 //! The pool record, `STATE_DIR/pools/NAME.json`, lists the members in
 //! creation order, each written *before* the member is deployed (atomically:
 //! temporary file, fsync, rename), with the time each came up and went down.
-//! So `terminate` finds everything after a crash at any point; the members
-//! themselves are found again through their deployment journals. The record
-//! is removed last; its final state (with every up and down time) is kept in
+//! A Compound records all its own domains, in description order, before
+//! booting them together. So `terminate` finds everything after a crash at
+//! any point; the members themselves are found again through their
+//! deployment journals. The record is removed last; its final state (with
+//! every up and down time, and why the pool ended) is kept in
 //! `LOG_DIR/pool-NAME.pool.json`.
 //!
 //! Members are deployments `pool-NAME-MEMBER` (`MEMBER` is the member's path
 //! below `sfConfig`, `:` written `.` for nested pools), owned by nobody's
 //! process (like a batch system's): `sd start` returns once all are up and
-//! the domains run on.
+//! the domains run on, watched by the monitor.
 
 use crate::atomic_file;
 use crate::deployment::{self, DeployError, Deployment};
 use crate::description::{Kind, ResolvedComponent, ResolvedDescription, ResolvedValue};
+use crate::guest_link::GuestLink;
 use crate::journal::{self, JournalError};
 use crate::policy::{self, PolicyError, ResolvedEnvironment};
 use crate::request::EnvironmentRequest;
@@ -35,7 +67,9 @@ use crate::site::SiteConfig;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -57,6 +91,10 @@ pub enum PoolError {
     Deploy { id: String, error: DeployError },
     #[error("pool record {path}: {message}")]
     Record { path: PathBuf, message: String },
+    #[error("pool {name}: cannot start its liveness monitor: {message}")]
+    Monitor { name: String, message: String },
+    #[error("pool {name}: {message}")]
+    Internal { name: String, message: String },
     #[error("{cause}; the rollback failed too: {rollback} (run `sd terminate {name}`)")]
     RollbackFailed {
         name: String,
@@ -85,8 +123,37 @@ impl PoolError {
                 )
             }
             PoolError::Record { .. }
+            | PoolError::Monitor { .. }
+            | PoolError::Internal { .. }
             | PoolError::RollbackFailed { .. }
             | PoolError::Terminate { .. } => false,
+        }
+    }
+}
+
+/// `sfLivenessDelay` / `sfLivenessFactor` of the pool holding a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Seconds between beats.
+    pub delay_secs: u64,
+    /// Missed beats in a row before the member counts as dead.
+    pub factor: u32,
+}
+
+impl Liveness {
+    /// The prelude's `Compound` defaults.
+    pub const DEFAULT: Liveness = Liveness {
+        delay_secs: 10,
+        factor: 2,
+    };
+
+    /// `c`'s own values, else `inherited`.
+    fn of(c: &ResolvedComponent, inherited: Liveness) -> Liveness {
+        let positive = |attr: &str| c.get_int(attr).filter(|v| *v >= 1);
+        Liveness {
+            delay_secs: positive("sfLivenessDelay").map_or(inherited.delay_secs, |v| v as u64),
+            factor: positive("sfLivenessFactor")
+                .map_or(inherited.factor, |v| u32::try_from(v).unwrap_or(u32::MAX)),
         }
     }
 }
@@ -105,6 +172,28 @@ pub struct MemberRecord {
     pub up_unix_ms: Option<u64>,
     /// When it was down and cleaned up (Unix time, milliseconds).
     pub down_unix_ms: Option<u64>,
+    /// How long its boot took, until its agent answered (milliseconds).
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
+    /// Seconds between liveness beats (0: a record from before liveness).
+    #[serde(default)]
+    pub liveness_delay_secs: u64,
+    /// Missed beats before it counts as dead.
+    #[serde(default)]
+    pub liveness_factor: u32,
+}
+
+impl MemberRecord {
+    pub fn liveness(&self) -> Liveness {
+        if self.liveness_delay_secs == 0 || self.liveness_factor == 0 {
+            Liveness::DEFAULT
+        } else {
+            Liveness {
+                delay_secs: self.liveness_delay_secs,
+                factor: self.liveness_factor,
+            }
+        }
+    }
 }
 
 /// `STATE_DIR/pools/NAME.json`.
@@ -121,6 +210,15 @@ pub struct PoolRecord {
     pub started_unix_ms: u64,
     /// In creation order.
     pub members: Vec<MemberRecord>,
+    /// The liveness monitor (`sd pool-monitor NAME`), once started.
+    #[serde(default)]
+    pub monitor_pid: Option<u32>,
+    /// Why the pool ended other than by `sd terminate` (a dead member).
+    #[serde(default)]
+    pub terminated_because: Option<String>,
+    /// When its termination began (Unix time, milliseconds).
+    #[serde(default)]
+    pub terminated_unix_ms: Option<u64>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -138,9 +236,19 @@ fn record_path(site: &SiteConfig, name: &str) -> PathBuf {
     pools_dir(site).join(format!("{name}.json"))
 }
 
+/// The monitor's last view of the members' beats.
+fn liveness_path(site: &SiteConfig, name: &str) -> PathBuf {
+    pools_dir(site).join(format!("{name}.liveness"))
+}
+
 /// Where the final record of a terminated pool is kept.
 pub fn final_record_path(site: &SiteConfig, name: &str) -> PathBuf {
     site.log_dir.join(format!("pool-{name}.pool.json"))
+}
+
+/// The log of the pool's monitor.
+pub fn monitor_log_path(site: &SiteConfig, name: &str) -> PathBuf {
+    site.log_dir.join(format!("pool-{name}.log"))
 }
 
 /// A pool name makes deployment ids `pool-NAME-MEMBER`: journal-id rules,
@@ -175,19 +283,31 @@ fn save(site: &SiteConfig, record: &PoolRecord) -> Result<(), PoolError> {
     write_atomic(&path, record, false).map_err(|e| record_error(&path, e))
 }
 
+fn read_record(path: &Path) -> Result<Option<PoolRecord>, PoolError> {
+    match fs::read(path) {
+        Ok(text) => serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| record_error(path, format!("corrupt: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(record_error(path, e)),
+    }
+}
+
 /// The record of pool `name`, None if there is no such pool.
 pub fn load(site: &SiteConfig, name: &str) -> Result<Option<PoolRecord>, PoolError> {
     if !valid_name(name) {
         return Err(PoolError::BadName(name.into()));
     }
-    let path = record_path(site, name);
-    match fs::read(&path) {
-        Ok(text) => serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| record_error(&path, format!("corrupt: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(record_error(&path, e)),
+    read_record(&record_path(site, name))
+}
+
+/// The final record of pool `name` once it is gone (the last one of that
+/// name), None if there is none.
+pub fn load_final(site: &SiteConfig, name: &str) -> Result<Option<PoolRecord>, PoolError> {
+    if !valid_name(name) {
+        return Err(PoolError::BadName(name.into()));
     }
+    read_record(&final_record_path(site, name))
 }
 
 /// Names of the pools on this host.
@@ -215,6 +335,36 @@ struct Plan {
     id: String,
     path: String,
     env: ResolvedEnvironment,
+    liveness: Liveness,
+}
+
+impl Plan {
+    fn record(&self) -> MemberRecord {
+        MemberRecord {
+            id: self.id.clone(),
+            path: self.path.clone(),
+            image: self.env.image.name.clone(),
+            memory_mib: self.env.memory_mib,
+            vcpus: self.env.vcpus,
+            up_unix_ms: None,
+            down_unix_ms: None,
+            boot_ms: None,
+            liveness_delay_secs: self.liveness.delay_secs,
+            liveness_factor: self.liveness.factor,
+        }
+    }
+}
+
+/// The shape of the deployment: which plans go one after another, which
+/// together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    /// `plans[i]`.
+    Domain(usize),
+    /// One after another, each once the previous one is up.
+    Sequence(Vec<Node>),
+    /// All at once.
+    Compound(Vec<Node>),
 }
 
 /// The deployment id of a domain of pool `name`.
@@ -274,39 +424,75 @@ fn request_of(
     Ok((request, text("vo").map(str::to_string)))
 }
 
-/// Every domain of the description, admitted, in deployment order.
-fn plan(
+/// Admits every domain under `c` (in description order, appended to
+/// `plans`) and returns how they are to be deployed; None if `c` holds no
+/// domain. `liveness` is that of the pool holding `c`.
+fn walk(
     site: &SiteConfig,
     name: &str,
-    description: &ResolvedDescription,
     vo: Option<&str>,
-) -> Result<Vec<Plan>, PoolError> {
-    let mut plans: Vec<Plan> = Vec::new();
-    for member in description.root.domains() {
-        let id = member_id(name, member);
+    c: &ResolvedComponent,
+    liveness: Liveness,
+    plans: &mut Vec<Plan>,
+) -> Result<Option<Node>, PoolError> {
+    if c.kind == Kind::Domain {
+        let id = member_id(name, c);
         if !journal::valid_id(&id) || plans.iter().any(|p| p.id == id) {
             return Err(PoolError::BadMemberId {
-                path: member.path.clone(),
+                path: c.path.clone(),
                 id,
             });
         }
-        let (request, own_vo) = request_of(member)?;
+        let (request, own_vo) = request_of(c)?;
         let env = policy::admit(site, own_vo.as_deref().or(vo), &request).map_err(|error| {
             PoolError::Policy {
-                path: member.path.clone(),
+                path: c.path.clone(),
                 error,
             }
         })?;
         plans.push(Plan {
             id,
-            path: member.path.clone(),
+            path: c.path.clone(),
             env,
+            liveness,
         });
+        return Ok(Some(Node::Domain(plans.len() - 1)));
     }
-    if plans.is_empty() {
-        return Err(PoolError::NoDomains);
+    let own = if c.kind.is_pool() {
+        Liveness::of(c, liveness)
+    } else {
+        liveness
+    };
+    let mut children = Vec::new();
+    for m in &c.members {
+        if let Some(node) = walk(site, name, vo, m, own, plans)? {
+            children.push(node);
+        }
     }
-    Ok(plans)
+    Ok(match (c.kind, children.is_empty()) {
+        (_, true) => None,
+        (Kind::Compound, false) => Some(Node::Compound(children)),
+        // A Sequence, or a plain component holding domains: in order.
+        (_, false) => Some(Node::Sequence(children)),
+    })
+}
+
+/// Every domain of the description, admitted, in description order, and
+/// the shape of their deployment.
+fn plan(
+    site: &SiteConfig,
+    name: &str,
+    description: &ResolvedDescription,
+    vo: Option<&str>,
+) -> Result<(Vec<Plan>, Node), PoolError> {
+    let mut plans: Vec<Plan> = Vec::new();
+    let root = &description.root;
+    // A lone domain beats by its own attributes.
+    let top = Liveness::of(root, Liveness::DEFAULT);
+    match walk(site, name, vo, root, top, &mut plans)? {
+        Some(node) => Ok((plans, node)),
+        None => Err(PoolError::NoDomains),
+    }
 }
 
 /// Every pool in the tree is a Compound that terminates concurrently.
@@ -342,10 +528,12 @@ pub fn start(
 }
 
 /// Deploys pool `name`: every domain admitted by policy first (nothing is
-/// created for a refused description), the host's free memory checked, then
-/// each domain deployed in order, recorded before it is made. Returns when
-/// every member's agent answered; on any failure the members already made
-/// are terminated in reverse order and the error is returned.
+/// created for a refused description), the host's free memory checked
+/// against the whole pool, then the domains deployed as the description
+/// says (Sequence: in order; Compound: all at once), each recorded before
+/// it is made. Returns when every member's agent answered; on any failure
+/// the members already made are terminated in reverse order and the error
+/// is returned. Starts no monitor: see [`start_monitored`].
 pub fn start_as(
     site: &SiteConfig,
     name: &str,
@@ -358,20 +546,23 @@ pub fn start_as(
     if load(site, name)?.is_some() {
         return Err(PoolError::Exists(name.into()));
     }
-    let plans = plan(site, name, description, vo)?;
+    let (plans, shape) = plan(site, name, description, vo)?;
     let needed: u64 = plans.iter().map(|p| p.env.memory_mib).sum();
     if let Some(available) = available_memory_mib() {
         if needed > available {
             return Err(PoolError::Memory { needed, available });
         }
     }
-    let mut record = PoolRecord {
+    let record = PoolRecord {
         name: name.to_string(),
         source: description.source.clone(),
         kind: format!("{:?}", description.root.kind),
         concurrent_terminate: terminates_concurrently(&description.root),
         started_unix_ms: now_unix_ms(),
         members: vec![],
+        monitor_pid: None,
+        terminated_because: None,
+        terminated_unix_ms: None,
     };
     let path = record_path(site, name);
     match write_atomic(&path, &record, true) {
@@ -381,52 +572,127 @@ pub fn start_as(
         }
         Err(e) => return Err(record_error(&path, e)),
     }
-    let uid = nix::unistd::getuid().as_raw();
-    for plan in &plans {
-        record.members.push(MemberRecord {
-            id: plan.id.clone(),
-            path: plan.path.clone(),
-            image: plan.env.image.name.clone(),
-            memory_mib: plan.env.memory_mib,
-            vcpus: plan.env.vcpus,
-            up_unix_ms: None,
-            down_unix_ms: None,
-        });
-        let deployed = save(site, &record).and_then(|()| {
-            tracing::info!("pool {name}: deploying {} ({})", plan.id, plan.path);
-            Deployment::deploy(site, &plan.id, &plan.env, uid, None).map_err(|error| {
-                PoolError::Deploy {
-                    id: plan.id.clone(),
-                    error,
-                }
-            })
-        });
-        match deployed {
-            Ok(d) => {
-                tracing::info!(
-                    "pool {name}: {} up in {:.1} s under {}",
-                    d.id,
-                    d.boot_time.as_secs_f64(),
-                    d.acceleration
-                );
-                // The domain runs on without this link; it is found again
-                // through its journal.
-                drop(d);
-                record.members.last_mut().expect("pushed").up_unix_ms = Some(now_unix_ms());
-                if let Err(e) = save(site, &record) {
-                    return Err(rollback(site, record, e));
-                }
-            }
-            Err(e) => return Err(rollback(site, record, e)),
-        }
+    let starter = Starter {
+        site,
+        name,
+        uid: nix::unistd::getuid().as_raw(),
+        plans: &plans,
+        record: Mutex::new(record),
+    };
+    let result = starter.deploy(&shape);
+    let record = starter
+        .record
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    match result {
+        Ok(()) => Ok(record),
+        Err(e) => Err(rollback(site, record, e)),
     }
-    Ok(record)
 }
 
-fn rollback(site: &SiteConfig, record: PoolRecord, cause: PoolError) -> PoolError {
+/// Deploys the nodes of one pool, recording each member before it is made.
+struct Starter<'a> {
+    site: &'a SiteConfig,
+    name: &'a str,
+    uid: u32,
+    plans: &'a [Plan],
+    record: Mutex<PoolRecord>,
+}
+
+impl Starter<'_> {
+    fn deploy(&self, node: &Node) -> Result<(), PoolError> {
+        match node {
+            Node::Domain(i) => {
+                self.enrol(&[*i])?;
+                self.boot(*i)
+            }
+            Node::Sequence(children) => children.iter().try_for_each(|c| self.deploy(c)),
+            Node::Compound(children) => {
+                // Its own domains are created in description order: that is
+                // the order they are terminated in, reversed.
+                let own: Vec<usize> = children
+                    .iter()
+                    .filter_map(|c| match c {
+                        Node::Domain(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect();
+                self.enrol(&own)?;
+                let results: Vec<Result<(), PoolError>> = std::thread::scope(|s| {
+                    let threads: Vec<_> = children
+                        .iter()
+                        .map(|c| {
+                            s.spawn(move || match c {
+                                Node::Domain(i) => self.boot(*i),
+                                nested => self.deploy(nested),
+                            })
+                        })
+                        .collect();
+                    threads
+                        .into_iter()
+                        .map(|t| {
+                            t.join().unwrap_or_else(|_| {
+                                Err(PoolError::Internal {
+                                    name: self.name.into(),
+                                    message: "a deploying thread panicked".into(),
+                                })
+                            })
+                        })
+                        .collect()
+                });
+                // The first failure, once every boot of this Compound ended.
+                results.into_iter().collect()
+            }
+        }
+    }
+
+    /// Records members before they are made.
+    fn enrol(&self, plans: &[usize]) -> Result<(), PoolError> {
+        if plans.is_empty() {
+            return Ok(());
+        }
+        let mut record = lock(&self.record);
+        for &i in plans {
+            record.members.push(self.plans[i].record());
+        }
+        save(self.site, &record)
+    }
+
+    fn boot(&self, i: usize) -> Result<(), PoolError> {
+        let plan = &self.plans[i];
+        tracing::info!("pool {}: deploying {} ({})", self.name, plan.id, plan.path);
+        let d = Deployment::deploy(self.site, &plan.id, &plan.env, self.uid, None).map_err(
+            |error| PoolError::Deploy {
+                id: plan.id.clone(),
+                error,
+            },
+        )?;
+        tracing::info!(
+            "pool {}: {} up in {:.1} s under {}",
+            self.name,
+            d.id,
+            d.boot_time.as_secs_f64(),
+            d.acceleration
+        );
+        let mut record = lock(&self.record);
+        if let Some(m) = record.members.iter_mut().find(|m| m.id == plan.id) {
+            m.up_unix_ms = Some(now_unix_ms());
+            m.boot_ms = Some(d.boot_time.as_millis() as u64);
+        }
+        save(self.site, &record)?;
+        // The domain runs on without this link; it is found again through
+        // its journal.
+        drop(d);
+        Ok(())
+    }
+}
+
+fn rollback(site: &SiteConfig, mut record: PoolRecord, cause: PoolError) -> PoolError {
     tracing::warn!("pool {}: {cause}; rolling back", record.name);
+    record.terminated_because = Some(format!("its start failed and was rolled back: {cause}"));
+    record.terminated_unix_ms = Some(now_unix_ms());
     let name = record.name.clone();
-    match stop(site, record, false) {
+    match stop(site, record, false, false) {
         Ok(_) => cause,
         Err(rollback) => PoolError::RollbackFailed {
             name,
@@ -436,18 +702,150 @@ fn rollback(site: &SiteConfig, record: PoolRecord, cause: PoolError) -> PoolErro
     }
 }
 
-/// Stops pool `name`: its members in reverse creation order (concurrently
-/// for a Compound with `sfSyncTerminate false`), each powered off through
-/// its agent and its journal undone; then the record is removed. Returns the
-/// final record, or None if there was no such pool (idempotent).
-pub fn terminate(site: &SiteConfig, name: &str) -> Result<Option<PoolRecord>, PoolError> {
-    match load(site, name)? {
-        None => Ok(None),
-        Some(record) => stop(site, record, true).map(Some),
+/// What `sd start` does: [`start_as`], then the pool's liveness monitor,
+/// `program pool-monitor NAME` (see [`spawn_monitor`]). If the monitor
+/// cannot be started, the pool is terminated: a pool nobody watches is not
+/// a SmartFrog pool.
+pub fn start_monitored(
+    site: &SiteConfig,
+    name: &str,
+    description: &ResolvedDescription,
+    vo: Option<&str>,
+    program: &Path,
+) -> Result<PoolRecord, PoolError> {
+    let mut record = start_as(site, name, description, vo)?;
+    match spawn_monitor(site, &mut record, program) {
+        Ok(()) => Ok(record),
+        Err(e) => Err(rollback(site, record, e)),
     }
 }
 
-fn stop(site: &SiteConfig, record: PoolRecord, graceful: bool) -> Result<PoolRecord, PoolError> {
+/// Starts `program --config SITE --verbose pool-monitor NAME` detached: its
+/// own session, stdin a pipe, stdout and stderr appended to
+/// `LOG_DIR/pool-NAME.log`, working directory `/`. Its pid is recorded
+/// before it begins: it waits for its stdin to close, which happens once
+/// the record names it, so it never races `sd start` for the record.
+pub fn spawn_monitor(
+    site: &SiteConfig,
+    record: &mut PoolRecord,
+    program: &Path,
+) -> Result<(), PoolError> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let name = record.name.clone();
+    let failed = |message: String| PoolError::Monitor {
+        name: name.clone(),
+        message,
+    };
+    let log_path = monitor_log_path(site, &name);
+    let log = fs::create_dir_all(&site.log_dir)
+        .and_then(|()| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+        })
+        .map_err(|e| failed(format!("{}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(program);
+    cmd.arg("--config")
+        .arg(&site.path)
+        .arg("--verbose")
+        .arg("pool-monitor")
+        .arg(&name)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(|e| failed(e.to_string()))?)
+        .stderr(log);
+    // Its own session: the terminal's and the batch system's signals for
+    // `sd start` are not for it.
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| failed(format!("{}: {e}", program.display())))?;
+    record.monitor_pid = Some(child.id());
+    if let Err(e) = save(site, record) {
+        let _ = child.kill();
+        let _ = child.wait();
+        record.monitor_pid = None;
+        return Err(e);
+    }
+    // Go: the record names it.
+    drop(child.stdin.take());
+    tracing::info!(
+        "pool {name}: monitor {} started, log {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// Is `pid` (still) the monitor of pool `name`? A zombie is not.
+pub fn monitor_alive(pid: u32, name: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"pool-monitor" && w[1] == name.as_bytes())
+}
+
+/// Stops the monitor of a pool and waits for it to be gone. A monitor that
+/// is terminating the pool itself (a member died) finishes that first.
+fn stop_monitor(pid: u32, name: &str) {
+    use nix::sys::signal::{kill, Signal};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    if !monitor_alive(pid, name) {
+        return;
+    }
+    tracing::info!("pool {name}: stopping its monitor {pid}");
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while monitor_alive(pid, name) {
+        if Instant::now() > deadline {
+            tracing::warn!("pool {name}: monitor {pid} does not stop; killing it");
+            let _ = kill(target, Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops pool `name`: its monitor first, then its members in reverse
+/// creation order (concurrently for a Compound with `sfSyncTerminate
+/// false`), each powered off through its agent and its journal undone; then
+/// the record is removed. Returns the final record, or None if there was no
+/// such pool (idempotent) — or its monitor ended it meanwhile.
+pub fn terminate(site: &SiteConfig, name: &str) -> Result<Option<PoolRecord>, PoolError> {
+    let Some(record) = load(site, name)? else {
+        return Ok(None);
+    };
+    if let Some(pid) = record.monitor_pid {
+        stop_monitor(pid, name);
+    }
+    match load(site, name)? {
+        None => Ok(None),
+        Some(record) => stop(site, record, true, true).map(Some),
+    }
+}
+
+fn stop(
+    site: &SiteConfig,
+    record: PoolRecord,
+    graceful: bool,
+    succeeded: bool,
+) -> Result<PoolRecord, PoolError> {
     let name = record.name.clone();
     let concurrent = record.concurrent_terminate;
     let record = Mutex::new(record);
@@ -462,7 +860,7 @@ fn stop(site: &SiteConfig, record: PoolRecord, graceful: bool) -> Result<PoolRec
     let stop_one = |i: usize| {
         let id = lock(&record).members[i].id.clone();
         let result = if graceful {
-            deployment::finish(site, &id, true).map(|saved| match saved {
+            deployment::finish(site, &id, succeeded).map(|saved| match saved {
                 Some(Some(Err(e))) => {
                     tracing::warn!("pool {name}: {id}: its disk was not saved: {e}")
                 }
@@ -507,6 +905,7 @@ fn stop(site: &SiteConfig, record: PoolRecord, graceful: bool) -> Result<PoolRec
     if let Err(e) = write_atomic(&last, &record, false) {
         tracing::warn!("pool {name}: cannot keep its final record: {e}");
     }
+    let _ = fs::remove_file(liveness_path(site, &name));
     let path = record_path(site, &name);
     match fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(record_error(&path, e)),
@@ -516,6 +915,294 @@ fn stop(site: &SiteConfig, record: PoolRecord, graceful: bool) -> Result<PoolRec
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// liveness
+// ---------------------------------------------------------------------------
+
+/// The liveness of one member, as its pool's monitor last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    pub id: String,
+    pub delay_secs: u64,
+    pub factor: u32,
+    /// The last answered beat (Unix time, milliseconds).
+    pub last_beat_unix_ms: Option<u64>,
+    /// Its round trip, in microseconds.
+    pub last_rtt_us: Option<u64>,
+    /// Beats missed in a row.
+    pub missed: u32,
+    /// Why the last missed beat was missed.
+    pub last_error: Option<String>,
+}
+
+/// `STATE_DIR/pools/NAME.liveness`, rewritten by the monitor as beats come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessReport {
+    pub monitor_pid: u32,
+    pub written_unix_ms: u64,
+    pub members: Vec<Beat>,
+}
+
+/// The monitor's last report on pool `name`, if any.
+pub fn read_liveness(site: &SiteConfig, name: &str) -> Option<LivenessReport> {
+    serde_json::from_slice(&fs::read(liveness_path(site, name)).ok()?).ok()
+}
+
+/// A status snapshot: a crash loses at most one, so no fsync (the record is
+/// what must survive).
+fn write_liveness(site: &SiteConfig, name: &str, report: &LivenessReport) {
+    let path = liveness_path(site, name);
+    let tmp = path.with_extension(format!("liveness.{}.tmp", std::process::id()));
+    let text = serde_json::to_vec_pretty(report).expect("liveness report serialises");
+    if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path)) {
+        tracing::warn!("{}: {e}", path.display());
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+enum Event {
+    /// Member `i`'s beat: its round trip, or why it was missed.
+    Beat(usize, Result<Duration, String>),
+    /// SIGTERM, SIGINT or SIGHUP: `sd terminate` stops the monitor.
+    Stop(nix::sys::signal::Signal),
+}
+
+/// One beat: a ping through the member's agent, over a link kept open
+/// between beats (opened again after any failure).
+fn beat(
+    site: &SiteConfig,
+    id: &str,
+    link: &mut Option<GuestLink>,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    if link.is_none() {
+        *link = Some(deployment::attach(site, id, timeout).map_err(|e| e.to_string())?);
+    }
+    let result = link.as_ref().expect("just set").ping(timeout);
+    result.map_err(|e| {
+        // A late answer must not be taken for the next beat's.
+        *link = None;
+        e.to_string()
+    })
+}
+
+/// Beats member `i` every `delay` until `stop`.
+fn beat_member(
+    site: &SiteConfig,
+    i: usize,
+    id: &str,
+    delay: Duration,
+    stop: &AtomicBool,
+    events: &mpsc::Sender<Event>,
+) {
+    let timeout = delay.clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut link = None;
+    let mut next = Instant::now();
+    loop {
+        while Instant::now() < next {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
+        }
+        next += delay;
+        let result = beat(site, id, &mut link, timeout);
+        if stop.load(Ordering::Relaxed) || events.send(Event::Beat(i, result)).is_err() {
+            return;
+        }
+        // After a slow beat, the next one is due a whole delay later.
+        next = next.max(Instant::now());
+    }
+}
+
+/// The body of `sd pool-monitor NAME`: waits until `sd start` recorded it
+/// (its stdin closes), then beats every member (see the module notes)
+/// until `sd terminate` sends SIGTERM, or until a member misses its
+/// `sfLivenessFactor` beats: then the pool is terminated (reverse creation
+/// order; sync or concurrent), the reason kept in its final record, and the
+/// monitor returns.
+pub fn run_monitor(site: &SiteConfig, name: &str) -> Result<(), PoolError> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Before any thread exists, so that all inherit the mask: the signals
+    // are taken by one thread, as events.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().map_err(|e| PoolError::Monitor {
+        name: name.into(),
+        message: format!("cannot block signals: {e}"),
+    })?;
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    let me = std::process::id();
+    let record = match load(site, name)? {
+        Some(r) if r.monitor_pid == Some(me) => r,
+        _ => {
+            tracing::info!("pool {name}: not (or no longer) this monitor's pool; exiting");
+            return Ok(());
+        }
+    };
+    let (events, incoming) = mpsc::channel();
+    {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            let signal = signals.wait().unwrap_or(Signal::SIGTERM);
+            let _ = events.send(Event::Stop(signal));
+        });
+    }
+    let watched: Vec<&MemberRecord> = record
+        .members
+        .iter()
+        .filter(|m| m.down_unix_ms.is_none())
+        .collect();
+    let mut beats: Vec<Beat> = watched
+        .iter()
+        .map(|m| Beat {
+            id: m.id.clone(),
+            delay_secs: m.liveness().delay_secs,
+            factor: m.liveness().factor,
+            last_beat_unix_ms: None,
+            last_rtt_us: None,
+            missed: 0,
+            last_error: None,
+        })
+        .collect();
+    let quit = Arc::new(AtomicBool::new(false));
+    let site_shared = Arc::new(site.clone());
+    let threads: Vec<_> = watched
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let (site, quit, events) = (site_shared.clone(), quit.clone(), events.clone());
+            let id = m.id.clone();
+            let delay = Duration::from_secs(m.liveness().delay_secs);
+            std::thread::spawn(move || beat_member(&site, i, &id, delay, &quit, &events))
+        })
+        .collect();
+    drop(events);
+    tracing::info!(
+        "pool {name}: monitor {me} beating {} member(s): {}",
+        beats.len(),
+        beats
+            .iter()
+            .map(|b| format!(
+                "{} every {} s, dead after {} missed",
+                b.id, b.delay_secs, b.factor
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let report = |beats: &[Beat]| LivenessReport {
+        monitor_pid: me,
+        written_unix_ms: now_unix_ms(),
+        members: beats.to_vec(),
+    };
+    write_liveness(site, name, &report(&beats));
+    let mut written = Instant::now();
+    let mut dirty = false;
+    let dead = loop {
+        let mut urgent = false;
+        match incoming.recv_timeout(Duration::from_millis(500)) {
+            Ok(Event::Stop(signal)) => {
+                tracing::info!("pool {name}: {}: monitor {me} stops", signal.as_str());
+                // Let the beats under way finish: an agent whose client
+                // vanished in mid-exchange would answer the next client
+                // (`sd terminate`'s) with what was meant for us.
+                quit.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Ok(());
+            }
+            Ok(Event::Beat(i, result)) => {
+                let b = &mut beats[i];
+                match result {
+                    Ok(rtt) => {
+                        urgent = b.missed > 0;
+                        b.missed = 0;
+                        b.last_beat_unix_ms = Some(now_unix_ms());
+                        b.last_rtt_us = Some(rtt.as_micros() as u64);
+                    }
+                    Err(e) => {
+                        b.missed += 1;
+                        tracing::warn!(
+                            "pool {name}: {} missed beat {} of {}: {e}",
+                            b.id,
+                            b.missed,
+                            b.factor
+                        );
+                        b.last_error = Some(e);
+                        urgent = true;
+                    }
+                }
+                dirty = true;
+                if b.missed >= b.factor {
+                    break i;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PoolError::Internal {
+                    name: name.into(),
+                    message: "every beating thread ended".into(),
+                })
+            }
+        }
+        if dirty && (urgent || written.elapsed() >= Duration::from_secs(1)) {
+            write_liveness(site, name, &report(&beats));
+            written = Instant::now();
+            dirty = false;
+            // Terminated behind our back (an `sd terminate` that did not
+            // know about monitors): nothing left to watch.
+            match load(site, name) {
+                Ok(Some(r)) if r.monitor_pid == Some(me) => {}
+                _ => {
+                    tracing::info!("pool {name}: its record is gone; monitor {me} exits");
+                    quit.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+    };
+    write_liveness(site, name, &report(&beats));
+    let b = &beats[dead];
+    let path = watched[dead].path.clone();
+    let reason = format!(
+        "member {} ({path}) is dead: it missed {} beats in a row (sfLivenessDelay {} s, sfLivenessFactor {}); last: {}",
+        b.id,
+        b.missed,
+        b.delay_secs,
+        b.factor,
+        b.last_error.as_deref().unwrap_or("?")
+    );
+    tracing::error!("pool {name}: {reason}; terminating every member in reverse creation order");
+    // Free the agents' links (one client at a time) for the graceful stops.
+    quit.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let Some(mut record) = load(site, name)? else {
+        return Ok(());
+    };
+    record.terminated_because = Some(reason);
+    record.terminated_unix_ms = Some(now_unix_ms());
+    save(site, &record)?;
+    let started = Instant::now();
+    let record = stop(site, record, true, false)?;
+    tracing::info!(
+        "pool {name}: terminated in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        record
+            .members
+            .iter()
+            .rev()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }
 
 /// What a member is doing now.
@@ -575,7 +1262,13 @@ mod tests {
                 vcpus: 1,
                 up_unix_ms: Some(2),
                 down_unix_ms: None,
+                boot_ms: Some(1),
+                liveness_delay_secs: 5,
+                liveness_factor: 3,
             }],
+            monitor_pid: Some(42),
+            terminated_because: None,
+            terminated_unix_ms: None,
         }
     }
 
@@ -628,5 +1321,96 @@ mod tests {
         .unwrap();
         assert!(!terminates_concurrently(&seq.root));
         assert!(!valid_name("../x") && !valid_name(&"a".repeat(41)) && valid_name("p-1"));
+    }
+
+    #[test]
+    fn a_record_from_before_liveness_still_loads() {
+        let old = r#"{"name":"p","source":"x.yaml","kind":"Sequence","concurrent_terminate":false,
+            "started_unix_ms":1,"members":[{"id":"pool-p-db","path":"sfConfig:db","image":"busybox",
+            "memory_mib":256,"vcpus":1,"up_unix_ms":2,"down_unix_ms":null}]}"#;
+        let r: PoolRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.monitor_pid, None);
+        assert_eq!(r.members[0].liveness(), Liveness::DEFAULT);
+    }
+
+    fn site() -> SiteConfig {
+        SiteConfig::from_str(
+            "state_dir: /nonexistent/state\nlog_dir: /nonexistent/log\nimage_dir: /nonexistent\n\
+             backend: qemu\ndefault_vo: demo\n\
+             defaults: { image: busybox, memory_mib: 256, vcpus: 1, disk_mib: 1024, hostname: g }\n\
+             images:\n  busybox: { disk: b.qcow2, format: qcow2, kernel: k, initrd: i }\n\
+             vos:\n  demo: { images: [busybox], max_memory_mib: 512, max_vcpus: 2, max_disk_mib: 4096 }\n  \
+             atlas: { images: [busybox], max_memory_mib: 256, max_vcpus: 1, max_disk_mib: 4096 }\n",
+            Path::new("site.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pools_nest_compounds_boot_together_and_liveness_is_the_holding_pools() {
+        use crate::description::{resolve_str, Format};
+        let d = resolve_str(
+            "p.yaml",
+            "D: { extends: DefaultXenDomain, image: busybox, memory: 128 }\n\
+             sfConfig:\n  extends: Sequence\n  sfLivenessDelay: 4\n  sfLivenessFactor: 3\n  \
+             db: { extends: D }\n  \
+             farm:\n    extends: Compound\n    sfLivenessDelay: 1\n    \
+             w1: { extends: D }\n    w2: { extends: D, vo: atlas }\n    \
+             inner: { extends: Sequence, x: { extends: D } }\n  \
+             last: { extends: D }\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        let (plans, shape) = plan(&site(), "p", &d, None).unwrap();
+        let ids: Vec<&str> = plans.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "pool-p-db",
+                "pool-p-farm.w1",
+                "pool-p-farm.w2",
+                "pool-p-farm.inner.x",
+                "pool-p-last"
+            ]
+        );
+        assert_eq!(
+            shape,
+            Node::Sequence(vec![
+                Node::Domain(0),
+                Node::Compound(vec![
+                    Node::Domain(1),
+                    Node::Domain(2),
+                    Node::Sequence(vec![Node::Domain(3)]),
+                ]),
+                Node::Domain(4),
+            ])
+        );
+        let l = |p: &Plan| (p.liveness.delay_secs, p.liveness.factor);
+        // The holding pool's own values; a pool that sets none has the
+        // prelude's (Compound: 10 s, 2), like `inner`.
+        assert_eq!(
+            plans.iter().map(l).collect::<Vec<_>>(),
+            [(4, 3), (1, 2), (1, 2), (10, 2), (4, 3)]
+        );
+        // A member's own `vo` is the one it is admitted for.
+        assert_eq!(plans[2].env.vo, "atlas");
+        assert_eq!(plans[1].env.vo, "demo");
+        let over = resolve_str(
+            "q.yaml",
+            "sfConfig:\n  extends: Compound\n  w: { extends: DefaultXenDomain, image: busybox, vcpus: 2, vo: atlas }\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        let e = plan(&site(), "q", &over, None).err().expect("refused");
+        assert!(
+            e.is_user_error() && e.to_string().contains("sfConfig:w"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_process_that_is_not_the_monitor_is_not_taken_for_it() {
+        assert!(!monitor_alive(std::process::id(), "p"));
+        assert!(!monitor_alive(u32::MAX, "p"));
     }
 }

@@ -84,9 +84,12 @@ enum Command {
     /// domain in the described order. Returns when every member is up, or
     /// when everything started has been rolled back after a failure.
     ///
-    /// A Sequence starts each member once the previous one's agent answers.
-    /// Members are deployments `pool-NAME-MEMBER`; they run on after `sd start`
-    /// returns, until `sd terminate NAME`.
+    /// A Sequence starts each member once the previous one's agent answers;
+    /// a Compound boots all its members at once. Members are deployments
+    /// `pool-NAME-MEMBER`; they run on after `sd start` returns, until `sd
+    /// terminate NAME`, watched by a monitor process: a member that misses
+    /// sfLivenessFactor beats (one every sfLivenessDelay s) terminates the
+    /// whole pool, in reverse creation order (LOG_DIR/pool-NAME.log says why).
     Start {
         name: String,
         file: PathBuf,
@@ -96,9 +99,13 @@ enum Command {
         #[arg(long)]
         vo: Option<String>,
     },
-    /// Stop pool NAME: its members in reverse creation order, gracefully,
-    /// then its record. Idempotent: a pool that is not there is a success.
+    /// Stop pool NAME: its liveness monitor, then its members in reverse
+    /// creation order, gracefully, then its record. Idempotent: a pool that
+    /// is not there is a success.
     Terminate { name: String },
+    /// The liveness monitor of pool NAME (`sd start` runs it, detached).
+    #[command(hide = true)]
+    PoolMonitor { name: String },
     /// Print a description (YAML, or SmartFrog's .sf text) fully resolved:
     /// templates extended, references followed, defaults filled in.
     ///
@@ -130,14 +137,19 @@ enum ImagesAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if cli.verbose { "info" } else { "warn" };
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| level.into()),
         )
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // A pool monitor's log is a file read later: its lines carry the time,
+    // and no colours.
+    if matches!(cli.command, Command::PoolMonitor { .. }) {
+        subscriber.with_ansi(false).init();
+    } else {
+        subscriber.without_time().init();
+    }
     let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
     match cli.command {
         Command::CheckConfig { file } => check_config(&file.unwrap_or(config)),
@@ -163,6 +175,10 @@ fn main() -> ExitCode {
                     vo,
                 } => start(&site, &name, &file, &library, vo.as_deref()),
                 Command::Terminate { name } => terminate(&site, &name),
+                Command::PoolMonitor { name } => match pool::run_monitor(&site, &name) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+                },
                 Command::Images { action: None } => images(&site),
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
@@ -504,7 +520,11 @@ fn start(
             file.display()
         );
     }
-    match pool::start_as(site, name, &description, vo) {
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_SITE_FAULT, &format!("cannot find sd itself: {e}")),
+    };
+    match pool::start_monitored(site, name, &description, vo, &program) {
         Ok(record) => {
             if tty {
                 for m in &record.members {
@@ -541,24 +561,50 @@ fn terminate(site: &SiteConfig, name: &str) -> ExitCode {
 fn pool_status(site: &SiteConfig, name: &str) -> ExitCode {
     let record = match pool::load(site, name) {
         Ok(Some(r)) => r,
-        Ok(None) => return fail(1, &format!("no pool {name:?} on this host")),
+        Ok(None) => {
+            // Gone: say how it ended, if this host knows.
+            if let Ok(Some(last)) = pool::load_final(site, name) {
+                let when = last.members.iter().filter_map(|m| m.down_unix_ms).max();
+                println!(
+                    "pool {name}: not running; last {} of {} member(s) from {} ended {} — {}",
+                    last.kind,
+                    last.members.len(),
+                    last.source,
+                    when.map_or("?".into(), |t| format!(
+                        "{}s ago",
+                        pool::now_unix_ms().saturating_sub(t) / 1000
+                    )),
+                    last.terminated_because
+                        .as_deref()
+                        .unwrap_or("by sd terminate")
+                );
+            }
+            return fail(1, &format!("no pool {name:?} on this host"));
+        }
         Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
     };
     let now = pool::now_unix_ms();
+    let ago = |t: u64| format!("{:.1}s", now.saturating_sub(t) as f64 / 1000.0);
     println!(
-        "pool {name}: {} of {} member(s), from {}, stopping {}",
+        "pool {name}: {} of {} member(s), from {}, up {}, stopping {}",
         record.kind,
         record.members.len(),
         record.source,
+        ago(record.started_unix_ms),
         if record.concurrent_terminate {
             "concurrently"
         } else {
             "in reverse order"
         }
     );
+    let liveness = pool::read_liveness(site, name);
+    println!("{}", monitor_line(&record, liveness.as_ref()));
+    if let Some(why) = &record.terminated_because {
+        println!("terminating: {why}");
+    }
     println!(
-        "{:<40} {:<8} {:<16} {:>8} {:>6} {:>8}",
-        "MEMBER", "STATE", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
+        "{:<40} {:<8} {:<16} {:>8} {:>6} {:>8} {:>10} {:>9} {:>9}",
+        "MEMBER", "STATE", "IMAGE", "MEMORY", "VCPUS", "UPTIME", "LAST BEAT", "MISSED", "EVERY"
     );
     let states = pool::member_states(site, &record);
     for (m, state) in record.members.iter().zip(states) {
@@ -566,17 +612,47 @@ fn pool_status(site: &SiteConfig, name: &str) -> ExitCode {
             (pool::MemberState::Up, Some(up)) => format!("{}s", now.saturating_sub(up) / 1000),
             _ => "-".into(),
         };
+        let beat = liveness
+            .as_ref()
+            .and_then(|l| l.members.iter().find(|b| b.id == m.id));
+        let l = m.liveness();
         println!(
-            "{:<40} {:<8} {:<16} {:>7}M {:>6} {:>8}",
+            "{:<40} {:<8} {:<16} {:>7}M {:>6} {:>8} {:>10} {:>9} {:>8}s",
             m.id,
             format!("{state:?}").to_lowercase(),
             m.image,
             m.memory_mib,
             m.vcpus,
-            uptime
+            uptime,
+            beat.and_then(|b| b.last_beat_unix_ms)
+                .map_or("-".into(), |t| format!("{} ago", ago(t))),
+            beat.map_or("-".into(), |b| format!("{}/{}", b.missed, b.factor)),
+            l.delay_secs
         );
     }
     ExitCode::SUCCESS
+}
+
+/// Whether a pool's monitor runs, and how fresh its view is.
+fn monitor_line(record: &pool::PoolRecord, liveness: Option<&pool::LivenessReport>) -> String {
+    match record.monitor_pid {
+        None => "monitor: none (liveness not watched)".into(),
+        Some(pid) if !pool::monitor_alive(pid, &record.name) => {
+            format!("monitor: {pid} is GONE: nothing watches this pool (`sd terminate {}` and start it again)", record.name)
+        }
+        Some(pid) => {
+            let missing = liveness
+                .map(|l| l.members.iter().filter(|b| b.missed > 0).count())
+                .unwrap_or(0);
+            let written = liveness.map_or("no report yet".into(), |l| {
+                format!(
+                    "report {:.1}s old",
+                    pool::now_unix_ms().saturating_sub(l.written_unix_ms) as f64 / 1000.0
+                )
+            });
+            format!("monitor: {pid} running, {written}, {missing} member(s) missing beats")
+        }
+    }
 }
 
 fn status(site: &SiteConfig) -> ExitCode {
@@ -614,7 +690,22 @@ fn status(site: &SiteConfig) -> ExitCode {
         );
     }
     for name in pool::list(site) {
-        println!("pool {name}: `sd status {name}` for its members");
+        let Ok(Some(record)) = pool::load(site, &name) else {
+            continue;
+        };
+        let states = pool::member_states(site, &record);
+        let up = states
+            .iter()
+            .filter(|s| **s == pool::MemberState::Up)
+            .count();
+        let memory: u64 = record.members.iter().map(|m| m.memory_mib).sum();
+        println!(
+            "pool {name}: {} {up}/{} up, {memory}M, up {}s; {} (`sd status {name}` for its members)",
+            record.kind,
+            record.members.len(),
+            pool::now_unix_ms().saturating_sub(record.started_unix_ms) / 1000,
+            monitor_line(&record, pool::read_liveness(site, &name).as_ref())
+        );
     }
     ExitCode::SUCCESS
 }

@@ -516,20 +516,28 @@ impl Resolver {
         })
     }
 
-    /// The component a value is or links to (following lazy links).
-    fn target_component<'b>(&'b self, value: &'b Value) -> Result<Option<&'b Component>, String> {
+    /// The component a value (written at `path`) is or links to, following
+    /// lazy links — and lazy references whose target is itself a reference
+    /// outside what was resolved (a top-level `a LAZY b`).
+    fn target_component<'b>(
+        &'b self,
+        path: &[String],
+        value: &'b Value,
+    ) -> Result<Option<&'b Component>, String> {
         let mut v = value;
+        let mut at: Path = path.to_vec();
         for _ in 0..MAX_HOPS {
-            match v {
+            let next = match v {
                 Value::Component(c) => return Ok(Some(c)),
-                Value::Link(_, target) => {
-                    v = &self
-                        .attr_at(target)
-                        .ok_or_else(|| format!("{} does not exist", disp(target)))?
-                        .value;
-                }
+                Value::Link(_, target) => target.clone(),
+                Value::Ref(r) => self.lookup(r, &at[..at.len().saturating_sub(1)], 0)?,
                 _ => return Ok(None),
-            }
+            };
+            v = &self
+                .attr_at(&next)
+                .ok_or_else(|| format!("{} does not exist", disp(&next)))?
+                .value;
+            at = next;
         }
         Err("the lazy references loop".into())
     }
@@ -567,7 +575,7 @@ impl Resolver {
                 } else {
                     "a shell (BashShell), a reference to one, or NULL"
                 };
-                match self.target_component(v).map_err(fail)? {
+                match self.target_component(path, v).map_err(fail)? {
                     Some(c) if kind_of(&c.types) == want => Ok(()),
                     Some(c) => Err(fail(format!(
                         "expected {what}, found a {}",
@@ -629,6 +637,9 @@ const DOMAIN: &[(&str, Ty)] = &[
     ("sfProcessHost", Ty::Str),
     ("sfLivenessDelay", Ty::Count),
     ("sfLivenessFactor", Ty::Count),
+    // The VO the domain is admitted for (else `sd start --vo`, else the
+    // site's default_vo); no prelude default, so that those apply.
+    ("vo", Ty::Str),
 ];
 
 const STORAGE: &[(&str, Ty)] = &[

@@ -326,3 +326,104 @@ fn error_missing_file() {
     let e = resolve_file(Path::new("/nonexistent/pool.yaml"), &[]).unwrap_err();
     assert!(matches!(e, DescriptionError::Read { .. }), "{e}");
 }
+
+// --- more of each class: other formats, other component types -------------
+
+#[test]
+fn error_unknown_attribute_sf() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  d extends DefaultXenDomain {\n    memory 512;\n    cpus 2;\n  }\n}\n"
+    ));
+}
+
+#[test]
+fn error_unknown_attribute_on_storage_backend() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Compound {\n  loop extends LoopbackStorageBackend {\n    sise 4096;\n  }\n  d extends DefaultXenDomain { storageBackend LAZY ATTRIB loop; }\n}\n"
+    ));
+}
+
+#[test]
+fn error_unknown_attribute_in_nested_pool_yaml() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Compound\n  inner:\n    extends: Sequence\n    sfLivenessDelya: 2\n    w: { extends: DefaultXenDomain }\n"
+    ));
+}
+
+#[test]
+fn error_type_yaml_boolean_on_pool() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Compound\n  sfSyncTerminate: \"yes\"\n  w: { extends: DefaultXenDomain }\n"
+    ));
+}
+
+#[test]
+fn error_type_liveness_factor_zero() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Compound\n  sfLivenessFactor: 0\n  w: { extends: DefaultXenDomain }\n"
+    ));
+}
+
+#[test]
+fn error_type_vo_not_a_string() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  w: { extends: DefaultXenDomain, vo: 7 }\n"
+    ));
+}
+
+#[test]
+fn error_dangling_reference_sf_path() {
+    insta::assert_snapshot!(sf_error(
+        "sfConfig extends Sequence {\n  db extends DefaultXenDomain;\n  w extends DefaultXenDomain {\n    vcpus PARENT:bd:vcpus;\n  }\n}\n"
+    ));
+}
+
+#[test]
+fn error_dangling_lazy_reference_yaml() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Compound\n  w:\n    extends: DefaultXenDomain\n    storageBackend: { $ref: \"LAZY ATTRIB lvm\" }\n"
+    ));
+}
+
+#[test]
+fn error_unknown_base_yaml() {
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequense\n  w: { extends: DefaultXenDomain }\n"
+    ));
+}
+
+#[test]
+fn error_lazy_references_loop() {
+    insta::assert_snapshot!(sf_error(
+        "a LAZY b;\nb LAZY a;\nsfConfig extends Compound {\n  d extends DefaultXenDomain { storageBackend LAZY ATTRIB a; }\n}\n"
+    ));
+}
+
+#[test]
+fn lazy_reference_through_a_top_level_reference_reaches_its_component() {
+    let d = resolve_str(
+        "chain.sf",
+        "myStore LAZY store;\nstore extends LoopbackStorageBackend { size 512; }\n\
+         sfConfig extends Compound {\n  d extends DefaultXenDomain { storageBackend LAZY ATTRIB myStore; }\n}\n",
+        Format::SmartFrog,
+    );
+    assert!(d.is_ok(), "{:?}", d.err());
+}
+
+#[test]
+fn a_member_may_name_its_vo() {
+    let d = resolve_str(
+        "vo.yaml",
+        "sfConfig:\n  extends: Compound\n  w: { extends: DefaultXenDomain, vo: atlas }\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(d.root.domains()[0].get_str("vo"), Some("atlas"));
+    let sf = resolve_str(
+        "vo.sf",
+        "sfConfig extends Compound {\n  w extends DefaultXenDomain { vo \"atlas\"; }\n}\n",
+        Format::SmartFrog,
+    )
+    .unwrap();
+    assert_eq!(sf.root.domains()[0].get_str("vo"), Some("atlas"));
+}
