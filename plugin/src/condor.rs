@@ -1,0 +1,380 @@
+//! HTCondor front end: `sd-condor-prepare` (PREPARE_JOB hook),
+//! `sd-condor-wrapper` (USER_JOB_WRAPPER), `sd-condor-exit` (JOB_EXIT hook).
+//!
+//! The request is the job ad's `SDEnvironment` (`+SDEnvironment = "x.jdl"`
+//! or `"image"` in the submit file). All three run as the job's owner, so
+//! the privileged steps go through the root-owned node service
+//! (`node_service`): the prepare hook reads the user's JDL itself and sends
+//! its text, the service checks it and deploys `condor-CLUSTER.PROC`, and
+//! the wrapper talks to the guest agent directly (its socket is the
+//! user's), like Slurm's `sd-exec`.
+//!
+//! Failures hold the job, with a reason that says who must act: HTCondor
+//! holds a job whose PREPARE_JOB exits non-zero (HoldReasonCode 19, the
+//! subcode is our exit status: [`EXIT_REFUSED`] for the user's errors,
+//! [`EXIT_SITE_FAULT`] for the site's) and puts the hook's stderr in the
+//! hold reason. JOB_EXIT always asks for a teardown, whatever the job's end
+//! (exit, evict, remove, hold): the journal says what exists.
+
+use crate::batch::{self, RequestSpec, RunError};
+use crate::guest_link::JobOutcome;
+use crate::node_service::{self, ServiceReply, ServiceRequest};
+use crate::site::SiteConfig;
+use crate::user_files::UserFiles;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// The job ad attribute that carries the request.
+pub const ATTRIBUTE: &str = "SDEnvironment";
+/// PREPARE_JOB's exit status for a request the user got wrong.
+pub const EXIT_REFUSED: i32 = 2;
+/// PREPARE_JOB's exit status for a fault of the site.
+pub const EXIT_SITE_FAULT: i32 = 1;
+
+/// A job ad as the hooks get it: `Name = value` lines (names are
+/// case-insensitive; values are ClassAd expressions, kept as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobAd {
+    attrs: HashMap<String, String>,
+}
+
+impl JobAd {
+    pub fn parse(text: &str) -> JobAd {
+        let attrs = text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once('=')?;
+                let name = name.trim();
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return None;
+                }
+                Some((name.to_ascii_lowercase(), value.trim().to_string()))
+            })
+            .collect();
+        JobAd { attrs }
+    }
+
+    /// The value's text as written in the ad.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    /// A string attribute, unquoted (ClassAd escapes `\"` and `\\`).
+    pub fn string(&self, name: &str) -> Option<String> {
+        unquote(self.raw(name)?)
+    }
+
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.raw(name)?.parse().ok()
+    }
+
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        match self.raw(name)?.to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// `CLUSTER.PROC`.
+    pub fn job_id(&self) -> Result<String, String> {
+        match (self.int("ClusterId"), self.int("ProcId")) {
+            (Some(c), Some(p)) if c >= 0 && p >= 0 => Ok(format!("{c}.{p}")),
+            _ => Err("the job ad has no ClusterId/ProcId: not run by HTCondor?".into()),
+        }
+    }
+
+    /// The request, if the job made one.
+    pub fn request(&self) -> Option<RequestSpec> {
+        let value = self.string(ATTRIBUTE)?;
+        (!value.trim().is_empty()).then(|| RequestSpec::parse(&value))
+    }
+}
+
+fn unquote(raw: &str) -> Option<String> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// The fast test for the wrapper of every job: does the ad ask for a
+/// domain at all? (A line `SDEnvironment = ...`, any case.)
+pub fn mentions_request(ad_text: &str) -> bool {
+    ad_text.lines().any(|l| {
+        l.len() > ATTRIBUTE.len()
+            && l.as_bytes()[..ATTRIBUTE.len()].eq_ignore_ascii_case(ATTRIBUTE.as_bytes())
+            && l[ATTRIBUTE.len()..].trim_start().starts_with('=')
+    })
+}
+
+fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "this node".into())
+}
+
+/// The hold reason of a refused request (the user's to fix).
+pub fn refused_message(message: &str) -> String {
+    format!("SmartDomains refused this job's environment request: {message}")
+}
+
+/// The hold reason of a site fault (the admin's to fix).
+pub fn fault_message(message: &str) -> String {
+    format!(
+        "SmartDomains site fault on {} (for the site admin; see sd-hooks.log): {message}",
+        node_name()
+    )
+}
+
+/// `sd-condor-prepare`: reads the job ad on stdin. Prints ClassAd updates
+/// (`SDDomain`, `SDBackend`, ...) on stdout; exits 0 (domain up, or no
+/// request), [`EXIT_REFUSED`] or [`EXIT_SITE_FAULT`] with the reason on
+/// stderr.
+pub fn prepare() -> i32 {
+    let mut text = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+        eprintln!("{}", fault_message(&format!("cannot read the job ad: {e}")));
+        return EXIT_SITE_FAULT;
+    }
+    let ad = JobAd::parse(&text);
+    let Some(spec) = ad.request() else {
+        return 0;
+    };
+    let job = match ad.job_id() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("{}", fault_message(&e));
+            return EXIT_SITE_FAULT;
+        }
+    };
+    // A JDL is relative to the job's submit directory, read with the job
+    // owner's rights — which are ours.
+    let work_dir = ad
+        .string("Iwd")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let request = match batch::read_request(&spec, &work_dir, UserFiles::caller()) {
+        Ok(r) => r,
+        Err(message) => {
+            eprintln!("{}", refused_message(&message));
+            return EXIT_REFUSED;
+        }
+    };
+    let socket = node_service::socket_path();
+    let call = ServiceRequest::Deploy {
+        job,
+        request,
+        account: ad.string("AcctGroup"),
+    };
+    match node_service::call(&socket, &call) {
+        Ok(ServiceReply::Deployed {
+            deployment,
+            domain,
+            backend,
+            acceleration,
+            boot_secs,
+        }) => {
+            println!("SDDeployment = \"{deployment}\"");
+            println!("SDDomain = \"{domain}\"");
+            println!("SDBackend = \"{backend}\"");
+            println!("SDAcceleration = \"{acceleration}\"");
+            println!("SDBootSeconds = {boot_secs:.2}");
+            0
+        }
+        Ok(ServiceReply::Refused(message)) => {
+            eprintln!("{}", refused_message(&message));
+            EXIT_REFUSED
+        }
+        Ok(ServiceReply::Fault(message)) => {
+            eprintln!("{}", fault_message(&message));
+            EXIT_SITE_FAULT
+        }
+        Ok(other) => {
+            eprintln!(
+                "{}",
+                fault_message(&format!("unexpected node service answer {other:?}"))
+            );
+            EXIT_SITE_FAULT
+        }
+        Err(e) => {
+            eprintln!(
+                "{}",
+                fault_message(&format!(
+                    "the node service does not answer on {}: {e} (is `sd node-service` running?)",
+                    socket.display()
+                ))
+            );
+            EXIT_SITE_FAULT
+        }
+    }
+}
+
+/// `sd-condor-exit exit|evict|remove|hold`: reads the final job ad on
+/// stdin and has the job's domain torn down (HTCondor ignores our status;
+/// 0 unless the teardown failed).
+pub fn exit_hook(how: &str) -> i32 {
+    let mut text = String::new();
+    let _ = std::io::stdin().read_to_string(&mut text);
+    let ad = JobAd::parse(&text);
+    if ad.request().is_none() {
+        return 0;
+    }
+    let job = match ad.job_id() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("sd-condor-exit: {e}");
+            return 1;
+        }
+    };
+    let code = ad.int("ExitCode");
+    let signal = ad
+        .bool("ExitBySignal")
+        .unwrap_or(false)
+        .then(|| ad.int("ExitSignal"))
+        .flatten();
+    let outcome = match (code, signal) {
+        (_, Some(s)) => format!("killed by signal {s}"),
+        (Some(c), None) => format!("exit code {c}"),
+        (None, None) => "never ran".into(),
+    };
+    let succeeded = how == "exit" && code == Some(0) && signal.is_none();
+    let call = ServiceRequest::Teardown {
+        job,
+        how: how.to_string(),
+        succeeded,
+        outcome,
+    };
+    match node_service::call(&node_service::socket_path(), &call) {
+        Ok(ServiceReply::Finished { .. }) => 0,
+        Ok(ServiceReply::Refused(m) | ServiceReply::Fault(m)) => {
+            eprintln!("sd-condor-exit: {m}");
+            1
+        }
+        Ok(other) => {
+            eprintln!("sd-condor-exit: unexpected answer {other:?}");
+            1
+        }
+        Err(e) => {
+            eprintln!("sd-condor-exit: the node service does not answer: {e}");
+            1
+        }
+    }
+}
+
+/// What the wrapper does with the job.
+pub enum WrapperPlan {
+    /// No request: exec the job itself, untouched.
+    Plain,
+    /// Run it in deployment `id`.
+    InDomain { job: String },
+}
+
+/// Reads `$_CONDOR_JOB_AD` (cheap for the plain job: one file, one scan).
+pub fn wrapper_plan() -> Result<WrapperPlan, String> {
+    let Some(path) = std::env::var_os("_CONDOR_JOB_AD") else {
+        return Ok(WrapperPlan::Plain);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the job ad {}: {e}", path.to_string_lossy()))?;
+    if !mentions_request(&text) {
+        return Ok(WrapperPlan::Plain);
+    }
+    let ad = JobAd::parse(&text);
+    if ad.request().is_none() {
+        return Ok(WrapperPlan::Plain);
+    }
+    Ok(WrapperPlan::InDomain { job: ad.job_id()? })
+}
+
+/// Runs the job's argv in its domain. `signals` were blocked before any
+/// thread existed.
+pub fn run_wrapped(
+    job: &str,
+    argv: Vec<String>,
+    signals: nix::sys::signal::SigSet,
+) -> Result<JobOutcome, String> {
+    let site =
+        SiteConfig::load(&SiteConfig::default_path()).map_err(|e| fault_message(&e.to_string()))?;
+    let id = node_service::deployment_id(job);
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "/".into());
+    batch::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
+        RunError::NoDomain(_) => fault_message(&format!(
+            "job {job} asked for {ATTRIBUTE} but has no domain {id} on this node: \
+             is SD_HOOK_PREPARE_JOB configured (STARTER_DEFAULT_JOB_HOOK_KEYWORD = SD)?"
+        )),
+        RunError::Site(m) => fault_message(&m),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AD: &str = r#"ClusterId = 12
+ProcId = 0
+Owner = "sdtest"
+Iwd = "/home/sdtest/job dir"
+SDEnvironment = "jobs/hello.jdl"
+Cmd = "/bin/sh"
+Args = "-c \"echo hi\""
+ExitBySignal = false
+ExitCode = 5
+sdbackend = "qemu"
+"#;
+
+    #[test]
+    fn the_job_ad() {
+        let ad = JobAd::parse(AD);
+        assert_eq!(ad.job_id().unwrap(), "12.0");
+        assert_eq!(ad.string("iwd").unwrap(), "/home/sdtest/job dir");
+        assert_eq!(ad.string("Args").unwrap(), "-c \"echo hi\"");
+        assert_eq!(ad.string("SDBackend").unwrap(), "qemu");
+        assert_eq!(ad.int("ExitCode"), Some(5));
+        assert_eq!(ad.bool("ExitBySignal"), Some(false));
+        assert_eq!(
+            ad.request(),
+            Some(RequestSpec::Jdl("jobs/hello.jdl".into()))
+        );
+        assert!(mentions_request(AD));
+    }
+
+    #[test]
+    fn no_request_no_domain() {
+        let plain =
+            "ClusterId = 3\nProcId = 1\nCmd = \"/bin/true\"\nSDEnvironmentX = \"busybox\"\n";
+        assert!(!mentions_request(plain));
+        assert_eq!(JobAd::parse(plain).request(), None);
+        let empty = JobAd::parse("ClusterId = 3\nProcId = 1\nsdenvironment = \"  \"\n");
+        assert_eq!(empty.request(), None);
+        let image = JobAd::parse("SDENVIRONMENT = \"busybox\"");
+        assert_eq!(image.request(), Some(RequestSpec::Image("busybox".into())));
+        assert!(JobAd::parse("ProcId = 0").job_id().is_err());
+    }
+
+    #[test]
+    fn hold_reasons_say_who_acts() {
+        insta::assert_snapshot!(refused_message("VO atlas may not use image busybox (allowed: debian-minimal)"),
+            @"SmartDomains refused this job's environment request: VO atlas may not use image busybox (allowed: debian-minimal)");
+        assert!(fault_message("QEMU died").contains("for the site admin"));
+    }
+}
