@@ -150,8 +150,10 @@ pub fn fault_message(message: &str) -> String {
 pub fn prepare() -> i32 {
     let mut text = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-        eprintln!("{}", fault_message(&format!("cannot read the job ad: {e}")));
-        return EXIT_SITE_FAULT;
+        return hold(
+            EXIT_SITE_FAULT,
+            &fault_message(&format!("cannot read the job ad: {e}")),
+        );
     }
     let ad = JobAd::parse(&text);
     let Some(spec) = ad.request() else {
@@ -160,23 +162,13 @@ pub fn prepare() -> i32 {
     let job = match ad.job_id() {
         Ok(j) => j,
         Err(e) => {
-            eprintln!("{}", fault_message(&e));
-            return EXIT_SITE_FAULT;
+            return hold(EXIT_SITE_FAULT, &fault_message(&e));
         }
     };
-    // A JDL is relative to the job's submit directory, read with the job
-    // owner's rights — which are ours.
-    let work_dir = ad
-        .string("Iwd")
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let request = match batch::read_request(&spec, &work_dir, UserFiles::caller()) {
+    // A JDL is read with the job owner's rights — which are ours.
+    let request = match read_request(&ad, &spec) {
         Ok(r) => r,
-        Err(message) => {
-            eprintln!("{}", refused_message(&message));
-            return EXIT_REFUSED;
-        }
+        Err(message) => return hold(EXIT_REFUSED, &refused_message(&message)),
     };
     let socket = node_service::socket_path();
     let call = ServiceRequest::Deploy {
@@ -192,39 +184,113 @@ pub fn prepare() -> i32 {
             acceleration,
             boot_secs,
         }) => {
-            println!("SDDeployment = \"{deployment}\"");
-            println!("SDDomain = \"{domain}\"");
-            println!("SDBackend = \"{backend}\"");
-            println!("SDAcceleration = \"{acceleration}\"");
+            println!("SDDeployment = {}", quote(&deployment));
+            println!("SDDomain = {}", quote(&domain));
+            println!("SDBackend = {}", quote(&backend));
+            println!("SDAcceleration = {}", quote(&acceleration));
             println!("SDBootSeconds = {boot_secs:.2}");
             0
         }
-        Ok(ServiceReply::Refused(message)) => {
-            eprintln!("{}", refused_message(&message));
-            EXIT_REFUSED
-        }
-        Ok(ServiceReply::Fault(message)) => {
-            eprintln!("{}", fault_message(&message));
-            EXIT_SITE_FAULT
-        }
-        Ok(other) => {
-            eprintln!(
-                "{}",
-                fault_message(&format!("unexpected node service answer {other:?}"))
-            );
-            EXIT_SITE_FAULT
-        }
-        Err(e) => {
-            eprintln!(
-                "{}",
-                fault_message(&format!(
-                    "the node service does not answer on {}: {e} (is `sd node-service` running?)",
-                    socket.display()
-                ))
-            );
-            EXIT_SITE_FAULT
+        Ok(ServiceReply::Refused(message)) => hold(EXIT_REFUSED, &refused_message(&message)),
+        Ok(ServiceReply::Fault(message)) => hold(EXIT_SITE_FAULT, &fault_message(&message)),
+        Ok(other) => hold(
+            EXIT_SITE_FAULT,
+            &fault_message(&format!("unexpected node service answer {other:?}")),
+        ),
+        Err(e) => hold(
+            EXIT_SITE_FAULT,
+            &fault_message(&format!(
+                "the node service does not answer on {}: {e} (is `sd node-service` running?)",
+                socket.display()
+            )),
+        ),
+    }
+}
+
+/// Where a JDL named by a relative path is looked for, in order: the
+/// submit directory (a shared file system; HTCondor's starter may have
+/// replaced `Iwd` with the scratch directory, so `OrigIwd` / `SUBMIT_Iwd`
+/// first), then the scratch directory (our cwd), where
+/// `transfer_input_files` put it — under its own name.
+pub fn jdl_candidates(ad: &JobAd, path: &std::path::Path, cwd: &std::path::Path) -> Vec<PathBuf> {
+    if path.is_absolute() {
+        return vec![path.to_path_buf()];
+    }
+    let mut dirs: Vec<PathBuf> = ["OrigIwd", "SUBMIT_Iwd", "Iwd"]
+        .iter()
+        .filter_map(|a| ad.string(a))
+        .map(PathBuf::from)
+        .collect();
+    dirs.push(cwd.to_path_buf());
+    let mut out: Vec<PathBuf> = vec![];
+    for d in dirs {
+        for p in [Some(d.join(path)), path.file_name().map(|n| d.join(n))]
+            .into_iter()
+            .flatten()
+        {
+            if !out.contains(&p) {
+                out.push(p);
+            }
         }
     }
+    out
+}
+
+fn read_request(ad: &JobAd, spec: &RequestSpec) -> Result<batch::Request, String> {
+    let RequestSpec::Jdl(path) = spec else {
+        return batch::read_request(spec, std::path::Path::new("/"), UserFiles::caller());
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let candidates = jdl_candidates(ad, path, &cwd);
+    let found = candidates
+        .iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .cloned();
+    match found {
+        Some(p) => batch::read_request(&RequestSpec::Jdl(p), &cwd, UserFiles::caller()),
+        None => Err(format!(
+            "{}: no such JDL file in the submit directory, nor transferred with the job \
+             (looked at {}); name it in transfer_input_files, or submit from a shared directory",
+            path.display(),
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// A failed PREPARE_JOB: HTCondor holds the job and takes the hold
+/// reason from the `HookStatusMessage` of the hook's stdout (not from
+/// stderr, which only reaches the starter's log); we write both.
+fn hold(code: i32, message: &str) -> i32 {
+    print!("{}", hold_ad(code, message));
+    eprintln!("{message}");
+    code
+}
+
+/// The ClassAd lines of a failed PREPARE_JOB.
+pub fn hold_ad(code: i32, message: &str) -> String {
+    let _ = code;
+    format!("HookStatusMessage = {}\n", quote(message))
+}
+
+/// A ClassAd string literal.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `sd-condor-exit exit|evict|remove|hold`: reads the final job ad on
@@ -254,6 +320,10 @@ pub fn exit_hook(how: &str) -> i32 {
         (_, Some(s)) => format!("killed by signal {s}"),
         (Some(c), None) => format!("exit code {c}"),
         (None, None) => "never ran".into(),
+    };
+    let outcome = match ad.string("SDDomain") {
+        Some(d) => format!("{outcome}, domain {d} (from PREPARE_JOB's ad update)"),
+        None => outcome,
     };
     let succeeded = how == "exit" && code == Some(0) && signal.is_none();
     let call = ServiceRequest::Teardown {
@@ -372,9 +442,45 @@ sdbackend = "qemu"
     }
 
     #[test]
+    fn where_a_jdl_is_looked_for() {
+        let ad = JobAd::parse("Iwd = \"/scratch/dir_1\"\nOrigIwd = \"/home/u/sub\"\n");
+        let c = jdl_candidates(
+            &ad,
+            std::path::Path::new("jobs/x.jdl"),
+            std::path::Path::new("/scratch/dir_1"),
+        );
+        let c: Vec<String> = c.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            c,
+            [
+                "/home/u/sub/jobs/x.jdl",
+                "/home/u/sub/x.jdl",
+                "/scratch/dir_1/jobs/x.jdl",
+                "/scratch/dir_1/x.jdl"
+            ]
+        );
+        assert_eq!(
+            jdl_candidates(
+                &ad,
+                std::path::Path::new("/abs/x.jdl"),
+                std::path::Path::new("/")
+            ),
+            [PathBuf::from("/abs/x.jdl")]
+        );
+    }
+
+    #[test]
     fn hold_reasons_say_who_acts() {
         insta::assert_snapshot!(refused_message("VO atlas may not use image busybox (allowed: debian-minimal)"),
             @"SmartDomains refused this job's environment request: VO atlas may not use image busybox (allowed: debian-minimal)");
         assert!(fault_message("QEMU died").contains("for the site admin"));
+        insta::assert_snapshot!(hold_ad(EXIT_REFUSED, "bad \"x\" at a\\b\nline 2"), @r#"
+        HookStatusMessage = "bad \"x\" at a\\b\nline 2"
+        "#);
+        let back = JobAd::parse(&hold_ad(EXIT_REFUSED, "bad \"x\" at a\\b"));
+        assert_eq!(
+            back.string("HookStatusMessage").unwrap(),
+            "bad \"x\" at a\\b"
+        );
     }
 }
