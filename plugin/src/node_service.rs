@@ -275,6 +275,10 @@ pub fn handle(site: &SiteConfig, caller: Caller, request: ServiceRequest) -> Ser
         return ServiceReply::Fault(format!("{job:?} is not an HTCondor job id (CLUSTER.PROC)"));
     }
     let id = deployment_id(&job);
+    // A JOB_EXIT that comes while PREPARE_JOB's deploy still runs (HTCondor
+    // gave up on the hook) waits for it, then undoes all of it.
+    let lock = deployment_lock(&id);
+    let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
     match request {
         ServiceRequest::Deploy {
             request, account, ..
@@ -286,6 +290,18 @@ pub fn handle(site: &SiteConfig, caller: Caller, request: ServiceRequest) -> Ser
             ..
         } => teardown(site, caller, &id, &how, succeeded, &outcome),
     }
+}
+
+/// One operation at a time per deployment.
+fn deployment_lock(id: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    static LOCKS: Mutex<Option<HashMap<String, Arc<Mutex<()>>>>> = Mutex::new(None);
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = locks.get_or_insert_with(HashMap::new);
+    // Forget the locks nobody holds or waits for.
+    map.retain(|_, l| Arc::strong_count(l) > 1);
+    map.entry(id.to_string()).or_default().clone()
 }
 
 fn deploy(

@@ -430,3 +430,54 @@ fn job_without_sdenvironment_is_untouched() {
     assert_eq!(history_attr(&id, "ExitCode"), "3");
     assert_no_leftovers(&id);
 }
+
+/// Restarts what `scripts/condor-local start` runs, even if the test fails.
+struct RestartPool;
+
+impl Drop for RestartPool {
+    fn drop(&mut self) {
+        let out = Command::new(repo().join("scripts/condor-local"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn site_fault_holds_the_job_with_a_reason_for_the_admin() {
+    let _serial = serial();
+    let _restart = RestartPool;
+    // The node service is down: a fault of the site, not of the job.
+    let pid: i32 = std::fs::read_to_string("/run/sd-condor-local/node-service.pid")
+        .expect("the node service's PID file (scripts/condor-local)")
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new("/run/smartdomains/node.sock").exists() {
+        assert!(Instant::now() < deadline, "the node service did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = JobDir::new("fault");
+    let id = dir.submit(
+        "fault",
+        "executable = /bin/true\ntransfer_executable = false\n+SDEnvironment = \"busybox\"",
+    );
+    wait_status(&id, "5");
+    let reason = queue_attr(&id, "HoldReason").unwrap_or_default();
+    assert!(
+        reason.contains("SmartDomains site fault on")
+            && reason.contains("for the site admin")
+            && reason.contains("node service"),
+        "an admin's hold reason: {reason}"
+    );
+    assert_eq!(queue_attr(&id, "HoldReasonSubCode").as_deref(), Some("1"));
+    assert_no_leftovers(&id);
+    ok(in_root(None, None, &format!("condor_rm {id}")), "condor_rm");
+}
