@@ -5,7 +5,7 @@
 //! `deployment`'s.
 
 use crate::deployment::{self, DeployError};
-use crate::guest_link::JobOutcome;
+use crate::guest_link::{GuestLink, JobOutcome};
 use crate::jdl::JobDescription;
 use crate::policy::{self, ResolvedEnvironment};
 use crate::request::EnvironmentRequest;
@@ -101,14 +101,33 @@ pub enum RunError {
 }
 
 /// Runs `argv` inside deployment `id` with this process's stdin, stdout,
-/// stderr and environment, in `cwd`. A `#!` script on the host (a batch
-/// system's spool or scratch directory) is copied into the guest at the
-/// same path first. `signals` (blocked by the caller with
-/// [`block_forwarded_signals`] before any thread existed) are forwarded to
-/// the command.
+/// stderr and environment, in `cwd`: [`attach`] then [`run_command`].
 pub fn run_in_domain(
     site: &SiteConfig,
     id: &str,
+    argv: Vec<String>,
+    cwd: String,
+    signals: nix::sys::signal::SigSet,
+) -> Result<JobOutcome, RunError> {
+    let link = attach(site, id)?;
+    run_command(&link, argv, cwd, signals)
+}
+
+/// Reaches the agent of deployment `id`.
+pub fn attach(site: &SiteConfig, id: &str) -> Result<GuestLink, RunError> {
+    deployment::attach(site, id, Duration::from_secs(site.boot_timeout_secs)).map_err(|e| match e {
+        DeployError::NoSuchDeployment(_) => RunError::NoDomain(id.to_string()),
+        other => RunError::Site(other.to_string()),
+    })
+}
+
+/// Runs `argv` in the guest with this process's stdin, stdout, stderr and
+/// environment, in `cwd`. A `#!` script on the host (a batch system's
+/// spool or scratch directory) is copied into the guest at the same path
+/// first. `signals` (blocked by the caller with [`block_forwarded_signals`]
+/// before any thread existed) are forwarded to the command.
+pub fn run_command(
+    link: &GuestLink,
     argv: Vec<String>,
     cwd: String,
     signals: nix::sys::signal::SigSet,
@@ -117,13 +136,6 @@ pub fn run_in_domain(
         .first()
         .cloned()
         .ok_or_else(|| RunError::Site("no command".into()))?;
-    let link =
-        deployment::attach(site, id, Duration::from_secs(site.boot_timeout_secs)).map_err(|e| {
-            match e {
-                DeployError::NoSuchDeployment(_) => RunError::NoDomain(id.to_string()),
-                other => RunError::Site(other.to_string()),
-            }
-        })?;
     if let Some(mut script) = host_script(&program) {
         link.put_file(&mut script, &program, 0o755)
             .map_err(|e| RunError::Site(e.to_string()))?;

@@ -353,8 +353,8 @@ pub fn exit_hook(how: &str) -> i32 {
 pub enum WrapperPlan {
     /// No request: exec the job itself, untouched.
     Plain,
-    /// Run it in deployment `id`.
-    InDomain { job: String },
+    /// Run it in the job's deployment.
+    InDomain { job: String, ad: Box<JobAd> },
 }
 
 /// Reads `$_CONDOR_JOB_AD` (cheap for the plain job: one file, one scan).
@@ -371,29 +371,133 @@ pub fn wrapper_plan() -> Result<WrapperPlan, String> {
     if ad.request().is_none() {
         return Ok(WrapperPlan::Plain);
     }
-    Ok(WrapperPlan::InDomain { job: ad.job_id()? })
+    Ok(WrapperPlan::InDomain {
+        job: ad.job_id()?,
+        ad: Box::new(ad),
+    })
 }
 
 /// Runs the job's argv in its domain. `signals` were blocked before any
-/// thread existed.
+/// thread existed. When the job runs in HTCondor's scratch directory, the
+/// files HTCondor transferred there go into the guest first (same paths),
+/// and the job's `transfer_output_files` come back after it, so that
+/// HTCondor's file transfer works as without SmartDomains.
 pub fn run_wrapped(
     job: &str,
+    ad: &JobAd,
     argv: Vec<String>,
     signals: nix::sys::signal::SigSet,
 ) -> Result<JobOutcome, String> {
     let site =
         SiteConfig::load(&SiteConfig::default_path()).map_err(|e| fault_message(&e.to_string()))?;
     let id = node_service::deployment_id(job);
-    let cwd = std::env::current_dir()
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|_| "/".into());
-    batch::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let link = batch::attach(&site, &id).map_err(|e| run_error(job, &id, e))?;
+    let scratch = std::env::var_os("_CONDOR_SCRATCH_DIR").map(PathBuf::from);
+    let in_scratch = scratch.as_deref() == Some(cwd.as_path());
+    if in_scratch {
+        copy_in(&link, &cwd, &cwd, 0)
+            .map_err(|e| fault_message(&format!("input files into the guest: {e}")))?;
+    }
+    let outcome = batch::run_command(&link, argv, cwd.display().to_string(), signals)
+        .map_err(|e| run_error(job, &id, e))?;
+    if in_scratch {
+        // A file the job did not make stays missing: HTCondor says so itself.
+        for name in output_files(ad) {
+            let _ = copy_out(&link, &cwd.join(name));
+        }
+    }
+    Ok(outcome)
+}
+
+fn run_error(job: &str, id: &str, e: RunError) -> String {
+    match e {
         RunError::NoDomain(_) => fault_message(&format!(
             "job {job} asked for {ATTRIBUTE} but has no domain {id} on this node: \
              is SD_HOOK_PREPARE_JOB configured (STARTER_DEFAULT_JOB_HOOK_KEYWORD = SD)?"
         )),
         RunError::Site(m) => fault_message(&m),
-    })
+    }
+}
+
+/// HTCondor's own files in the scratch directory, which the guest does not need.
+fn htcondor_own(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with("_condor_") || name == "condor_exec.exe"
+}
+
+/// Copies the regular files under `dir` into the guest at the same paths.
+fn copy_in(
+    link: &crate::guest_link::GuestLink,
+    top: &std::path::Path,
+    dir: &std::path::Path,
+    depth: u32,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if depth > 16 {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if dir == top && htcondor_own(&name) {
+            continue;
+        }
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        if kind.is_dir() {
+            copy_in(link, top, &path, depth + 1)?;
+        } else if kind.is_file() {
+            let mut f =
+                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mode = f
+                .metadata()
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0o644);
+            link.put_file(&mut f, &path.display().to_string(), mode)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The job's `transfer_output_files` (relative names in the scratch directory).
+pub fn output_files(ad: &JobAd) -> Vec<String> {
+    ad.string("TransferOutput")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.starts_with('/') && !n.split('/').any(|c| c == ".."))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Copies a guest file back to the same path here (as the job's owner:
+/// that is who the wrapper runs as).
+fn copy_out(link: &crate::guest_link::GuestLink, path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_file_name(format!(
+        ".{}.sd-transfer",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    match link.get_file(&path.display().to_string(), &mut f) {
+        Ok((_, mode)) => {
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777));
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +571,13 @@ sdbackend = "qemu"
             ),
             [PathBuf::from("/abs/x.jdl")]
         );
+    }
+
+    #[test]
+    fn output_files_are_relative_names() {
+        let ad = JobAd::parse("TransferOutput = \"out.txt, results/a.dat,/etc/passwd,../x\"\n");
+        assert_eq!(output_files(&ad), ["out.txt", "results/a.dat"]);
+        assert!(output_files(&JobAd::default()).is_empty());
     }
 
     #[test]

@@ -481,3 +481,32 @@ fn site_fault_holds_the_job_with_a_reason_for_the_admin() {
     assert_no_leftovers(&id);
     ok(in_root(None, None, &format!("condor_rm {id}")), "condor_rm");
 }
+
+#[test]
+fn transferred_files_go_into_the_guest_and_outputs_come_back() {
+    let _serial = serial();
+    let dir = JobDir::new("files");
+    dir.write("data.txt", "input from the submit side\n");
+    let id = dir.submit(
+        "files",
+        "executable = /bin/sh\ntransfer_executable = false\n\
+         arguments = \"-c 'cat data.txt; uname -r > result.txt'\"\n\
+         should_transfer_files = YES\ntransfer_input_files = data.txt\n\
+         transfer_output_files = result.txt\n\
+         +SDEnvironment = \"busybox\"",
+    );
+    wait_gone(&id);
+    assert_eq!(
+        text(&dir.read("files.out")),
+        "input from the submit side\n",
+        "{}",
+        text(&dir.read("files.err"))
+    );
+    assert_eq!(
+        text(&dir.read("result.txt")).trim(),
+        guest_kernel(),
+        "the output file the job wrote in the guest"
+    );
+    assert_eq!(history_attr(&id, "ExitCode"), "0");
+    assert_no_leftovers(&id);
+}

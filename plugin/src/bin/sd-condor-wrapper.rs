@@ -32,9 +32,9 @@ fn main() -> ExitCode {
             let e = std::process::Command::new(&args[0]).args(&args[1..]).exec();
             fail(&format!("cannot execute {}: {e}", args[0]))
         }
-        WrapperPlan::InDomain { job } => {
+        WrapperPlan::InDomain { job, ad } => {
             let signals = smartdomains::batch::block_forwarded_signals();
-            match condor::run_wrapped(&job, args, signals) {
+            match condor::run_wrapped(&job, &ad, args, signals) {
                 Ok(JobOutcome::Exited(code)) => ExitCode::from(code as u8),
                 Ok(JobOutcome::Killed(signal)) => {
                     ExitCode::from(smartdomains::batch::die_by(signal) as u8)
