@@ -5,7 +5,7 @@
 //! or `"image"` in the submit file). All three run as the job's owner, so
 //! the privileged steps go through the root-owned node service
 //! (`node_service`): the prepare hook reads the user's JDL itself and sends
-//! its text, the service checks it and deploys `condor-CLUSTER.PROC`, and
+//! its text, the service checks it and deploys `condor-CLUSTER.PROC-TAG`, and
 //! the wrapper talks to the guest agent directly (its socket is the
 //! user's), like Slurm's `sd-exec`.
 //!
@@ -173,6 +173,7 @@ pub fn prepare() -> i32 {
     let socket = node_service::socket_path();
     let call = ServiceRequest::Deploy {
         job,
+        global_id: ad.string("GlobalJobId").unwrap_or_default(),
         request,
         account: ad.string("AcctGroup"),
     };
@@ -328,6 +329,7 @@ pub fn exit_hook(how: &str) -> i32 {
     let succeeded = how == "exit" && code == Some(0) && signal.is_none();
     let call = ServiceRequest::Teardown {
         job,
+        global_id: ad.string("GlobalJobId").unwrap_or_default(),
         how: how.to_string(),
         succeeded,
         outcome,
@@ -390,7 +392,11 @@ pub fn run_wrapped(
 ) -> Result<JobOutcome, String> {
     let site =
         SiteConfig::load(&SiteConfig::default_path()).map_err(|e| fault_message(&e.to_string()))?;
-    let id = node_service::deployment_id(job);
+    let id = node_service::deployment_id(
+        job,
+        nix::unistd::geteuid().as_raw(),
+        &ad.string("GlobalJobId").unwrap_or_default(),
+    );
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let link = batch::attach(&site, &id).map_err(|e| run_error(job, &id, e))?;
     let scratch = std::env::var_os("_CONDOR_SCRATCH_DIR").map(PathBuf::from);

@@ -11,7 +11,7 @@
 //! * **deploy**: the hook has already read the user's JDL itself, with the
 //!   user's own rights, and sends its text; an image name is only looked up
 //!   in the site catalogue. The service checks the request against the
-//!   site's policy and deploys `condor-CLUSTER.PROC` for the caller's uid:
+//!   site's policy and deploys `condor-CLUSTER.PROC-TAG` for the caller's uid:
 //!   the journal records the owner, the agent socket becomes the user's
 //!   (the job wrapper talks to the guest directly, like `sd-exec`);
 //! * **teardown**: only of a deployment whose journal owner is the caller
@@ -48,6 +48,9 @@ pub enum ServiceRequest {
     /// PREPARE_JOB: boot the domain of job `job` (`CLUSTER.PROC`).
     Deploy {
         job: String,
+        /// `GlobalJobId` (schedd, job, time): two schedds' jobs 11.0 differ.
+        #[serde(default)]
+        global_id: String,
         request: Request,
         /// The job's accounting group: the VO of a bare image request, if
         /// the site knows it as one.
@@ -58,6 +61,8 @@ pub enum ServiceRequest {
     /// `outcome` is what the hook saw of the job's end, for the log.
     Teardown {
         job: String,
+        #[serde(default)]
+        global_id: String,
         how: String,
         succeeded: bool,
         outcome: String,
@@ -97,9 +102,19 @@ pub fn valid_job_id(job: &str) -> bool {
     }
 }
 
-/// The deployment of HTCondor job `CLUSTER.PROC`.
-pub fn deployment_id(job: &str) -> String {
-    format!("condor-{job}")
+/// The deployment of HTCondor job `CLUSTER.PROC` of user `uid`:
+/// `condor-CLUSTER.PROC-TAG`, the tag a hash of the uid and the job's
+/// `GlobalJobId`. Jobs of two schedds never share a deployment, and no user
+/// can take (or block) the name of another user's job.
+pub fn deployment_id(job: &str, uid: u32, global_id: &str) -> String {
+    let tag = uid
+        .to_le_bytes()
+        .iter()
+        .chain(global_id.as_bytes())
+        .fold(0x811c9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
+        });
+    format!("condor-{job}-{tag:08x}")
 }
 
 /// Sends one request and waits for the reply (a boot takes seconds).
@@ -266,15 +281,16 @@ fn serve_one(site: &SiteConfig, stream: UnixStream, any_caller: bool) {
 
 /// Does what one request asks, for `caller`.
 pub fn handle(site: &SiteConfig, caller: Caller, request: ServiceRequest) -> ServiceReply {
-    let (hook, job) = match &request {
-        ServiceRequest::Deploy { job, .. } => ("sd-condor-prepare", job.clone()),
-        ServiceRequest::Teardown { job, .. } => ("sd-condor-exit", job.clone()),
+    let (hook, job, global_id) = match &request {
+        ServiceRequest::Deploy { job, global_id, .. } => ("sd-condor-prepare", job, global_id),
+        ServiceRequest::Teardown { job, global_id, .. } => ("sd-condor-exit", job, global_id),
     };
+    let (job, global_id) = (job.clone(), global_id.clone());
     let _span = tracing::info_span!("sd", %hook, %job).entered();
     if !valid_job_id(&job) {
         return ServiceReply::Fault(format!("{job:?} is not an HTCondor job id (CLUSTER.PROC)"));
     }
-    let id = deployment_id(&job);
+    let id = deployment_id(&job, caller.uid, &global_id);
     // A JOB_EXIT that comes while PREPARE_JOB's deploy still runs (HTCondor
     // gave up on the hook) waits for it, then undoes all of it.
     let lock = deployment_lock(&id);
@@ -439,17 +455,27 @@ mod tests {
         assert!(!valid_job_id("12.x"));
         assert!(!valid_job_id("../1.0"));
         assert!(!valid_job_id(".0"));
-        assert_eq!(deployment_id("12.0"), "condor-12.0");
+        let a = deployment_id("12.0", 4242, "vm#12.0#1795550000");
+        assert!(
+            a.starts_with("condor-12.0-") && crate::journal::valid_id(&a),
+            "{a}"
+        );
+        assert_eq!(a, deployment_id("12.0", 4242, "vm#12.0#1795550000"));
+        assert_ne!(a, deployment_id("12.0", 4243, "vm#12.0#1795550000"));
+        assert_ne!(a, deployment_id("12.0", 4242, "other#12.0#1795550000"));
+        let longest = deployment_id("999999999999.999999999999", u32::MAX, "x");
+        assert!(crate::journal::valid_id(&longest), "{longest}");
     }
 
     #[test]
     fn the_wire_format_is_one_json_line() {
         let r = ServiceRequest::Deploy {
             job: "7.0".into(),
+            global_id: "vm#7.0#1".into(),
             request: Request::Image("busybox".into()),
             account: None,
         };
-        insta::assert_snapshot!(serde_json::to_string(&r).unwrap(), @r#"{"op":"deploy","job":"7.0","request":{"image":"busybox"},"account":null}"#);
+        insta::assert_snapshot!(serde_json::to_string(&r).unwrap(), @r#"{"op":"deploy","job":"7.0","global_id":"vm#7.0#1","request":{"image":"busybox"},"account":null}"#);
         let back: ServiceRequest =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);

@@ -208,21 +208,36 @@ fn wait_status(id: &str, wanted: &str) {
     }
 }
 
-/// What job `id`'s deployment could leave on this node.
+/// Names in `dir` that start with `prefix`.
+fn starting_with(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deployment `condor-ID-TAG` of job `id` (TAG: the owner and GlobalJobId).
+fn journal_of(id: &str) -> Option<PathBuf> {
+    starting_with(&site().state_dir.join("journal"), &format!("condor-{id}-"))
+        .into_iter()
+        .next()
+}
+
+/// What job `id`'s deployment could leave on this node: journal, run
+/// directory (overlay, agent and QMP sockets), QEMU process.
 fn leftovers(id: &str) -> Vec<String> {
     let site = site();
-    let dep = format!("condor-{id}");
-    let mut found = vec![];
-    for p in [
-        site.state_dir.join("journal").join(format!("{dep}.json")),
-        site.state_dir.join("run").join(&dep),
-        site.state_dir.join("run").join(&dep).join("agent.sock"),
-    ] {
-        if p.exists() {
-            found.push(p.display().to_string());
-        }
-    }
-    let name = format!("guest=sd-{dep}-");
+    let dep = format!("condor-{id}-");
+    let mut found: Vec<String> = starting_with(&site.state_dir.join("journal"), &dep)
+        .into_iter()
+        .chain(starting_with(&site.state_dir.join("run"), &dep))
+        .map(|p| p.display().to_string())
+        .collect();
+    let name = format!("guest=sd-{dep}");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             if text(&cmdline).contains(&name) {
@@ -307,14 +322,8 @@ fn two_jobs_at_once_get_their_own_domains() {
     };
     let a = dir.submit("a", &job("job-a"));
     let b = dir.submit("b", &job("job-b"));
-    let site = site();
-    let journal = |id: &str| {
-        site.state_dir
-            .join("journal")
-            .join(format!("condor-{id}.json"))
-    };
     let deadline = Instant::now() + Duration::from_secs(180);
-    while !(journal(&a).exists() && journal(&b).exists()) {
+    while !(journal_of(&a).is_some() && journal_of(&b).is_some()) {
         assert!(
             Instant::now() < deadline,
             "the two jobs never had their domains at the same time"
