@@ -519,3 +519,50 @@ fn transferred_files_go_into_the_guest_and_outputs_come_back() {
     assert_eq!(history_attr(&id, "ExitCode"), "0");
     assert_no_leftovers(&id);
 }
+
+#[test]
+fn condor_hold_of_a_running_job_cleans_up() {
+    let _serial = serial();
+    let dir = JobDir::new("hold");
+    let id = dir.submit(
+        "hold",
+        "executable = /bin/sh\ntransfer_executable = false\n\
+         arguments = \"-c 'echo started; sleep 300'\"\nshould_transfer_files = NO\n\
+         +SDEnvironment = \"busybox\"",
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !text(&dir.read("hold.out")).contains("started") {
+        assert!(Instant::now() < deadline, "the job never printed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(
+        in_root(None, None, &format!("condor_hold {id}")),
+        "condor_hold",
+    );
+    wait_status(&id, "5");
+    // JOB_EXIT ran with "hold": the domain is gone while the job waits, held.
+    assert_no_leftovers(&id);
+    ok(in_root(None, None, &format!("condor_rm {id}")), "condor_rm");
+}
+
+#[test]
+fn a_wrapper_without_its_domain_fails_the_job_with_a_site_fault() {
+    let _serial = serial();
+    let dir = JobDir::new("nohook");
+    // A hook keyword the node has no hooks for: PREPARE_JOB never runs, and
+    // the wrapper finds no domain. The job must not run on the host.
+    let id = dir.submit(
+        "nohook",
+        "executable = /bin/echo\ntransfer_executable = false\narguments = should-not-run\n\
+         +HookKeyword = \"NONE\"\n+SDEnvironment = \"busybox\"",
+    );
+    wait_gone(&id);
+    let err = text(&dir.read("nohook.err"));
+    assert!(
+        err.contains("SmartDomains site fault") && err.contains("has no domain"),
+        "{err}"
+    );
+    assert!(!text(&dir.read("nohook.out")).contains("should-not-run"));
+    assert_eq!(history_attr(&id, "ExitCode"), "125");
+    assert_no_leftovers(&id);
+}

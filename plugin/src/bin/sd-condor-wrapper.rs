@@ -3,8 +3,11 @@
 //! inside its domain (booted by `sd-condor-prepare`) with the job's stdin,
 //! stdout, stderr (byte-exact), working directory and environment; the
 //! guest's exit status is the job's. Signals HTCondor sends (condor_rm,
-//! condor_hold) go to the command in the guest. A fault is written to
-//! `$_CONDOR_WRAPPER_ERROR_FILE`, which makes HTCondor hold the job with it.
+//! condor_hold) go to the command in the guest. A fault (no domain, the
+//! agent link broken) is the job's stderr and exit status 125, like `sd run`'s;
+//! it is also written to `$_CONDOR_WRAPPER_ERROR_FILE`, the file HTCondor
+//! documents for a wrapper's failure (HTCondor 23.9 as tested here does not
+//! act on it).
 
 use smartdomains::condor::{self, WrapperPlan};
 use smartdomains::guest_link::JobOutcome;
@@ -45,11 +48,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// HTCondor holds the job with what we write to its wrapper error file.
+/// The site failed the job: exit status 125, as `sd run` and `sd-exec`.
+const EXIT_SITE_FAULT: u8 = 125;
+
+/// A fault: on the job's stderr, in HTCondor's wrapper error file, and
+/// [`EXIT_SITE_FAULT`].
 fn fail(message: &str) -> ExitCode {
     if let Some(path) = std::env::var_os("_CONDOR_WRAPPER_ERROR_FILE") {
         let _ = std::fs::write(path, format!("{message}\n"));
     }
     eprintln!("sd-condor-wrapper: {message}");
-    ExitCode::from(1)
+    ExitCode::from(EXIT_SITE_FAULT)
 }
