@@ -153,7 +153,7 @@ fn caller_of(stream: &UnixStream) -> std::io::Result<Caller> {
     })
 }
 
-/// True if `pid` descends from a `condor_starter` process.
+/// True if `pid` descends from a `condor_starter` process started by root.
 fn under_condor_starter(pid: i32) -> bool {
     let mut pid = pid;
     for _ in 0..64 {
@@ -168,7 +168,9 @@ fn under_condor_starter(pid: i32) -> bool {
             return false;
         };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
-        if comm == "condor_starter" {
+        // Anyone can name a process condor_starter; only root can start
+        // one whose real uid is root's.
+        if comm == "condor_starter" && real_uid(pid) == Some(0) {
             return true;
         }
         pid = match tail.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
@@ -177,6 +179,18 @@ fn under_condor_starter(pid: i32) -> bool {
         };
     }
     false
+}
+
+/// The real uid of process `pid` (`Uid:` in /proc/PID/status).
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `sd node-service`: serves until SIGTERM/SIGINT. Returns an exit status.
@@ -485,5 +499,9 @@ mod tests {
     #[test]
     fn this_test_is_no_condor_starter() {
         assert!(!under_condor_starter(std::process::id() as i32));
+        assert_eq!(
+            real_uid(std::process::id() as i32),
+            Some(nix::unistd::getuid().as_raw())
+        );
     }
 }

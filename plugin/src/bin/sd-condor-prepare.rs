@@ -3,7 +3,8 @@
 //! reads the JDL with the job owner's rights and has the SmartDomains node
 //! service boot the job's domain. Prints `SDDomain`, `SDBackend`, ... as job
 //! ad updates. Exit 2 (user error) or 1 (site fault) holds the job with the
-//! reason on stderr. See `smartdomains::condor`.
+//! reason, printed as `HookStatusMessage` (and on stderr, for the starter's
+//! log). See `smartdomains::condor`.
 
 fn main() -> std::process::ExitCode {
     if std::env::args()
@@ -18,7 +19,8 @@ fn main() -> std::process::ExitCode {
              STARTER_DEFAULT_JOB_HOOK_KEYWORD = SD and SD_HOOK_PREPARE_JOB = /path/sd-condor-prepare.\n\
              Jobs without SDEnvironment are untouched. Needs `sd node-service` on the node\n\
              ($SD_NODE_SOCKET, default /run/smartdomains/node.sock).\n\
-             Exit status: 0 ok, 2 request refused, 1 site fault (HTCondor holds the job with our stderr)."
+             Exit status: 0 ok, 2 request refused, 1 site fault: HTCondor holds the job, with the\n\
+             reason we print as HookStatusMessage in its HoldReason."
         );
         return std::process::ExitCode::from(0);
     }
