@@ -303,6 +303,11 @@ fn job_runs_in_the_guest_and_its_exit_code_is_the_jobs() {
     );
     assert_eq!(err, b"\x01\x00\xfferr", "stderr byte for byte");
     assert_eq!(history_attr(&id, "ExitCode"), "5");
+    // PREPARE_JOB's SDDomain reached the job ad that JOB_EXIT got (the node
+    // service logs it with the job's end).
+    let log = std::fs::read_to_string(site().log_dir.join("sd-hooks.log")).unwrap();
+    let ended = format!("job={id}}}: job ended (exit): exit code 5, domain sd-condor-{id}-");
+    assert!(log.contains(&ended), "no {ended:?} in sd-hooks.log");
     assert_eq!(history_attr(&id, "JobStatus"), "4", "completed");
     let log = text(&dir.read("guest.log"));
     assert!(log.contains("Normal termination (return value 5)"), "{log}");
