@@ -65,6 +65,7 @@ pub fn init(
         "sd-prolog" => c"sd-prolog",
         "sd-epilog" => c"sd-epilog",
         "sd-exec" => c"sd-exec",
+        "sd-node-service" => c"sd-node-service",
         _ => c"smartdomains",
     };
     unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };

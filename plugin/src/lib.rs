@@ -5,6 +5,8 @@
 //! (`journal`, `storage`) → `hypervisor` backend → `guest_link`.
 
 pub mod atomic_file;
+pub mod batch;
+pub mod condor;
 pub mod deployment;
 pub mod description;
 pub mod guest_link;
@@ -14,6 +16,7 @@ pub mod image_store;
 pub mod jdl;
 pub mod job;
 pub mod journal;
+pub mod node_service;
 pub mod policy;
 pub mod pool;
 pub mod request;

@@ -11,14 +11,13 @@
 //! faults (hypervisor, disk, config) fail the prolog, and Slurm drains the
 //! node for the admin to look at.
 
+pub use crate::batch::RequestSpec;
+use crate::batch::{self, RunError};
 use crate::deployment::{self, Deployment};
 use crate::guest_link::JobOutcome;
-use crate::jdl::JobDescription;
-use crate::policy::{self, ResolvedEnvironment};
-use crate::request::EnvironmentRequest;
+use crate::policy::ResolvedEnvironment;
 use crate::site::SiteConfig;
 use crate::user_files::UserFiles;
-use sd_proto::{RunRequest, StdinSource};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,23 +33,6 @@ pub fn requested_environment(var: impl Fn(&str) -> Option<String>) -> Option<Str
     let comment = var("SLURM_JOB_COMMENT")?;
     let value = comment.trim().strip_prefix(COMMENT_PREFIX)?.trim();
     (!value.is_empty()).then(|| value.to_string())
-}
-
-/// A request names a JDL file or an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestSpec {
-    Jdl(PathBuf),
-    Image(String),
-}
-
-impl RequestSpec {
-    pub fn parse(value: &str) -> RequestSpec {
-        if value.ends_with(".jdl") || value.contains('/') {
-            RequestSpec::Jdl(PathBuf::from(value))
-        } else {
-            RequestSpec::Image(value.to_string())
-        }
-    }
 }
 
 /// The job as the prolog and epilog see it.
@@ -110,31 +92,12 @@ pub fn resolve(
     job: &SlurmJob,
     spec: &RequestSpec,
 ) -> Result<ResolvedEnvironment, String> {
-    let (request, vo) = match spec {
-        RequestSpec::Jdl(path) => {
-            let path = job.work_dir.join(path);
-            let mut text = String::new();
-            UserFiles {
-                uid: job.uid,
-                gid: job.gid,
-            }
-            .open_read(&path)
-            .map_err(|e| e.to_string())?
-            .read_to_string(&mut text)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-            let jdl = JobDescription::parse(&text, &path).map_err(|e| e.to_string())?;
-            (
-                jdl.virtual_environment.clone().unwrap_or_default(),
-                jdl.virtual_organisation.clone(),
-            )
-        }
-        // An image alone: the VO is the job's account if the site knows it as a VO.
-        RequestSpec::Image(name) => {
-            let vo = job.account.clone().filter(|a| site.vos.contains_key(a));
-            (EnvironmentRequest::image_only(name), vo)
-        }
+    let user = UserFiles {
+        uid: job.uid,
+        gid: job.gid,
     };
-    policy::admit(site, vo.as_deref(), &request).map_err(|e| e.to_string())
+    let request = batch::read_request(spec, &job.work_dir, user)?;
+    batch::admit(site, &request, job.account.as_deref())
 }
 
 /// `sd-prolog`. Exit status: 0 (domain up, no request, or request refused),
@@ -304,9 +267,11 @@ fn job_outcome(job_id: &str) -> String {
 /// Returns the command's exit status; a command killed by signal N kills
 /// `sd-exec` with N (the caller is told with `Err`).
 pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
-    let program = argv.first().ok_or(ExecError::Usage)?.clone();
+    if argv.is_empty() {
+        return Err(ExecError::Usage);
+    }
     // Blocked before any thread exists, so that every thread inherits it.
-    let signals = block_forwarded_signals();
+    let signals = batch::block_forwarded_signals();
     let job_id = env_var("SLURM_JOB_ID").ok_or(ExecError::NotInJob)?;
     let site = SiteConfig::load(&SiteConfig::default_path())
         .map_err(|e| ExecError::Site(e.to_string()))?;
@@ -314,84 +279,15 @@ pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
     if let Ok(message) = std::fs::read_to_string(refusal_path(&site, &id)) {
         return Err(ExecError::Refused(message.trim().to_string()));
     }
-    let link = deployment::attach(&site, &id, Duration::from_secs(site.boot_timeout_secs))
-        .map_err(|e| match e {
-            deployment::DeployError::NoSuchDeployment(_) => ExecError::NoDomain(job_id.clone()),
-            other => ExecError::Site(other.to_string()),
-        })?;
-    // A batch script lives on the host (Slurm's spool): the guest gets a copy
-    // at the same path. Programs are the guest's own.
-    if let Some(mut script) = host_script(&program) {
-        link.put_file(&mut script, &program, 0o755)
-            .map_err(|e| ExecError::Site(e.to_string()))?;
-    }
-    let env = std::env::vars()
-        .filter(|(k, _)| !k.is_empty() && !k.contains('='))
-        .collect();
+    // A batch script lives on the host (Slurm's spool): the guest gets a
+    // copy at the same path (batch::run_in_domain). Programs are the guest's own.
     let cwd = std::env::current_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_else(|_| "/".into());
-    let request = RunRequest {
-        argv,
-        env,
-        cwd,
-        stdin: StdinSource::Stream,
-    };
-    forward_signals(signals, link.writer());
-    let stdin: Box<dyn Read + Send> = Box::new(std::io::stdin());
-    link.run(
-        request,
-        &mut std::io::stdout(),
-        &mut std::io::stderr(),
-        Some(stdin),
-    )
-    .map_err(|e| ExecError::Site(e.to_string()))
-}
-
-fn host_script(program: &str) -> Option<std::fs::File> {
-    if !program.starts_with('/') {
-        return None;
-    }
-    let mut f = std::fs::File::open(program).ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut magic = [0u8; 2];
-    f.read_exact(&mut magic).ok()?;
-    if &magic != b"#!" {
-        return None;
-    }
-    std::fs::File::open(program).ok()
-}
-
-/// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2: what `scancel` and srun send.
-fn block_forwarded_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(s);
-    }
-    let _ = set.thread_block();
-    set
-}
-
-/// Those signals go to the command in the guest; its death ends `sd-exec`.
-fn forward_signals(set: nix::sys::signal::SigSet, writer: crate::guest_link::LinkWriter) {
-    std::thread::spawn(move || {
-        while let Ok(sig) = set.wait() {
-            tracing::info!("forwarding {} to the guest", sig.as_str());
-            if writer.signal(sig as i32).is_err() {
-                return;
-            }
-        }
-    });
+    batch::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
+        RunError::NoDomain(_) => ExecError::NoDomain(job_id.clone()),
+        RunError::Site(m) => ExecError::Site(m),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -453,24 +349,6 @@ mod tests {
             ])),
             Some("jobs/hello.jdl".into())
         );
-    }
-
-    #[test]
-    fn a_request_names_a_jdl_or_an_image() {
-        assert_eq!(
-            RequestSpec::parse("jobs/hello.jdl"),
-            RequestSpec::Jdl("jobs/hello.jdl".into())
-        );
-        assert_eq!(
-            RequestSpec::parse("hello.jdl"),
-            RequestSpec::Jdl("hello.jdl".into())
-        );
-        assert_eq!(
-            RequestSpec::parse("debian-minimal"),
-            RequestSpec::Image("debian-minimal".into())
-        );
-        // A path is a file, never an image: the catalogue decides what images exist.
-        assert_eq!(RequestSpec::parse("../x"), RequestSpec::Jdl("../x".into()));
     }
 
     #[test]

@@ -38,18 +38,5 @@ fn main() -> ExitCode {
 
 /// Dies of the same signal as the command, so that Slurm records a signal.
 fn die_by(signal: i32) -> ExitCode {
-    use nix::sys::signal::{
-        raise, signal as set_handler, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal,
-    };
-    if let Ok(sig) = Signal::try_from(signal) {
-        // SAFETY: restoring the default disposition.
-        unsafe {
-            let _ = set_handler(sig, SigHandler::SigDfl);
-        }
-        let mut set = SigSet::empty();
-        set.add(sig);
-        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
-        let _ = raise(sig);
-    }
-    ExitCode::from((128 + signal) as u8)
+    ExitCode::from(smartdomains::batch::die_by(signal) as u8)
 }

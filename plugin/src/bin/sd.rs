@@ -125,6 +125,26 @@ enum Command {
         #[command(subcommand)]
         action: Option<ImagesAction>,
     },
+    /// Serve the HTCondor hooks of this node (run as root, on the host).
+    ///
+    /// HTCondor runs its job hooks as the job's owner; they ask this service,
+    /// over a Unix socket, to deploy and tear down the job's domain. It knows
+    /// the caller from the kernel (SO_PEERCRED), serves only processes under a
+    /// condor_starter (unless --any-caller), deploys for the caller's uid and
+    /// tears down only the caller's deployments. Logs go to
+    /// LOG_DIR/sd-hooks.log and syslog. Stops on SIGTERM.
+    NodeService {
+        /// The socket the hooks connect to (bind-mount its directory into
+        /// HTCondor's root, if it has one).
+        #[arg(long, default_value = smartdomains::node_service::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Write our PID here.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Serve any local user, not only HTCondor job hooks.
+        #[arg(long)]
+        any_caller: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +156,18 @@ enum ImagesAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::NodeService {
+        socket,
+        pid_file,
+        any_caller,
+    } = &cli.command
+    {
+        // Logs like the hooks': the hook log, with the job on every line.
+        let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
+        let code =
+            smartdomains::node_service::serve(&config, socket, pid_file.as_deref(), *any_caller);
+        return ExitCode::from(code as u8);
+    }
     let level = if cli.verbose { "info" } else { "warn" };
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -183,7 +215,9 @@ fn main() -> ExitCode {
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
                 } => remove_image(&site, &name),
-                Command::CheckConfig { .. } | Command::Describe { .. } => unreachable!(),
+                Command::CheckConfig { .. }
+                | Command::Describe { .. }
+                | Command::NodeService { .. } => unreachable!(),
             }
         }
     }
