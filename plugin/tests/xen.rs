@@ -91,7 +91,7 @@ fn xen_backend_on_real_xen() {
 }
 
 /// How many `dom0_` tests this file has.
-const DOM0_TESTS: usize = 5;
+const DOM0_TESTS: usize = 6;
 
 // ------------------------------------------------------------ inside dom0
 
@@ -114,7 +114,7 @@ impl Site {
         };
         let config = format!(
             "state_dir: {d}/state\nlog_dir: {d}/log\nimage_dir: {i}\nbackend: xen\n\
-             boot_timeout_secs: 300\nshutdown_timeout_secs: 30\n\
+             boot_timeout_secs: 150\nshutdown_timeout_secs: 30\n\
              xen: {{ guest_type: {kind} }}\n\
              defaults: {{ image: busybox, memory_mib: 256, vcpus: 1, disk_mib: 256, hostname: xen-guest }}\n\
              images:\n\
@@ -147,11 +147,61 @@ impl Site {
         c
     }
 
+    /// `sd -v run JDL`; killed (and the test failed, with diagnostics) if
+    /// it takes longer than 4 minutes.
     fn run(&self, jdl: &Path) -> Output {
         let started = Instant::now();
-        let out = self.sd().arg("run").arg(jdl).stdin(Stdio::null()).output().unwrap();
-        println!("sd run {} ({:?}): {:.2} s", jdl.display(), self.guest_type, started.elapsed().as_secs_f64());
+        let mut child = self
+            .sd()
+            .args(["-v", "run"])
+            .arg(jdl)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let out_t = std::thread::spawn(move || { let mut v = vec![]; so.read_to_end(&mut v).unwrap(); v });
+        let err_t = std::thread::spawn(move || { let mut v = vec![]; se.read_to_end(&mut v).unwrap(); v });
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > Duration::from_secs(240) {
+                let _ = child.kill();
+                let st = child.wait().unwrap();
+                let out = Output { status: st, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() };
+                self.diagnose(&out);
+                panic!("sd run hung for 240 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stderr = err_t.join().unwrap();
+        // -v log lines (libxl's, ours) are for diagnosis; the job's stderr is the rest.
+        let stderr = text(&stderr);
+        let (log, job_stderr): (Vec<&str>, Vec<&str>) = stderr
+            .split_inclusive('\n')
+            .partition(|l| l.starts_with("\u{1b}[") || l.starts_with("sd: "));
+        let out = Output { status, stdout: out_t.join().unwrap(), stderr: job_stderr.concat().into_bytes() };
+        println!("sd run {} ({:?}): {:.2} s\n{}", jdl.display(), self.guest_type, started.elapsed().as_secs_f64(), log.concat());
+        if !matches!(out.status.code(), Some(0..=124)) {
+            self.diagnose(&out);
+        }
         out
+    }
+
+    /// What a failed run left in the logs: ours, the guest's console,
+    /// libxl's device model.
+    fn diagnose(&self, out: &Output) {
+        println!("--- sd run failed ({:?}); its stderr:\n{}", out.status, text(&out.stderr));
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.path("log")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        logs.extend(std::fs::read_dir("/var/log/xen").into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        logs.extend(std::fs::read_dir("/var/log/xen/console").into_iter().flatten().flatten().map(|e| e.path()));
+        for log in logs {
+            let body = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            let tail: Vec<&str> = body.lines().rev().take(60).collect();
+            println!("--- {}:\n{}", log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
     }
 
     fn xen(&self) -> Xen {
@@ -228,7 +278,19 @@ fn dom0_pvh_hello_exit_code_and_bytes() {
 
 #[test]
 #[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
-fn dom0_guest_crash_leaves_nothing() {
+fn dom0_job_crash_leaves_nothing() {
+    let site = Site::new(XenGuestType::Pv);
+    let jdl = site.jdl("segv.jdl", r#"Executable = "/bin/sh"; Arguments = "-c 'echo about-to-crash; kill -SEGV $$'";"#);
+    let out = site.run(&jdl);
+    assert_eq!(out.status.code(), Some(128 + 11), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "about-to-crash\n");
+    assert_eq!(site.leftovers(), Vec::<String>::new());
+    assert_only_dom0();
+}
+
+#[test]
+#[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
+fn dom0_guest_kernel_crash_leaves_nothing() {
     let site = Site::new(XenGuestType::Pv);
     // The guest kernel panics (and, with panic=-1, reboots): its domain must
     // not be left behind, nor the job hang.

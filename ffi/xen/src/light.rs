@@ -40,8 +40,9 @@ impl Libxl {
         Ok(Libxl { ctx, _logger: logger })
     }
 
-    /// Creates and unpauses the domain; returns once it runs (the device
-    /// model, if any, is up). Synchronous: no `ao_how`.
+    /// Creates the domain, **paused** (as libxl leaves it: `xl create`
+    /// unpauses it afterwards unless `-p`); returns once it and its device
+    /// model are set up. Synchronous: no `ao_how`.
     pub fn create(&self, config: &mut DomainConfig) -> Result<Domid, XenError> {
         let mut domid: u32 = sys::INVALID_DOMID;
         let rc = unsafe {

@@ -125,6 +125,7 @@ impl Hypervisor for Xen {
         link_console_log(&spec.name, &spec.console_log);
         let started = Instant::now();
         let domid = libxl.create(&mut config)?;
+        libxl.unpause(domid)?;
         tracing::info!(
             "xen: domain {} (domid {domid}) created in {} ms",
             spec.name,
@@ -177,9 +178,25 @@ impl Hypervisor for Xen {
     }
 
     fn request_shutdown(&self, name: &str) -> Result<bool, HypervisorError> {
+        // Only a live guest can act on it: libxl waits for the guest to
+        // acknowledge, and a crashed one never does.
+        if !self.is_running(name) {
+            return Ok(false);
+        }
         let (libxl, domid) = self.domid(name)?;
-        libxl.shutdown(domid)?;
-        Ok(true)
+        // Bounded: a hung guest must not hang the epilog; the caller's
+        // shutdown timeout and destroy follow anyway.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(libxl.shutdown(domid));
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(result) => result.map(|()| true).map_err(Into::into),
+            Err(_) => {
+                tracing::warn!("xen: {name} did not acknowledge the shutdown request within 5 s");
+                Ok(false)
+            }
+        }
     }
 
     fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
