@@ -180,6 +180,24 @@ fn host_script(program: &str) -> Option<std::fs::File> {
 /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2: what `scancel`, srun and
 /// condor_rm send. Block them before any thread exists, so that every
 /// thread inherits the mask.
+/// The epilog's end of deployment `id`: graceful shutdown, save per
+/// policy, journal undone, all logged. Ok(false) if there was none.
+pub fn finish_logged(site: &SiteConfig, id: &str, succeeded: bool) -> Result<bool, DeployError> {
+    let started = std::time::Instant::now();
+    let Some(saved) = deployment::finish(site, id, succeeded)? else {
+        return Ok(false);
+    };
+    tracing::info!(
+        "domain {id} shut down and cleaned up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // A failed save is logged (by deployment); the node is fine.
+    if let Some(Ok(m)) = saved {
+        tracing::info!("image {} saved for VO {}", m.name, m.vo);
+    }
+    Ok(true)
+}
+
 pub fn block_forwarded_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();

@@ -318,6 +318,8 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
 fn watch_domain(site: &SiteConfig, link: &GuestLink, backend: &str, id: &str) -> Result<(), DeployError> {
     let watcher = backend_for(site, Some(backend))?;
     let name = domain_name(site, id);
+    // Once here, so that the backend knows the domain before its thread asks.
+    watcher.is_running(&name);
     link.watch(Duration::from_secs(1), move || watcher.is_running(&name));
     Ok(())
 }

@@ -214,8 +214,8 @@ impl GuestLink {
                 return;
             }
             if !alive() {
-                tracing::warn!("the domain is gone: closing its agent link");
                 let _ = stream.shutdown(std::net::Shutdown::Both);
+                tracing::warn!("the domain is gone: its agent link is closed");
                 return;
             }
         });

@@ -435,19 +435,8 @@ fn teardown(
         }
         Err(e) => return ServiceReply::Fault(e.to_string()),
     }
-    let started = Instant::now();
-    match deployment::finish(site, id, succeeded) {
-        Ok(Some(saved)) => {
-            tracing::info!(
-                "domain {id} shut down and cleaned up in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            if let Some(Ok(m)) = saved {
-                tracing::info!("image {} saved for VO {}", m.name, m.vo);
-            }
-            ServiceReply::Finished { found: true }
-        }
-        Ok(None) => ServiceReply::Finished { found: false },
+    match crate::batch::finish_logged(site, id, succeeded) {
+        Ok(found) => ServiceReply::Finished { found },
         Err(e) => {
             tracing::error!("cleanup failed, the node keeps leftovers: {e}");
             ServiceReply::Fault(format!("cleanup of {id} failed: {e}"))

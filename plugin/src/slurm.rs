@@ -13,7 +13,7 @@
 
 pub use crate::batch::RequestSpec;
 use crate::batch::{self, RunError};
-use crate::deployment::{self, Deployment};
+use crate::deployment::Deployment;
 use crate::guest_link::JobOutcome;
 use crate::policy::ResolvedEnvironment;
 use crate::site::SiteConfig;
@@ -198,20 +198,9 @@ pub fn epilog() -> i32 {
     let succeeded = env_var("SLURM_JOB_EXIT_CODE2").as_deref() == Some("0:0")
         && !outcome.contains("CANCELLED")
         && !outcome.contains("TIMEOUT");
-    let started = Instant::now();
-    match deployment::finish(&site, &id, succeeded) {
-        Ok(Some(saved)) => {
-            tracing::info!(
-                "domain {id} shut down and cleaned up in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            // A failed save is logged (by deployment); the node is fine.
-            if let Some(Ok(m)) = saved {
-                tracing::info!("image {} saved for VO {}", m.name, m.vo);
-            }
-            0
-        }
-        Ok(None) => {
+    match crate::batch::finish_logged(&site, &id, succeeded) {
+        Ok(true) => 0,
+        Ok(false) => {
             tracing::info!("no domain to clean up (the prolog refused the request or never ran)");
             0
         }

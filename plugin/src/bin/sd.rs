@@ -342,8 +342,10 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         inputs,
         &files,
         output_dir,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
+        // Not locked for the whole job: log lines from other threads (the
+        // domain watcher, libxl's logger) write to stderr too.
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
     );
     let succeeded = matches!(outcome, Ok(JobOutcome::Exited(0)));
     let teardown = deployment.teardown(site, succeeded);

@@ -31,6 +31,8 @@ pub struct XenOptions {
 
 pub struct Xen {
     options: XenOptions,
+    /// Domain ids found by name: see `is_running`.
+    domids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// Where xenconsoled (`--log=guest`) writes each guest's console.
@@ -47,7 +49,7 @@ impl From<sd_xen::XenError> for HypervisorError {
 
 impl Xen {
     pub fn new(options: XenOptions) -> Self {
-        Xen { options }
+        Xen { options, domids: Default::default() }
     }
 
     /// Why this host cannot run Xen domains, if it cannot: we must be dom0
@@ -152,8 +154,22 @@ impl Hypervisor for Xen {
         Ok(Booted { agent_socket: agent, control_socket: None, acceleration: kind.into() })
     }
 
+    /// The first check of a name goes through libxl; later ones (a link's
+    /// watcher asks every second) ask the hypervisor about the remembered
+    /// domid only, without building a libxl context each time.
     fn is_running(&self, name: &str) -> bool {
-        matches!(self.state(name), Ok(Some(s)) if s.is_live())
+        let known = self.domids.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied();
+        let domid = match known {
+            Some(d) => d,
+            None => match Libxl::open().and_then(|l| l.domid_of(name)) {
+                Ok(Some(d)) => {
+                    self.domids.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), d);
+                    d
+                }
+                _ => return false,
+            },
+        };
+        matches!(XenCtrl::open().and_then(|c| c.domain(domid)), Ok(Some(d)) if d.state.is_live())
     }
 
     fn wait_stopped(&self, name: &str, timeout: Duration) -> bool {
