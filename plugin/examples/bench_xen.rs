@@ -50,7 +50,10 @@ fn main() {
     let env = policy::admit(&site, None, &EnvironmentRequest::default()).expect("admit");
     let backend = deployment::backend_for(&site, None).expect("xen backend (run inside dom0)");
 
-    // The same guest for xl.
+    // The same guest for xl. xl 4.17 gives the first channel devid 0, which
+    // clashes with the primary console ("Primary console has invalid
+    // configuration", fixed upstream in 2025): a placeholder goes first, so
+    // our channel is still the guest's hvc1. libxl itself numbers from 1.
     let xl_dir = d.join("xl");
     std::fs::create_dir_all(&xl_dir).unwrap();
     let disk = xl_dir.join("disk.qcow2");
@@ -63,7 +66,7 @@ fn main() {
              extra = \"console=hvc0 panic=-1 quiet loglevel=3 sd.root=/dev/xvda sd.agent=/dev/hvc1\"\n\
              memory = 256\nvcpus = 1\non_poweroff = \"destroy\"\non_crash = \"destroy\"\non_reboot = \"destroy\"\n\
              disk = [ 'format=qcow2,vdev=xvda,access=rw,backendtype=qdisk,target={disk}' ]\n\
-             channel = [ 'name=org.smartdomains.agent.0,connection=socket,path={agent}' ]\n",
+             channel = [ 'name=xl-bug-placeholder,connection=pty', 'name=org.smartdomains.agent.0,connection=socket,path={agent}' ]\n",
             i = images.display(),
             disk = disk.display(),
             agent = agent.display()
