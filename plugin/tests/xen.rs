@@ -62,7 +62,12 @@ fn without_xen_backend_xen_is_refused_and_auto_is_qemu() {
 }
 
 /// Boots the Xen test host and runs the `dom0_` tests in it.
+///
+/// Not in `scripts/test` yet: in one of three full runs a destroyed domain
+/// stayed in Xen's list as a nameless dying domain, failing every later
+/// check. Run it with `scripts/test-xen`.
 #[test]
+#[ignore = "flaky: a destroyed domain sometimes stays dying; run scripts/test-xen"]
 fn xen_backend_on_real_xen() {
     if std::env::var_os("SD_IN_XEN_DOM0").is_some() {
         return;
