@@ -22,23 +22,22 @@ fn main() {
 
     let mut version = None;
     for lib in LIBRARIES {
-        let found = pkg_config::Config::new()
-            .probe(lib)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot find Xen's {lib} library with pkg-config: {e}\n\
+        let found = pkg_config::Config::new().probe(lib).unwrap_or_else(|e| {
+            panic!(
+                "cannot find Xen's {lib} library with pkg-config: {e}\n\
                      The Xen backend needs Debian's libxen-dev (scripts/setup installs it).\n\
                      To build SmartDomains without the Xen backend: \
                      cargo build --no-default-features (QEMU only)."
-                )
-            });
+            )
+        });
         if lib == "xenlight" {
             version = Some(found.version);
         }
     }
     let version = version.expect("xenlight probed above");
     let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bindings.rs");
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bindings.rs");
     let checked_in = Path::new("bindings").join(format!("xen-{major_minor}.rs"));
     println!("cargo::rerun-if-changed={}", checked_in.display());
 

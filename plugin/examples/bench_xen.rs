@@ -28,9 +28,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
     let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/images");
-    let images = images.canonicalize().expect("build/images (run scripts/setup)");
+    let images = images
+        .canonicalize()
+        .expect("build/images (run scripts/setup)");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = d.join("site.yaml");
@@ -75,7 +80,8 @@ fn main() {
     .unwrap();
     let console = Path::new("/var/log/xen/console/guest-xlbench.log");
 
-    let (mut ours_up, mut xl_up, mut ours_destroy, mut xl_destroy) = (vec![], vec![], vec![], vec![]);
+    let (mut ours_up, mut xl_up, mut ours_destroy, mut xl_destroy) =
+        (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
         // Ours.
         let id = format!("bench{round}");
@@ -102,16 +108,30 @@ fn main() {
             .unwrap();
         assert!(ok.success());
         let t = Instant::now();
-        let st = Command::new(XL).arg("create").arg("-q").arg(&cfg).status().expect("xl");
+        let st = Command::new(XL)
+            .arg("create")
+            .arg("-q")
+            .arg(&cfg)
+            .status()
+            .expect("xl");
         assert!(st.success(), "xl create failed");
         let deadline = Instant::now() + Duration::from_secs(300);
-        while !std::fs::read_to_string(console).unwrap_or_default().contains("serving on /dev/hvc1") {
-            assert!(Instant::now() < deadline, "xl's guest never started its agent");
+        while !std::fs::read_to_string(console)
+            .unwrap_or_default()
+            .contains("serving on /dev/hvc1")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "xl's guest never started its agent"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let up = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let st = Command::new(XL).args(["destroy", "xlbench"]).status().unwrap();
+        let st = Command::new(XL)
+            .args(["destroy", "xlbench"])
+            .status()
+            .unwrap();
         assert!(st.success());
         let down = t.elapsed().as_secs_f64();
         xl_up.push(up);
@@ -121,7 +141,18 @@ fn main() {
             ours_up[round - 1], xl_up[round - 1], ours_destroy[round - 1], xl_destroy[round - 1]
         );
     }
-    let (ou, xu, od, xd) = (median(ours_up), median(xl_up), median(ours_destroy), median(xl_destroy));
-    println!("BENCH-XEN create→agent: ours {ou:.3} s, xl create {xu:.3} s, ratio {:.3} (goal ≤ 1)", ou / xu);
-    println!("BENCH-XEN destroy:      ours {od:.3} s, xl destroy {xd:.3} s, ratio {:.3} (goal ≤ 1)", od / xd);
+    let (ou, xu, od, xd) = (
+        median(ours_up),
+        median(xl_up),
+        median(ours_destroy),
+        median(xl_destroy),
+    );
+    println!(
+        "BENCH-XEN create→agent: ours {ou:.3} s, xl create {xu:.3} s, ratio {:.3} (goal ≤ 1)",
+        ou / xu
+    );
+    println!(
+        "BENCH-XEN destroy:      ours {od:.3} s, xl destroy {xd:.3} s, ratio {:.3} (goal ≤ 1)",
+        od / xd
+    );
 }

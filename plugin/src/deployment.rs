@@ -62,7 +62,9 @@ pub fn backend_for(
     };
     let wanted = match wanted {
         // Auto: Xen where we are its dom0, QEMU everywhere else.
-        Backend::Auto if cfg!(feature = "xen") && xen_unavailable_because().is_none() => Backend::Xen,
+        Backend::Auto if cfg!(feature = "xen") && xen_unavailable_because().is_none() => {
+            Backend::Xen
+        }
         Backend::Auto => Backend::Qemu,
         other => other,
     };
@@ -106,7 +108,10 @@ fn xen_backend(site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
 
 #[cfg(not(feature = "xen"))]
 fn xen_backend(_site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
-    Err(DeployError::BackendUnavailable("xen".into(), xen_unavailable_because().unwrap()))
+    Err(DeployError::BackendUnavailable(
+        "xen".into(),
+        xen_unavailable_because().unwrap(),
+    ))
 }
 
 /// Name of the hypervisor domain of deployment `id`.
@@ -315,7 +320,12 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
 }
 
 /// A link that ends when its domain does (see [`GuestLink::watch`]).
-fn watch_domain(site: &SiteConfig, link: &GuestLink, backend: &str, id: &str) -> Result<(), DeployError> {
+fn watch_domain(
+    site: &SiteConfig,
+    link: &GuestLink,
+    backend: &str,
+    id: &str,
+) -> Result<(), DeployError> {
     let watcher = backend_for(site, Some(backend))?;
     let name = domain_name(site, id);
     // Once here, so that the backend knows the domain before its thread asks.
@@ -430,10 +440,12 @@ impl Partial<'_> {
         } else {
             GuestLink::connect
         };
-        let link = connect(&booted.agent_socket, &env.hostname, timeout, &alive)
-            .map_err(|error| DeployError::Link {
-                error,
-                console: console_log.display().to_string(),
+        let link =
+            connect(&booted.agent_socket, &env.hostname, timeout, &alive).map_err(|error| {
+                DeployError::Link {
+                    error,
+                    console: console_log.display().to_string(),
+                }
             })?;
         Ok((link, booted.acceleration, started.elapsed()))
     }

@@ -204,7 +204,13 @@ impl GuestLink {
     /// (Xen's device model) stays open after its guest is gone.
     pub fn watch(&self, every: Duration, alive: impl Fn() -> bool + Send + 'static) {
         let token = Arc::downgrade(&self.token);
-        let stream = match self.writer.0.lock().unwrap_or_else(|e| e.into_inner()).try_clone() {
+        let stream = match self
+            .writer
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()
+        {
             Ok(s) => s,
             Err(e) => return tracing::warn!("cannot watch the domain: {e}"),
         };

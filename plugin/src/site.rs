@@ -1005,7 +1005,11 @@ impl Builder<'_> {
             acceleration: raw.acceleration.unwrap_or(Acceleration::Auto),
             qemu,
             xen: XenConfig {
-                guest_type: raw.xen.as_ref().and_then(|x| x.guest_type).unwrap_or(XenGuestType::Pv),
+                guest_type: raw
+                    .xen
+                    .as_ref()
+                    .and_then(|x| x.guest_type)
+                    .unwrap_or(XenGuestType::Pv),
                 pvh_cpuid: raw
                     .xen
                     .as_ref()

@@ -20,7 +20,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn text(b: &[u8]) -> String {
@@ -53,10 +56,18 @@ fn without_xen_backend_xen_is_refused_and_auto_is_qemu() {
         .unwrap();
         smartdomains::site::SiteConfig::load(&cfg).unwrap()
     };
-    let err = smartdomains::deployment::backend_for(&site("xen"), None).err().expect("no Xen here");
+    let err = smartdomains::deployment::backend_for(&site("xen"), None)
+        .err()
+        .expect("no Xen here");
     let msg = err.to_string();
-    assert!(msg.contains("backend xen is not available on this host"), "{msg}");
-    assert!(msg.contains("does not run under the Xen hypervisor"), "{msg}");
+    assert!(
+        msg.contains("backend xen is not available on this host"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("does not run under the Xen hypervisor"),
+        "{msg}"
+    );
     let auto = smartdomains::deployment::backend_for(&site("auto"), None).unwrap();
     assert_eq!(auto.name(), "qemu");
 }
@@ -100,7 +111,9 @@ fn xen_backend_on_real_xen() {
     // (scripts/xen-testhost.d/README.md: measured with xl alone, without
     // our code). One more run tells that apart from a failure of ours,
     // which fails again.
-    println!("=== the Xen test host run failed; running it once more to rule out an emulator crash");
+    println!(
+        "=== the Xen test host run failed; running it once more to rule out an emulator crash"
+    );
     assert!(attempt(), "the dom0 tests failed twice (output above)");
 }
 
@@ -121,7 +134,10 @@ impl Site {
             std::env::var_os("SD_IN_XEN_DOM0").is_some(),
             "dom0_ tests run inside the Xen test host (xen_backend_on_real_xen)"
         );
-        let dir = tempfile::Builder::new().prefix("sd-xen-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sd-xen-")
+            .tempdir()
+            .unwrap();
         let kind = match guest_type {
             XenGuestType::Pv => "pv",
             XenGuestType::Pvh => "pvh",
@@ -155,9 +171,12 @@ impl Site {
     }
 
     fn sd(&self) -> Command {
-        let bin = std::env::var_os("SD_SD_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_sd").into());
+        let bin = std::env::var_os("SD_SD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_sd").into());
         let mut c = Command::new(bin);
-        c.env("SD_CONFIG", self.path("site.yaml")).env_remove("SD_LOG");
+        c.env("SD_CONFIG", self.path("site.yaml"))
+            .env_remove("SD_LOG");
         c
     }
 
@@ -175,8 +194,16 @@ impl Site {
             .spawn()
             .unwrap();
         let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let out_t = std::thread::spawn(move || { let mut v = vec![]; so.read_to_end(&mut v).unwrap(); v });
-        let err_t = std::thread::spawn(move || { let mut v = vec![]; se.read_to_end(&mut v).unwrap(); v });
+        let out_t = std::thread::spawn(move || {
+            let mut v = vec![];
+            so.read_to_end(&mut v).unwrap();
+            v
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut v = vec![];
+            se.read_to_end(&mut v).unwrap();
+            v
+        });
         let status = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
@@ -184,7 +211,11 @@ impl Site {
             if started.elapsed() > Duration::from_secs(240) {
                 let _ = child.kill();
                 let st = child.wait().unwrap();
-                let out = Output { status: st, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() };
+                let out = Output {
+                    status: st,
+                    stdout: out_t.join().unwrap(),
+                    stderr: err_t.join().unwrap(),
+                };
                 self.diagnose(&out);
                 panic!("sd run hung for 240 s");
             }
@@ -196,8 +227,18 @@ impl Site {
         let (log, job_stderr): (Vec<&str>, Vec<&str>) = stderr
             .split_inclusive('\n')
             .partition(|l| l.starts_with("\u{1b}[") || l.starts_with("sd: "));
-        let out = Output { status, stdout: out_t.join().unwrap(), stderr: job_stderr.concat().into_bytes() };
-        println!("sd run {} ({:?}): {:.2} s\n{}", jdl.display(), self.guest_type, started.elapsed().as_secs_f64(), log.concat());
+        let out = Output {
+            status,
+            stdout: out_t.join().unwrap(),
+            stderr: job_stderr.concat().into_bytes(),
+        };
+        println!(
+            "sd run {} ({:?}): {:.2} s\n{}",
+            jdl.display(),
+            self.guest_type,
+            started.elapsed().as_secs_f64(),
+            log.concat()
+        );
         if !matches!(out.status.code(), Some(0..=124)) {
             self.diagnose(&out);
         }
@@ -207,19 +248,48 @@ impl Site {
     /// What a failed run left in the logs: ours, the guest's console,
     /// libxl's device model.
     fn diagnose(&self, out: &Output) {
-        println!("--- sd run failed ({:?}); its stderr:\n{}", out.status, text(&out.stderr));
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.path("log")).into_iter().flatten().flatten().map(|e| e.path()).collect();
-        logs.extend(std::fs::read_dir("/var/log/xen").into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()));
-        logs.extend(std::fs::read_dir("/var/log/xen/console").into_iter().flatten().flatten().map(|e| e.path()));
+        println!(
+            "--- sd run failed ({:?}); its stderr:\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.path("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        logs.extend(
+            std::fs::read_dir("/var/log/xen")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file()),
+        );
+        logs.extend(
+            std::fs::read_dir("/var/log/xen/console")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
         for log in logs {
             let body = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
             let tail: Vec<&str> = body.lines().rev().take(60).collect();
-            println!("--- {}:\n{}", log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            println!(
+                "--- {}:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
 
     fn xen(&self) -> Xen {
-        Xen::new(XenOptions { guest_type: self.guest_type, pvh_cpuid: "host,rdtscp=0".into() })
+        Xen::new(XenOptions {
+            guest_type: self.guest_type,
+            pvh_cpuid: "host,rdtscp=0".into(),
+        })
     }
 
     /// Journals and run directories left in the state directory.
@@ -237,9 +307,21 @@ impl Site {
 /// Domains other than dom0, as libxl and as the hypervisor (libxenctrl) see them.
 fn domains_besides_dom0() -> (Vec<String>, Vec<u32>) {
     let libxl = sd_xen::Libxl::open().unwrap();
-    let named = libxl.list().unwrap().into_iter().filter(|d| d.domid != 0).map(|d| format!("{} ({})", d.name, d.domid)).collect();
+    let named = libxl
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.domid != 0)
+        .map(|d| format!("{} ({})", d.name, d.domid))
+        .collect();
     let ctrl = sd_xen::XenCtrl::open().unwrap();
-    let ids = ctrl.domains().unwrap().into_iter().filter(|d| d.domid != 0).map(|d| d.domid).collect();
+    let ids = ctrl
+        .domains()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.domid != 0)
+        .map(|d| d.domid)
+        .collect();
     (named, ids)
 }
 
@@ -251,7 +333,10 @@ fn assert_only_dom0() {
         if named.is_empty() && ids.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "domains left: libxl {named:?}, xc {ids:?}");
+        assert!(
+            Instant::now() < deadline,
+            "domains left: libxl {named:?}, xc {ids:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -266,13 +351,26 @@ fn hello_exit_code_and_bytes(guest_type: XenGuestType) {
     );
     let out = site.run(&jdl);
     let stdout = out.stdout.clone();
-    assert_eq!(out.status.code(), Some(3), "stdout: {}\nstderr: {}", text(&stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout: {}\nstderr: {}",
+        text(&stdout),
+        text(&out.stderr)
+    );
     let release = std::fs::read_to_string(repo().join("build/images/kernel-release")).unwrap();
     let head = text(&stdout[..stdout.len() - 256]);
-    assert!(head.contains(&format!("kernel={} host=xen-guest", release.trim())), "{head}");
+    assert!(
+        head.contains(&format!("kernel={} host=xen-guest", release.trim())),
+        "{head}"
+    );
     assert!(head.contains("busybox"), "the VO image's marker: {head}");
     let all_bytes: Vec<u8> = (0..=255u8).collect();
-    assert_eq!(&stdout[stdout.len() - 256..], &all_bytes[..], "the 256 byte values, in order");
+    assert_eq!(
+        &stdout[stdout.len() - 256..],
+        &all_bytes[..],
+        "the 256 byte values, in order"
+    );
     assert_eq!(text(&out.stderr), "to-stderr\n");
     assert_eq!(site.leftovers(), Vec::<String>::new());
     assert_only_dom0();
@@ -294,9 +392,17 @@ fn dom0_pvh_hello_exit_code_and_bytes() {
 #[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
 fn dom0_job_crash_leaves_nothing() {
     let site = Site::new(XenGuestType::Pv);
-    let jdl = site.jdl("segv.jdl", r#"Executable = "/bin/sh"; Arguments = "-c 'echo about-to-crash; kill -SEGV $$'";"#);
+    let jdl = site.jdl(
+        "segv.jdl",
+        r#"Executable = "/bin/sh"; Arguments = "-c 'echo about-to-crash; kill -SEGV $$'";"#,
+    );
     let out = site.run(&jdl);
-    assert_eq!(out.status.code(), Some(128 + 11), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 11),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     assert_eq!(text(&out.stdout), "about-to-crash\n");
     assert_eq!(site.leftovers(), Vec::<String>::new());
     assert_only_dom0();
@@ -306,21 +412,46 @@ fn dom0_job_crash_leaves_nothing() {
 #[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
 fn dom0_killed_mid_boot_then_cleanup_leaves_nothing() {
     let site = Site::new(XenGuestType::Pv);
-    let jdl = site.jdl("long.jdl", r#"Executable = "/bin/sh"; Arguments = "-c 'sleep 600'";"#);
-    let mut child = site.sd().args(["run", "--id", "victim"]).arg(&jdl).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let jdl = site.jdl(
+        "long.jdl",
+        r#"Executable = "/bin/sh"; Arguments = "-c 'sleep 600'";"#,
+    );
+    let mut child = site
+        .sd()
+        .args(["run", "--id", "victim"])
+        .arg(&jdl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Killed once the domain exists, before its agent answers.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !domains_besides_dom0().0.iter().any(|d| d.starts_with("sd-victim-")) {
+    while !domains_besides_dom0()
+        .0
+        .iter()
+        .any(|d| d.starts_with("sd-victim-"))
+    {
         assert!(Instant::now() < deadline, "no domain appeared");
-        assert!(child.try_wait().unwrap().is_none(), "sd run ended before its domain existed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sd run ended before its domain existed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!domains_besides_dom0().0.is_empty(), "the domain outlives a killed sd run");
+    assert!(
+        !domains_besides_dom0().0.is_empty(),
+        "the domain outlives a killed sd run"
+    );
     let out = site.sd().arg("cleanup").output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("victim: cleaned up"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("victim: cleaned up"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(site.leftovers(), Vec::<String>::new());
     assert_only_dom0();
 }
@@ -335,7 +466,15 @@ fn dom0_memory_target_change_is_seen_by_the_guest() {
         r#"Executable = "/bin/sh";
            Arguments = "-c 'i=0; while [ $i -lt 600 ]; do m=$(grep MemTotal /proc/meminfo | tr -s \" \" | cut -d\" \" -f2); echo mem=$m; [ $m -lt 204800 ] && exit 0; sleep 0.2; i=$((i+1)); done; exit 1'";"#,
     );
-    let mut child = site.sd().arg("run").arg(&jdl).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = site
+        .sd()
+        .arg("run")
+        .arg(&jdl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 256];
@@ -349,10 +488,23 @@ fn dom0_memory_target_change_is_seen_by_the_guest() {
     site.xen().set_memory_target(&name, 160).unwrap();
     stdout.read_to_end(&mut seen).unwrap();
     let status = child.wait().unwrap();
-    let reports: Vec<u64> = text(&seen).lines().filter_map(|l| l.strip_prefix("mem=")?.parse().ok()).collect();
-    println!("guest MemTotal (kB) before and after the change: {:?} … {:?}", reports.first(), reports.last());
-    assert!(status.success(), "the guest never saw its memory shrink: {reports:?}");
-    assert!(reports[0] > 204800 && *reports.last().unwrap() < 204800, "{reports:?}");
+    let reports: Vec<u64> = text(&seen)
+        .lines()
+        .filter_map(|l| l.strip_prefix("mem=")?.parse().ok())
+        .collect();
+    println!(
+        "guest MemTotal (kB) before and after the change: {:?} … {:?}",
+        reports.first(),
+        reports.last()
+    );
+    assert!(
+        status.success(),
+        "the guest never saw its memory shrink: {reports:?}"
+    );
+    assert!(
+        reports[0] > 204800 && *reports.last().unwrap() < 204800,
+        "{reports:?}"
+    );
     assert_only_dom0();
 }
 
@@ -360,7 +512,13 @@ impl Site {
     /// The only domain of this site's state directory.
     fn xen_domain_name(&self) -> String {
         let libxl = sd_xen::Libxl::open().unwrap();
-        let names: Vec<String> = libxl.list().unwrap().into_iter().map(|d| d.name).filter(|n| n.starts_with("sd-")).collect();
+        let names: Vec<String> = libxl
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .filter(|n| n.starts_with("sd-"))
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         names[0].clone()
     }

@@ -5,7 +5,12 @@
 //! C enums are plain constants (bindgen `EnumVariation::Consts`): a value
 //! the library returns that a Rust enum did not know would be undefined
 //! behaviour.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

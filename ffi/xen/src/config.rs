@@ -52,7 +52,11 @@ fn c_path(what: &'static str, p: &Path) -> Result<*mut c_char, XenError> {
 }
 
 /// Grows a malloc'd libxl device array by one initialised element.
-unsafe fn push<T>(array: &mut *mut T, count: &mut i32, init: unsafe extern "C" fn(*mut T)) -> *mut T {
+unsafe fn push<T>(
+    array: &mut *mut T,
+    count: &mut i32,
+    init: unsafe extern "C" fn(*mut T),
+) -> *mut T {
     let n = *count as usize + 1;
     let p = unsafe { libc::realloc(array.cast(), n * std::mem::size_of::<T>()) } as *mut T;
     assert!(!p.is_null(), "out of memory");
@@ -85,7 +89,12 @@ impl DomainConfig {
     }
 
     /// Direct kernel boot: the kernel and initramfs are files in dom0.
-    pub fn boot(&mut self, kernel: &Path, ramdisk: &Path, cmdline: &str) -> Result<&mut Self, XenError> {
+    pub fn boot(
+        &mut self,
+        kernel: &Path,
+        ramdisk: &Path,
+        cmdline: &str,
+    ) -> Result<&mut Self, XenError> {
         let b = &mut self.raw.b_info;
         b.kernel = c_path("kernel path", kernel)?;
         b.ramdisk = c_path("ramdisk path", ramdisk)?;
@@ -120,9 +129,12 @@ impl DomainConfig {
     /// these features changed (e.g. `host,rdtscp=0`).
     pub fn cpuid(&mut self, policy: &str) -> Result<&mut Self, XenError> {
         for item in policy.split(',').filter(|i| !i.is_empty() && *i != "host") {
-            let c = CString::new(item).map_err(|_| XenError::Nul { what: "cpuid policy" })?;
+            let c = CString::new(item).map_err(|_| XenError::Nul {
+                what: "cpuid policy",
+            })?;
             // Returns 0, or 1 (unknown name) / 2 (bad value) / 3: not a libxl_error.
-            let rc = unsafe { sys::libxl_cpuid_parse_config(&mut self.raw.b_info.cpuid, c.as_ptr()) };
+            let rc =
+                unsafe { sys::libxl_cpuid_parse_config(&mut self.raw.b_info.cpuid, c.as_ptr()) };
             if rc != 0 {
                 return Err(XenError::BadCpuid(item.to_string()));
             }
@@ -134,12 +146,22 @@ impl DomainConfig {
         let format = match disk.format {
             "qcow2" => sys::LIBXL_DISK_FORMAT_QCOW2,
             "raw" => sys::LIBXL_DISK_FORMAT_RAW,
-            _ => return Err(XenError::Nul { what: "disk format (qcow2 or raw)" }),
+            _ => {
+                return Err(XenError::Nul {
+                    what: "disk format (qcow2 or raw)",
+                })
+            }
         };
         let target = c_path("disk path", disk.target)?;
         let vdev = c_string("disk vdev", disk.vdev)?;
         let raw = &mut *self.raw;
-        let d = unsafe { &mut *push(&mut raw.disks, &mut raw.num_disks, sys::libxl_device_disk_init) };
+        let d = unsafe {
+            &mut *push(
+                &mut raw.disks,
+                &mut raw.num_disks,
+                sys::libxl_device_disk_init,
+            )
+        };
         d.pdev_path = target;
         d.vdev = vdev;
         d.format = format;
@@ -154,7 +176,13 @@ impl DomainConfig {
         let name = c_string("channel name", channel.name)?;
         let path = c_path("channel socket", channel.socket)?;
         let raw = &mut *self.raw;
-        let c = unsafe { &mut *push(&mut raw.channels, &mut raw.num_channels, sys::libxl_device_channel_init) };
+        let c = unsafe {
+            &mut *push(
+                &mut raw.channels,
+                &mut raw.num_channels,
+                sys::libxl_device_channel_init,
+            )
+        };
         c.name = name;
         unsafe {
             sys::libxl_device_channel_init_connection(c, sys::LIBXL_CHANNEL_CONNECTION_SOCKET);
@@ -168,7 +196,9 @@ impl DomainConfig {
     }
 
     pub fn name(&self) -> String {
-        unsafe { std::ffi::CStr::from_ptr(self.raw.c_info.name) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(self.raw.c_info.name) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn num_disks(&self) -> usize {
@@ -200,19 +230,39 @@ mod tests {
     #[test]
     fn builds_and_disposes_a_pv_config() {
         let mut c = DomainConfig::new("sd-test", GuestType::Pv).unwrap();
-        c.boot(Path::new("/k"), Path::new("/r"), "console=hvc0").unwrap()
+        c.boot(Path::new("/k"), Path::new("/r"), "console=hvc0")
+            .unwrap()
             .memory_mib(256)
             .vcpus(2);
-        c.add_disk(&DiskSpec { target: Path::new("/d.qcow2"), format: "qcow2", vdev: "xvda" }).unwrap();
-        c.add_channel(&ChannelSpec { name: "org.smartdomains.agent.0", socket: Path::new("/s") }).unwrap();
-        c.add_disk(&DiskSpec { target: Path::new("/e.raw"), format: "raw", vdev: "xvdb" }).unwrap();
+        c.add_disk(&DiskSpec {
+            target: Path::new("/d.qcow2"),
+            format: "qcow2",
+            vdev: "xvda",
+        })
+        .unwrap();
+        c.add_channel(&ChannelSpec {
+            name: "org.smartdomains.agent.0",
+            socket: Path::new("/s"),
+        })
+        .unwrap();
+        c.add_disk(&DiskSpec {
+            target: Path::new("/e.raw"),
+            format: "raw",
+            vdev: "xvdb",
+        })
+        .unwrap();
         assert_eq!(c.name(), "sd-test");
         assert_eq!(c.num_disks(), 2);
         assert_eq!(c.num_channels(), 1);
         assert_eq!(c.memory_kib(), 256 * 1024);
         assert_eq!(c.raw.b_info.max_vcpus, 2);
         let second = unsafe { &*c.raw.disks.add(1) };
-        assert_eq!(unsafe { std::ffi::CStr::from_ptr(second.vdev) }.to_str().unwrap(), "xvdb");
+        assert_eq!(
+            unsafe { std::ffi::CStr::from_ptr(second.vdev) }
+                .to_str()
+                .unwrap(),
+            "xvdb"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub enum DomainState {
     Blocked,
     Paused,
     /// Shut down by itself; the reason is the guest's (`SHUTDOWN_*`).
-    Shutdown { reason: u32 },
+    Shutdown {
+        reason: u32,
+    },
     Crashed,
     /// Being torn down; gone soon.
     Dying,
@@ -59,7 +61,10 @@ impl DomainState {
 
     /// Still doing the guest's work (running or blocked waiting for it).
     pub fn is_live(self) -> bool {
-        matches!(self, DomainState::Running | DomainState::Blocked | DomainState::Paused)
+        matches!(
+            self,
+            DomainState::Running | DomainState::Blocked | DomainState::Paused
+        )
     }
 }
 
@@ -76,7 +81,10 @@ impl XenCtrl {
                 source: std::io::Error::last_os_error(),
             });
         }
-        Ok(XenCtrl { xch, _logger: logger })
+        Ok(XenCtrl {
+            xch,
+            _logger: logger,
+        })
     }
 
     /// Every domain the hypervisor knows, dom0 included.
@@ -86,9 +94,8 @@ impl XenCtrl {
         let mut first = 0u32;
         loop {
             let mut infos = vec![sys::xc_domaininfo_t::default(); BATCH as usize];
-            let n = unsafe {
-                sys::xc_domain_getinfolist(self.xch, first, BATCH, infos.as_mut_ptr())
-            };
+            let n =
+                unsafe { sys::xc_domain_getinfolist(self.xch, first, BATCH, infos.as_mut_ptr()) };
             if n < 0 {
                 return Err(XenError::Unavailable {
                     what: "xc_domain_getinfolist",
@@ -130,12 +137,24 @@ mod tests {
 
     #[test]
     fn flags_map_to_states() {
-        assert_eq!(DomainState::from_flags(sys::XEN_DOMINF_running), DomainState::Running);
-        assert_eq!(DomainState::from_flags(sys::XEN_DOMINF_blocked), DomainState::Blocked);
-        assert_eq!(DomainState::from_flags(sys::XEN_DOMINF_dying | sys::XEN_DOMINF_shutdown), DomainState::Dying);
+        assert_eq!(
+            DomainState::from_flags(sys::XEN_DOMINF_running),
+            DomainState::Running
+        );
+        assert_eq!(
+            DomainState::from_flags(sys::XEN_DOMINF_blocked),
+            DomainState::Blocked
+        );
+        assert_eq!(
+            DomainState::from_flags(sys::XEN_DOMINF_dying | sys::XEN_DOMINF_shutdown),
+            DomainState::Dying
+        );
         let crashed = sys::XEN_DOMINF_shutdown | (SHUTDOWN_CRASH << sys::XEN_DOMINF_shutdownshift);
         assert_eq!(DomainState::from_flags(crashed), DomainState::Crashed);
-        assert_eq!(DomainState::from_flags(sys::XEN_DOMINF_shutdown), DomainState::Shutdown { reason: 0 });
+        assert_eq!(
+            DomainState::from_flags(sys::XEN_DOMINF_shutdown),
+            DomainState::Shutdown { reason: 0 }
+        );
         assert!(!DomainState::Crashed.is_live());
         assert!(DomainState::Blocked.is_live());
     }
@@ -146,6 +165,9 @@ mod tests {
             return; // running in dom0: covered by the Xen test host
         }
         let err = XenCtrl::open().err().expect("no hypervisor here");
-        assert!(err.to_string().contains("Xen is not available here"), "{err}");
+        assert!(
+            err.to_string().contains("Xen is not available here"),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,10 @@ pub enum XenError {
         source: std::io::Error,
     },
     #[error("{call}: {error}")]
-    Libxl { call: &'static str, error: LibxlError },
+    Libxl {
+        call: &'static str,
+        error: LibxlError,
+    },
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
     #[error("cpuid policy item {0:?}: expected NAME=VALUE with a feature name libxl knows (e.g. rdtscp=0)")]
@@ -66,6 +69,9 @@ pub(crate) fn check(call: &'static str, rc: i32) -> Result<(), XenError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(XenError::Libxl { call, error: LibxlError(rc) })
+        Err(XenError::Libxl {
+            call,
+            error: LibxlError(rc),
+        })
     }
 }

@@ -30,14 +30,19 @@ impl Libxl {
     pub fn open() -> Result<Libxl, XenError> {
         let mut logger = TracingLogger::new();
         let mut ctx = std::ptr::null_mut();
-        let rc = unsafe { sys::libxl_ctx_alloc(&mut ctx, sys::LIBXL_VERSION as i32, 0, logger.as_ptr()) };
+        let rc = unsafe {
+            sys::libxl_ctx_alloc(&mut ctx, sys::LIBXL_VERSION as i32, 0, logger.as_ptr())
+        };
         if rc != 0 || ctx.is_null() {
             return Err(XenError::Unavailable {
                 what: "libxl_ctx_alloc",
                 source: std::io::Error::last_os_error(),
             });
         }
-        Ok(Libxl { ctx, _logger: logger })
+        Ok(Libxl {
+            ctx,
+            _logger: logger,
+        })
     }
 
     /// Creates the domain, **paused** (as libxl leaves it: `xl create`
@@ -46,7 +51,13 @@ impl Libxl {
     pub fn create(&self, config: &mut DomainConfig) -> Result<Domid, XenError> {
         let mut domid: u32 = sys::INVALID_DOMID;
         let rc = unsafe {
-            sys::libxl_domain_create_new(self.ctx, config.as_mut_ptr(), &mut domid, std::ptr::null(), std::ptr::null())
+            sys::libxl_domain_create_new(
+                self.ctx,
+                config.as_mut_ptr(),
+                &mut domid,
+                std::ptr::null(),
+                std::ptr::null(),
+            )
         };
         check("libxl_domain_create_new", rc)?;
         Ok(domid)
@@ -55,20 +66,28 @@ impl Libxl {
     /// Destroys at once; also kills its device model and removes its
     /// backends.
     pub fn destroy(&self, domid: Domid) -> Result<(), XenError> {
-        check("libxl_domain_destroy", unsafe { sys::libxl_domain_destroy(self.ctx, domid, std::ptr::null()) })
+        check("libxl_domain_destroy", unsafe {
+            sys::libxl_domain_destroy(self.ctx, domid, std::ptr::null())
+        })
     }
 
     /// Asks the guest to shut down (PV control node); returns at once.
     pub fn shutdown(&self, domid: Domid) -> Result<(), XenError> {
-        check("libxl_domain_shutdown", unsafe { sys::libxl_domain_shutdown(self.ctx, domid, std::ptr::null()) })
+        check("libxl_domain_shutdown", unsafe {
+            sys::libxl_domain_shutdown(self.ctx, domid, std::ptr::null())
+        })
     }
 
     pub fn pause(&self, domid: Domid) -> Result<(), XenError> {
-        check("libxl_domain_pause", unsafe { sys::libxl_domain_pause(self.ctx, domid, std::ptr::null()) })
+        check("libxl_domain_pause", unsafe {
+            sys::libxl_domain_pause(self.ctx, domid, std::ptr::null())
+        })
     }
 
     pub fn unpause(&self, domid: Domid) -> Result<(), XenError> {
-        check("libxl_domain_unpause", unsafe { sys::libxl_domain_unpause(self.ctx, domid, std::ptr::null()) })
+        check("libxl_domain_unpause", unsafe {
+            sys::libxl_domain_unpause(self.ctx, domid, std::ptr::null())
+        })
     }
 
     /// Sets the balloon target; the guest's balloon driver follows it.
@@ -79,7 +98,9 @@ impl Libxl {
 
     pub fn memory_target(&self, domid: Domid) -> Result<u64, XenError> {
         let mut kib = 0u64;
-        check("libxl_get_memory_target", unsafe { sys::libxl_get_memory_target(self.ctx, domid, &mut kib) })?;
+        check("libxl_get_memory_target", unsafe {
+            sys::libxl_get_memory_target(self.ctx, domid, &mut kib)
+        })?;
         Ok(kib)
     }
 
@@ -88,7 +109,10 @@ impl Libxl {
         let mut n = 0;
         let infos = unsafe { sys::libxl_list_domain(self.ctx, &mut n) };
         if infos.is_null() {
-            return Err(XenError::Unavailable { what: "libxl_list_domain", source: std::io::Error::last_os_error() });
+            return Err(XenError::Unavailable {
+                what: "libxl_list_domain",
+                source: std::io::Error::last_os_error(),
+            });
         }
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n as usize {
@@ -97,18 +121,28 @@ impl Libxl {
             let name = if name_ptr.is_null() {
                 String::new()
             } else {
-                let s = unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy().into_owned();
+                let s = unsafe { CStr::from_ptr(name_ptr) }
+                    .to_string_lossy()
+                    .into_owned();
                 unsafe { libc::free(name_ptr.cast()) };
                 s
             };
-            out.push(ListedDomain { domid: info.domid, name, current_memory_kib: info.current_memkb });
+            out.push(ListedDomain {
+                domid: info.domid,
+                name,
+                current_memory_kib: info.current_memkb,
+            });
         }
         unsafe { sys::libxl_dominfo_list_free(infos, n) };
         Ok(out)
     }
 
     pub fn domid_of(&self, name: &str) -> Result<Option<Domid>, XenError> {
-        Ok(self.list()?.into_iter().find(|d| d.name == name).map(|d| d.domid))
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|d| d.name == name)
+            .map(|d| d.domid))
     }
 }
 

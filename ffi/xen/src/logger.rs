@@ -8,7 +8,12 @@ use sd_xen_sys as sys;
 use std::ffi::{c_char, c_int, c_ulong, CStr};
 
 unsafe extern "C" {
-    fn vsnprintf(buf: *mut c_char, size: usize, format: *const c_char, ap: *mut sys::__va_list_tag) -> c_int;
+    fn vsnprintf(
+        buf: *mut c_char,
+        size: usize,
+        format: *const c_char,
+        ap: *mut sys::__va_list_tag,
+    ) -> c_int;
 }
 
 /// Boxed so that the address libxl keeps stays put; `base` is first so a

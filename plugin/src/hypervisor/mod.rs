@@ -60,7 +60,10 @@ pub enum HypervisorError {
     #[error("hypervisor control: {0}")]
     Control(String),
     #[error("the {backend} backend does not support {what}")]
-    Unsupported { backend: &'static str, what: &'static str },
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -109,12 +112,18 @@ pub trait Hypervisor: Send + Sync {
 
     /// Changes the memory the guest may use while it runs (balloon target).
     fn set_memory_target(&self, _name: &str, _mib: u64) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported { backend: self.name(), what: "memory target changes" })
+        Err(HypervisorError::Unsupported {
+            backend: self.name(),
+            what: "memory target changes",
+        })
     }
 
     /// Pauses or resumes every vCPU of the domain.
     fn pause(&self, _name: &str, _paused: bool) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported { backend: self.name(), what: "pause" })
+        Err(HypervisorError::Unsupported {
+            backend: self.name(),
+            what: "pause",
+        })
     }
 
     /// Stops the domain at once, whatever state it is in. Idempotent: a

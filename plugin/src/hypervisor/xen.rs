@@ -49,7 +49,10 @@ impl From<sd_xen::XenError> for HypervisorError {
 
 impl Xen {
     pub fn new(options: XenOptions) -> Self {
-        Xen { options, domids: Default::default() }
+        Xen {
+            options,
+            domids: Default::default(),
+        }
     }
 
     /// Why this host cannot run Xen domains, if it cannot: we must be dom0
@@ -76,8 +79,15 @@ impl Xen {
             .boot(&spec.kernel, &spec.initrd, &spec.cmdline)?
             .memory_mib(spec.memory_mib)
             .vcpus(spec.vcpus);
-        config.add_disk(&DiskSpec { target: &spec.disk, format: spec.disk_format, vdev: "xvda" })?;
-        config.add_channel(&ChannelSpec { name: sd_proto::VIRTIO_PORT_NAME, socket: agent })?;
+        config.add_disk(&DiskSpec {
+            target: &spec.disk,
+            format: spec.disk_format,
+            vdev: "xvda",
+        })?;
+        config.add_channel(&ChannelSpec {
+            name: sd_proto::VIRTIO_PORT_NAME,
+            socket: agent,
+        })?;
         if guest == GuestType::Pvh {
             config.cpuid(&self.options.pvh_cpuid)?;
         }
@@ -123,7 +133,10 @@ impl Hypervisor for Xen {
         let agent = spec.run_dir.join("agent.sock");
         let mut config = self.config(spec, &agent)?;
         let libxl = Libxl::open()?;
-        journal.record(Resource::Domain { backend: self.name().into(), name: spec.name.clone() })?;
+        journal.record(Resource::Domain {
+            backend: self.name().into(),
+            name: spec.name.clone(),
+        })?;
         link_console_log(&spec.name, &spec.console_log);
         let started = Instant::now();
         let domid = libxl.create(&mut config)?;
@@ -151,19 +164,31 @@ impl Hypervisor for Xen {
             XenGuestType::Pv => "xen-pv",
             XenGuestType::Pvh => "xen-pvh",
         };
-        Ok(Booted { agent_socket: agent, control_socket: None, acceleration: kind.into() })
+        Ok(Booted {
+            agent_socket: agent,
+            control_socket: None,
+            acceleration: kind.into(),
+        })
     }
 
     /// The first check of a name goes through libxl; later ones (a link's
     /// watcher asks every second) ask the hypervisor about the remembered
     /// domid only, without building a libxl context each time.
     fn is_running(&self, name: &str) -> bool {
-        let known = self.domids.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied();
+        let known = self
+            .domids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied();
         let domid = match known {
             Some(d) => d,
             None => match Libxl::open().and_then(|l| l.domid_of(name)) {
                 Ok(Some(d)) => {
-                    self.domids.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), d);
+                    self.domids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_string(), d);
                     d
                 }
                 _ => return false,
