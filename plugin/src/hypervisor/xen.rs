@@ -18,7 +18,7 @@ pub use sd_xen;
 use super::{Booted, DomainSpec, Hypervisor, HypervisorError};
 use crate::journal::{Journal, Resource};
 use crate::site::XenGuestType;
-use sd_xen::{ChannelSpec, DiskSpec, DomainConfig, DomainState, GuestType, Libxl, XenCtrl};
+use sd_xen::{ChannelSpec, DiskSpec, DomainConfig, GuestType, Libxl, XenCtrl};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -92,15 +92,6 @@ impl Xen {
             config.cpuid(&self.options.pvh_cpuid)?;
         }
         Ok(config)
-    }
-
-    /// The hypervisor's view of the domain of this name, if it exists.
-    pub fn state(&self, name: &str) -> Result<Option<DomainState>, HypervisorError> {
-        let libxl = Libxl::open()?;
-        let Some(domid) = libxl.domid_of(name)? else {
-            return Ok(None);
-        };
-        Ok(XenCtrl::open()?.domain(domid)?.map(|d| d.state))
     }
 
     fn domid(&self, name: &str) -> Result<(Libxl, u32), HypervisorError> {
@@ -195,27 +186,6 @@ impl Hypervisor for Xen {
             },
         };
         matches!(XenCtrl::open().and_then(|c| c.domain(domid)), Ok(Some(d)) if d.state.is_live())
-    }
-
-    fn wait_stopped(&self, name: &str, timeout: Duration) -> bool {
-        // One context for the whole wait: opening one talks to xenstore.
-        let deadline = Instant::now() + timeout;
-        let (Ok(libxl), Ok(ctrl)) = (Libxl::open(), XenCtrl::open()) else {
-            return true;
-        };
-        loop {
-            let live = match libxl.domid_of(name) {
-                Ok(Some(domid)) => matches!(ctrl.domain(domid), Ok(Some(d)) if d.state.is_live()),
-                _ => false,
-            };
-            if !live {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     fn request_shutdown(&self, name: &str) -> Result<bool, HypervisorError> {
