@@ -215,6 +215,7 @@ impl Hypervisor for Xen {
         // A shut-down or crashed domain still has a name until destroyed.
         if let Some(domid) = libxl.domid_of(name)? {
             libxl.destroy(domid)?;
+            wait_released(name, domid);
         }
         Ok(())
     }
@@ -235,6 +236,45 @@ impl Hypervisor for Xen {
         Ok(())
     }
 }
+
+/// After `libxl_domain_destroy` the domain's name is gone, but Xen frees
+/// it only when nothing in dom0 maps its memory any more (the device
+/// model's grant mappings, the console ring). Waits a bounded time so the
+/// caller's "cleaned up" is true, and says so in the log when it is not.
+fn wait_released(name: &str, domid: u32) {
+    let started = Instant::now();
+    let deadline = started + DESTROY_RELEASE_TIMEOUT;
+    loop {
+        let left = XenCtrl::open().and_then(|c| c.domain(domid));
+        match left {
+            Ok(None) => {
+                tracing::debug!(
+                    "xen: domain {name} (domid {domid}) released {} ms after destroy",
+                    started.elapsed().as_millis()
+                );
+                return;
+            }
+            Ok(Some(info)) if Instant::now() > deadline => {
+                tracing::warn!(
+                    "xen: domain {name} (domid {domid}) destroyed but still held by Xen after {} s \
+                     ({:?}, {} KiB): a dom0 process still maps its memory",
+                    DESTROY_RELEASE_TIMEOUT.as_secs(),
+                    info.state,
+                    info.memory_kib
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("xen: cannot ask Xen about domid {domid}: {e}");
+                return;
+            }
+            Ok(Some(_)) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// How long [`wait_released`] waits.
+const DESTROY_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Our console log is a link to xenconsoled's log of the guest.
 fn link_console_log(name: &str, console_log: &Path) {
