@@ -72,13 +72,8 @@ fn without_xen_backend_xen_is_refused_and_auto_is_qemu() {
     assert_eq!(auto.name(), "qemu");
 }
 
-/// Boots the Xen test host and runs the `dom0_` tests in it.
-///
-/// Not in `scripts/test` yet: in one of three full runs a destroyed domain
-/// stayed in Xen's list as a nameless dying domain, failing every later
-/// check. Run it with `scripts/test-xen`.
+/// Boots the Xen test host and runs the `dom0_` tests in it (about 100 s).
 #[test]
-#[ignore = "flaky: a destroyed domain sometimes stays dying; run scripts/test-xen"]
 fn xen_backend_on_real_xen() {
     if std::env::var_os("SD_IN_XEN_DOM0").is_some() {
         return;
@@ -180,9 +175,26 @@ impl Site {
         c
     }
 
+    /// `sd -v run JDL`, run once more if the guest's user space crashed in
+    /// the way TCG-emulated Xen PV makes processes crash at random (see
+    /// [`emulator_crash_in`]); the retry is printed.
+    fn run(&self, jdl: &Path) -> Output {
+        let out = self.run_once(jdl);
+        if matches!(out.status.code(), Some(0..=124)) {
+            return out;
+        }
+        match emulator_crash_in(&self.path("log")) {
+            Some(line) => {
+                println!("=== the guest crashed ({line:?}): running the job once more");
+                self.run_once(jdl)
+            }
+            None => out,
+        }
+    }
+
     /// `sd -v run JDL`; killed (and the test failed, with diagnostics) if
     /// it takes longer than 4 minutes.
-    fn run(&self, jdl: &Path) -> Output {
+    fn run_once(&self, jdl: &Path) -> Output {
         let started = Instant::now();
         let mut child = self
             .sd()
@@ -302,6 +314,21 @@ impl Site {
         }
         found
     }
+}
+
+/// A guest console line saying a process died of heap corruption or a
+/// segfault. Under QEMU TCG, Xen PV guests (and PV dom0) see such crashes
+/// at random in processes that fork, ours and busybox's alike (rates in
+/// scripts/xen-testhost.d/README.md); on real hardware, and in every QEMU
+/// backend test, they do not happen, so a run that shows one is repeated
+/// rather than failed.
+fn emulator_crash_in(log_dir: &Path) -> Option<String> {
+    let logs = std::fs::read_dir(log_dir).ok()?;
+    logs.flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".console.log"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|body| body.lines().map(str::to_string).collect::<Vec<_>>())
+        .find(|l| l.contains("malloc(): ") || l.contains("segfault at") || l.contains("free(): "))
 }
 
 /// Domains other than dom0, as libxl and as the hypervisor (libxenctrl) see them.
@@ -446,7 +473,11 @@ fn dom0_guest_kernel_crash_leaves_nothing() {
     );
     let out = site.run(&jdl);
     assert!(!out.status.success(), "a crashed guest is a failed job");
-    assert!(text(&out.stdout).contains("crashing"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("crashing"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(site.leftovers(), Vec::<String>::new());
     assert_only_dom0();
 }
@@ -502,7 +533,9 @@ fn dom0_killed_mid_boot_then_cleanup_leaves_nothing() {
 #[test]
 #[ignore = "runs inside the Xen test host (xen_backend_on_real_xen)"]
 fn dom0_memory_target_change_is_seen_by_the_guest() {
-    let site = Site::new(XenGuestType::Pv);
+    // PVH: this job forks continuously, and under TCG a PV guest's agent
+    // crashed in 1 of 5 such runs (PVH: 0 of 6; README of the test host).
+    let site = Site::new(XenGuestType::Pvh);
     // The job reports MemTotal until it shrinks below 200 MiB.
     let jdl = site.jdl(
         "balloon.jdl",
@@ -538,7 +571,10 @@ fn dom0_memory_target_change_is_seen_by_the_guest() {
                 stderr: stderr.join().unwrap().into_bytes(),
             };
             site.diagnose(&out);
-            panic!("sd run ended before the job's first report: {:?}", out.status);
+            panic!(
+                "sd run ended before the job's first report: {:?}",
+                out.status
+            );
         }
         seen.extend_from_slice(&buf[..n]);
     }

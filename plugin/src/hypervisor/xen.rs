@@ -214,8 +214,10 @@ impl Hypervisor for Xen {
         let libxl = Libxl::open()?;
         // A shut-down or crashed domain still has a name until destroyed.
         if let Some(domid) = libxl.domid_of(name)? {
+            // Found before destroy: libxl forgets them with the domain.
+            let device_models = device_models_of(domid);
             libxl.destroy(domid)?;
-            wait_released(name, domid);
+            wait_released(name, domid, &device_models);
         }
         Ok(())
     }
@@ -238,12 +240,16 @@ impl Hypervisor for Xen {
 }
 
 /// After `libxl_domain_destroy` the domain's name is gone, but Xen frees
-/// it only when nothing in dom0 maps its memory any more (the device
-/// model's grant mappings, the console ring). Waits a bounded time so the
-/// caller's "cleaned up" is true, and says so in the log when it is not.
-fn wait_released(name: &str, domid: u32) {
+/// it only when nothing in dom0 maps its memory any more. The holder is
+/// the domain's device model (the QEMU serving its disk and channel):
+/// libxl asks it to exit with SIGHUP, and after a guest *kernel* crash it
+/// does not (measured: still running a minute later, the domain "dying"
+/// with one page). So: wait a moment, then SIGKILL what is left of the
+/// device models, and wait (bounded) until Xen has let the domain go, so
+/// the caller's "cleaned up" is true — or the log says why not.
+fn wait_released(name: &str, domid: u32, device_models: &[u32]) {
     let started = Instant::now();
-    let deadline = started + DESTROY_RELEASE_TIMEOUT;
+    let mut killed = false;
     loop {
         let left = XenCtrl::open().and_then(|c| c.domain(domid));
         match left {
@@ -254,7 +260,7 @@ fn wait_released(name: &str, domid: u32) {
                 );
                 return;
             }
-            Ok(Some(info)) if Instant::now() > deadline => {
+            Ok(Some(info)) if started.elapsed() > DESTROY_RELEASE_TIMEOUT => {
                 tracing::warn!(
                     "xen: domain {name} (domid {domid}) destroyed but still held by Xen after {} s \
                      ({:?}, {} KiB): a dom0 process still maps its memory",
@@ -268,10 +274,54 @@ fn wait_released(name: &str, domid: u32) {
                 tracing::warn!("xen: cannot ask Xen about domid {domid}: {e}");
                 return;
             }
-            Ok(Some(_)) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(Some(_)) => {
+                if !killed && started.elapsed() > DEVICE_MODEL_EXIT_GRACE {
+                    killed = true;
+                    for &pid in device_models {
+                        // Only if that pid is still this domain's device model.
+                        if device_models_of(domid).contains(&pid) {
+                            tracing::warn!(
+                                "xen: the device model of {name} (pid {pid}) did not exit \
+                                 when libxl asked it to; killing it"
+                            );
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50))
+            }
         }
     }
 }
+
+/// The dom0 processes serving domain `domid` as its device model: QEMUs
+/// started by libxl with `-xen-domid DOMID` (found in /proc; libxl's own
+/// record of the pid is gone once the domain is destroyed).
+fn device_models_of(domid: u32) -> Vec<u32> {
+    let wanted = domid.to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"qemu-system-i386"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-xen-domid" && w[1] == wanted.as_bytes())
+        })
+        .collect()
+}
+
+/// How long the device model gets to exit on libxl's request.
+const DEVICE_MODEL_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 /// How long [`wait_released`] waits.
 const DESTROY_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -282,5 +332,34 @@ fn link_console_log(name: &str, console_log: &Path) {
     let _ = std::fs::remove_file(console_log);
     if let Err(e) = std::os::unix::fs::symlink(&target, console_log) {
         tracing::warn!("console log link {}: {e}", console_log.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_models_of;
+    use std::process::Command;
+
+    /// A stand-in device model: a shell named like libxl's QEMU, with the
+    /// `-xen-domid N` arguments in its command line.
+    #[test]
+    fn device_models_are_found_by_domid() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("xen-qemu-system-i386");
+        std::os::unix::fs::symlink("/bin/sh", &fake).unwrap();
+        let mut child = Command::new(&fake)
+            .args(["-c", "sleep 30; true", "-xen-domid", "4242"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !device_models_of(4242).contains(&pid) {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} not found");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!device_models_of(424).contains(&pid), "another domid");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!device_models_of(4242).contains(&pid));
     }
 }
