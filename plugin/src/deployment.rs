@@ -8,11 +8,11 @@
 use crate::guest_link::{GuestLink, LinkError};
 use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
 use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
-use crate::image_store::{self, ImageStore, Manifest, SaveMeta};
+use crate::image_store::{self, DiskToSave, ImageStore, Manifest, SaveMeta};
 use crate::journal::{Journal, JournalError, Resource};
 use crate::policy::ResolvedEnvironment;
 use crate::site::{Acceleration, Backend, DiskFormat, SiteConfig};
-use crate::storage::{self, StorageError};
+use crate::storage::{self, JobDisk, StorageError};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -268,15 +268,39 @@ fn save_if_wanted(
         saved_by_uid: journal.facts().uid.unwrap_or(0),
         vo_quota_bytes: env["store_quota_bytes"].as_u64(),
     };
-    let format = if env["image"]["format"].as_str() == Some("raw") {
-        DiskFormat::Raw
-    } else {
-        DiskFormat::Qcow2
+    let disk = match journal.undo_order().find_map(JobDisk::from_resource) {
+        // A thin snapshot: read as raw; its data is what the pool gave it.
+        Some(JobDisk::Lvm { vg, thin_pool, lv }) => {
+            match storage::lvm_volume_allocated(&vg, &thin_pool, &lv) {
+                Ok(allocated) => DiskToSave {
+                    path: Path::new("/dev").join(&vg).join(&lv),
+                    format: DiskFormat::Raw,
+                    allocated: Some(allocated),
+                },
+                Err(e) => {
+                    let e = format!("the disk could not be saved as {name}: {e}");
+                    tracing::error!("{e}");
+                    return Some(Err(e));
+                }
+            }
+        }
+        _ => {
+            let format = if env["image"]["format"].as_str() == Some("raw") {
+                DiskFormat::Raw
+            } else {
+                DiskFormat::Qcow2
+            };
+            let (path, format) = storage::job_disk(&run_dir(site, id), format);
+            DiskToSave {
+                path,
+                format,
+                allocated: None,
+            }
+        }
     };
-    let (overlay, _) = storage::job_disk(&run_dir(site, id), format);
     let started = Instant::now();
     let progress = image_store::progress(&format!("saving {name}"));
-    let result = ImageStore::of_site(site).save(&overlay, &name, meta, &*progress);
+    let result = ImageStore::of_site(site).save_disk(&disk, &name, meta, &*progress);
     match &result {
         Ok(m) => tracing::info!(
             "saved the disk as image {name} ({} MiB, {} MiB compressed) in {:.1} s",
@@ -377,7 +401,7 @@ impl Partial<'_> {
         let backend = self.backend.as_ref().unwrap();
         let journal = self.journal.as_mut().unwrap();
         let dir = run_dir(site, id);
-        let (disk, disk_format) = storage::job_disk(&dir, env.image.format);
+        let job_disk = JobDisk::for_image(&env.image, &dir, &site.state_dir, id)?;
         let console_log = console_log_path(site, id);
         {
             let _step = step_lock();
@@ -389,17 +413,30 @@ impl Partial<'_> {
         }
         {
             let _step = step_lock();
-            journal.record(Resource::File { path: disk.clone() })?;
-            // A saved image is decompressed (once, verified) into the store's cache.
-            let base = if env.from_store {
-                ImageStore::of_site(site).open_for_use(
-                    &env.image.name,
-                    &*image_store::progress(&format!("decompressing {}", env.image.name)),
-                )?
-            } else {
-                env.image.disk.clone()
-            };
-            storage::create_job_disk(&base, env.image.format, &disk, env.disk_mib)?;
+            // Recorded first: a crash while it is made leaves it to cleanup.
+            journal.record(job_disk.resource())?;
+            match &job_disk {
+                JobDisk::Lvm { lv, .. } => {
+                    let base = env
+                        .image
+                        .lvm
+                        .as_ref()
+                        .ok_or_else(|| StorageError::NoLvmBase(env.image.name.clone()))?;
+                    storage::create_lvm_job_disk(base, lv, env.disk_mib)?;
+                }
+                JobDisk::File { path, .. } => {
+                    // A saved image is decompressed (once, verified) into the store's cache.
+                    let base = if env.from_store {
+                        ImageStore::of_site(site).open_for_use(
+                            &env.image.name,
+                            &*image_store::progress(&format!("decompressing {}", env.image.name)),
+                        )?
+                    } else {
+                        env.image.disk.clone()
+                    };
+                    storage::create_job_disk(&base, env.image.format, path, env.disk_mib)?;
+                }
+            }
         }
         let spec = DomainSpec {
             name: domain_name(site, id),
@@ -416,8 +453,8 @@ impl Partial<'_> {
             ),
             memory_mib: env.memory_mib,
             vcpus: env.vcpus,
-            disk,
-            disk_format: storage::format_name(disk_format),
+            disk: job_disk.path(),
+            disk_format: storage::format_name(job_disk.format()),
             run_dir: dir,
             console_log: console_log.clone(),
         };
@@ -498,6 +535,9 @@ fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
             }
             Resource::File { path } => remove(std::fs::remove_file(path))?,
             Resource::Directory { path } => remove(std::fs::remove_dir_all(path))?,
+            Resource::LvmVolume { vg, thin_pool, lv } => {
+                storage::remove_lvm_volume(vg, thin_pool, lv)?
+            }
         }
     }
     journal.remove()?;

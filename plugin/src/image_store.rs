@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::site::validate_image_name;
+use crate::site::{validate_image_name, DiskFormat};
 
 /// zstd level of saved images (the CLI's default).
 const ZSTD_LEVEL: i32 = 3;
@@ -65,6 +65,38 @@ pub struct Manifest {
     pub created: String,
     /// The job's user.
     pub saved_by_uid: u32,
+}
+
+/// A job's disk to save: where it is and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskToSave {
+    /// A qcow2 overlay, a raw file, or a block device (an LVM snapshot).
+    pub path: PathBuf,
+    /// How it is read: `Qcow2` (over its backing chain) or `Raw` (`Lvm` is
+    /// read as `Raw`). Always given, never probed: a guest could have
+    /// written a qcow2 header into a raw disk.
+    pub format: DiskFormat,
+    /// Bytes its data takes, when the caller knows better than `qemu-img
+    /// info` (which sees no allocation on a block device): the free-space
+    /// check wants at least this much in the store.
+    pub allocated: Option<u64>,
+}
+
+impl DiskToSave {
+    /// A disk file in a run directory: `*.raw` is raw, anything else a
+    /// qcow2 overlay (as `storage::job_disk` names them).
+    pub fn file(path: &Path) -> DiskToSave {
+        let format = if path.extension().is_some_and(|e| e == "raw") {
+            DiskFormat::Raw
+        } else {
+            DiskFormat::Qcow2
+        };
+        DiskToSave {
+            path: path.to_path_buf(),
+            format,
+            allocated: None,
+        }
+    }
 }
 
 /// Who saves an image, for its manifest and the VO's quota.
@@ -301,10 +333,27 @@ impl ImageStore {
         meta: SaveMeta,
         progress: &dyn Fn(u64, u64),
     ) -> Result<Manifest, StoreError> {
+        self.save_disk(&DiskToSave::file(overlay), name, meta, progress)
+    }
+
+    /// [`ImageStore::save`] of any job disk: a qcow2 overlay, a raw file or
+    /// a raw block device (an LVM thin snapshot), flattened the same way.
+    pub fn save_disk(
+        &self,
+        disk: &DiskToSave,
+        name: &str,
+        meta: SaveMeta,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Manifest, StoreError> {
         check_name(name)?;
+        let overlay = disk.path.as_path();
+        let format = crate::storage::format_name(disk.format);
         // What it takes on disk at most: the overlay and its backing chain,
         // flattened (qemu-img fails here on an overlay a running QEMU holds).
-        let needed = allocated_size_of_chain(overlay)?;
+        let needed = match disk.allocated {
+            Some(n) => n,
+            None => allocated_size_of_chain(overlay, format)?,
+        };
         create_private_dir(&self.dir)?;
         if self.manifest_path(name).exists() {
             return Err(StoreError::Exists {
@@ -356,7 +405,7 @@ impl ImageStore {
         };
         let temps = Temporaries(vec![zst_tmp.clone(), flat_tmp.clone(), json_tmp.clone()]);
 
-        flatten(overlay, &flat_tmp)?;
+        flatten(overlay, format, &flat_tmp)?;
         let mut flat = File::open(&flat_tmp).map_err(at(&flat_tmp))?;
         let size = flat.metadata().map_err(at(&flat_tmp))?.len();
         let (compressed_size, sha256) =
@@ -861,14 +910,15 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
-/// Bytes the overlay and every file of its backing chain take on disk.
-fn allocated_size_of_chain(overlay: &Path) -> Result<u64, StoreError> {
+/// Bytes the overlay (of `format`) and every file of its backing chain
+/// take on disk.
+fn allocated_size_of_chain(overlay: &Path, format: &str) -> Result<u64, StoreError> {
     let out = qemu_img(&[
         "info".as_ref(),
         "--backing-chain".as_ref(),
         "--output=json".as_ref(),
         "-f".as_ref(),
-        "qcow2".as_ref(),
+        format.as_ref(),
         overlay.as_os_str(),
     ])?;
     let failed = |stderr: String| StoreError::QemuImg {
@@ -896,20 +946,15 @@ fn allocated_size_of_chain(overlay: &Path) -> Result<u64, StoreError> {
     Ok(total)
 }
 
-/// `qemu-img convert -O qcow2`: the overlay and its backing chain as one
-/// standalone qcow2 (zero clusters left out).
-fn flatten(overlay: &Path, out: &Path) -> Result<(), StoreError> {
+/// `qemu-img convert -O qcow2`: the overlay (of `format`, never probed: a
+/// guest could have written a qcow2 header into a raw disk) and its backing
+/// chain as one standalone qcow2 (zero clusters left out).
+fn flatten(overlay: &Path, format: &str, out: &Path) -> Result<(), StoreError> {
     let res = qemu_img(&[
         "convert".as_ref(),
         "-q".as_ref(),
         "-f".as_ref(),
-        // Never probed: a guest could have written a qcow2 header into a raw disk.
-        if overlay.extension().is_some_and(|e| e == "raw") {
-            "raw"
-        } else {
-            "qcow2"
-        }
-        .as_ref(),
+        format.as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
         overlay.as_os_str(),
@@ -1347,6 +1392,53 @@ mod tests {
                 store.dir().display()
             )
         );
+    }
+
+    /// A raw disk (a cloned raw image, or an LVM snapshot's block device)
+    /// is read as raw, never probed, and saved as a standalone qcow2 like
+    /// an overlay; a caller's allocation figure (a thin volume's) is the
+    /// one the free-space check uses.
+    #[test]
+    fn a_raw_disk_is_saved_as_qcow2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[..1 << 20].fill(0x33);
+        // A qcow2 magic at its start must not make it a qcow2.
+        data[..4].copy_from_slice(b"QFI\xfb");
+        fs::write(&disk, &data).unwrap();
+        let store = store_in(tmp.path());
+
+        let m = store
+            .save(&disk, "raw-file", meta("demo", None), &no_progress)
+            .unwrap();
+        assert_eq!(m.format, "qcow2");
+        let used = store.open_for_use("raw-file", &no_progress).unwrap();
+        assert_eq!(raw_contents(&used), data);
+
+        // As for a block device: no extension, format and allocation given.
+        let dev = tmp.path().join("lvm-volume");
+        fs::copy(&disk, &dev).unwrap();
+        let to_save = DiskToSave {
+            path: dev.clone(),
+            format: DiskFormat::Lvm,
+            allocated: Some(1 << 20),
+        };
+        store
+            .save_disk(&to_save, "from-lvm", meta("demo", None), &no_progress)
+            .unwrap();
+        let used = store.open_for_use("from-lvm", &no_progress).unwrap();
+        assert_eq!(raw_contents(&used), data);
+        // A figure larger than the free space is refused before anything is written.
+        let huge = DiskToSave {
+            allocated: Some(u64::MAX / 2),
+            ..to_save
+        };
+        let e = store
+            .save_disk(&huge, "too-big", meta("demo", None), &no_progress)
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NoSpace { .. }), "{e}");
+        assert_eq!(fs::read(&dev).unwrap(), data, "the disk is only read");
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub enum Resource {
     /// A hypervisor domain, found again by its name (a QEMU process whose
     /// `-name` is this, or a Xen domain of that name).
     Domain { backend: String, name: String },
+    /// An LVM thin volume `vg/lv` of pool `thin_pool`: the job's disk, a
+    /// snapshot of an `lvm` image's base (removed with `lvremove`).
+    LvmVolume {
+        vg: String,
+        thin_pool: String,
+        lv: String,
+    },
 }
 
 /// What a front end needs to reach a running deployment again (sd-exec).

@@ -191,6 +191,8 @@ pub fn admit(
             image.name = saved.name.clone();
             image.disk = store.dir().join(format!("{}.qcow2.zst", saved.name));
             image.format = DiskFormat::Qcow2;
+            // Its disk is the store's qcow2, even when its base was a volume.
+            image.lvm = None;
             image.description = Some(format!(
                 "saved from {} (job {})",
                 saved.base_image, saved.source_job

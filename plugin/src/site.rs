@@ -9,6 +9,17 @@
 //!
 //! Relative paths in the file are relative to the file's directory; catalogue
 //! files (`disk`, `kernel`, `initrd`) are relative to `image_dir`.
+//!
+//! An image of `format: lvm` has no disk file: its base is a thin logical
+//! volume (`lv:`, default: the image's name) in the site's `lvm:` volume
+//! group and thin pool, and every job gets a thin snapshot of it
+//! (`storage::create_lvm_job_disk`):
+//!
+//! ```yaml
+//! lvm: { vg: sdvg, thin_pool: pool }   # thin_pool default: pool
+//! images:
+//!   busybox: { format: lvm, lv: busybox-base, kernel: vmlinuz, initrd: initrd.img }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +43,7 @@ const DEFAULT_MEMORY_MIB: u64 = 512;
 const DEFAULT_VCPUS: u32 = 1;
 const DEFAULT_DISK_MIB: u64 = 2048;
 const DEFAULT_HOSTNAME: &str = "sd-guest";
+const DEFAULT_THIN_POOL: &str = "pool";
 
 /// Longest image name accepted (in the catalogue or in a request).
 pub const MAX_IMAGE_NAME_LEN: usize = 128;
@@ -67,6 +79,26 @@ pub struct SiteConfig {
     pub default_vo: Option<String>,
     /// When a job's disk is kept as a new image in the store.
     pub save_images: SavePolicy,
+    /// The `lvm:` section: where the bases of `format: lvm` images live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmConfig>,
+}
+
+/// The `lvm:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LvmConfig {
+    /// Volume group of the thin pool.
+    pub vg: String,
+    /// Thin pool the base volumes (and so the job snapshots) live in.
+    pub thin_pool: String,
+}
+
+/// Where an `lvm` image's base is: a thin volume `vg/lv` of pool `thin_pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LvmBase {
+    pub vg: String,
+    pub thin_pool: String,
+    pub lv: String,
 }
 
 /// When a job's disk becomes a new image in the site's image store.
@@ -107,6 +139,8 @@ pub enum Acceleration {
 pub enum DiskFormat {
     Qcow2,
     Raw,
+    /// A thin logical volume (raw contents); the job's disk is a thin snapshot.
+    Lvm,
 }
 
 /// The `qemu:` section.
@@ -164,8 +198,12 @@ pub struct ImageDefaults {
 pub struct CatalogueImage {
     pub name: String,
     /// Base disk (absolute); a job's disk is a copy-on-write overlay on it.
+    /// For an `lvm` image, its base volume's device `/dev/VG/LV`.
     pub disk: PathBuf,
     pub format: DiskFormat,
+    /// The base volume of an `lvm` image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmBase>,
     /// Guest kernel (absolute).
     pub kernel: PathBuf,
     /// Guest initrd (absolute).
@@ -443,6 +481,14 @@ struct RawSite {
     vos: Option<SpannedMap<RawVo>>,
     default_vo: Option<S<String>>,
     save_images: Option<SavePolicy>,
+    lvm: Option<RawLvm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLvm {
+    vg: S<String>,
+    thin_pool: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -482,8 +528,9 @@ struct RawImageDefaults {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawImage {
-    disk: S<PathBuf>,
-    format: Option<DiskFormat>,
+    disk: Option<S<PathBuf>>,
+    format: Option<S<DiskFormat>>,
+    lv: Option<S<String>>,
     kernel: S<PathBuf>,
     initrd: S<PathBuf>,
     description: Option<String>,
@@ -599,11 +646,19 @@ impl SiteConfig {
             Err(e) => problems.push(format!("image_dir {}: {e}", self.image_dir.display())),
         }
         for image in self.images.values() {
+            if let Some(base) = &image.lvm {
+                if let Some(problem) = lvm_base_problem(base) {
+                    problems.push(format!("image {:?}: {problem}", image.name));
+                }
+            }
             for (what, file) in [
                 ("disk", &image.disk),
                 ("kernel", &image.kernel),
                 ("initrd", &image.initrd),
             ] {
+                if what == "disk" && image.lvm.is_some() {
+                    continue;
+                }
                 match std::fs::metadata(file) {
                     Ok(m) if m.is_file() => {}
                     // A raw disk may be a logical volume.
@@ -622,6 +677,22 @@ impl SiteConfig {
             }
         }
         problems
+    }
+}
+
+/// Why `base` cannot be snapshotted (asks lvm2), or None.
+fn lvm_base_problem(base: &LvmBase) -> Option<String> {
+    let pool = match crate::storage_lvm::LvmThin::new(&base.vg, &base.thin_pool) {
+        Ok(p) => p,
+        Err(e) => return Some(e.to_string()),
+    };
+    match pool.base_exists(&base.lv) {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "base volume {}/{} is not a thin volume of pool {}/{}",
+            base.vg, base.lv, base.vg, base.thin_pool
+        )),
+        Err(e) => Some(format!("base volume {}/{}: {e}", base.vg, base.lv)),
     }
 }
 
@@ -681,6 +752,13 @@ impl Builder<'_> {
                 format!("invalid host name {:?}: {why}", v.value),
             )
         })?;
+        Ok(v.value.clone())
+    }
+
+    /// A volume group, thin pool or logical volume name lvm2 takes as is.
+    fn volume_name(&self, v: &S<String>, yaml_path: &str) -> Result<String, ConfigError> {
+        crate::storage_lvm::validate_name(&v.value)
+            .map_err(|e| self.invalid(Some(v.referenced), yaml_path, e.to_string()))?;
         Ok(v.value.clone())
     }
 
@@ -760,6 +838,18 @@ impl Builder<'_> {
             DEFAULT_SHUTDOWN_TIMEOUT_SECS,
         )?;
 
+        // Where the bases of `lvm` images live.
+        let lvm = match &raw.lvm {
+            Some(l) => Some(LvmConfig {
+                vg: self.volume_name(&l.vg, "lvm.vg")?,
+                thin_pool: match &l.thin_pool {
+                    Some(p) => self.volume_name(p, "lvm.thin_pool")?,
+                    None => DEFAULT_THIN_POOL.to_string(),
+                },
+            }),
+            None => None,
+        };
+
         // The catalogue.
         let mut images = BTreeMap::new();
         let raw_images = raw.images.map(|m| m.0).unwrap_or_default();
@@ -798,10 +888,98 @@ impl Builder<'_> {
                     None => None,
                 },
             };
+            let format = img.format.as_ref().map_or(DiskFormat::Qcow2, |f| f.value);
+            let (disk, lvm_base) = if format == DiskFormat::Lvm {
+                if let Some(d) = &img.disk {
+                    return Err(self.invalid(
+                        Some(d.referenced),
+                        format!("{p}.disk"),
+                        "an image of format lvm has no disk file: its base is the thin volume \
+                         named by `lv` (default: the image's name)",
+                    ));
+                }
+                let Some(site_lvm) = &lvm else {
+                    return Err(self.invalid(
+                        img.format.as_ref().map(|f| f.referenced),
+                        format!("{p}.format"),
+                        format!(
+                            "image {:?} is of format lvm, but the site has no `lvm:` section \
+                             naming its volume group (lvm: {{ vg: VG, thin_pool: POOL }})",
+                            name.value
+                        ),
+                    ));
+                };
+                let lv = match &img.lv {
+                    Some(lv) => self.volume_name(lv, &format!("{p}.lv"))?,
+                    None => {
+                        crate::storage_lvm::validate_name(&name.value).map_err(|e| {
+                            let why = match e {
+                                crate::storage_lvm::LvmError::InvalidName { reason, .. } => {
+                                    reason.to_string()
+                                }
+                                other => other.to_string(),
+                            };
+                            self.invalid(
+                                Some(name.referenced),
+                                format!("{p}.lv"),
+                                format!(
+                                    "the base volume is named after the image by default, but \
+                                     {:?} is no volume name for lvm2 ({why}): name it with `lv`",
+                                    name.value
+                                ),
+                            )
+                        })?;
+                        name.value.clone()
+                    }
+                };
+                if lv == site_lvm.thin_pool {
+                    return Err(self.invalid(
+                        img.lv
+                            .as_ref()
+                            .map_or(Some(name.referenced), |l| Some(l.referenced)),
+                        format!("{p}.lv"),
+                        format!(
+                            "base volume {lv:?} is the thin pool itself (lvm.thin_pool); \
+                             name a thin volume of the pool"
+                        ),
+                    ));
+                }
+                let base = LvmBase {
+                    vg: site_lvm.vg.clone(),
+                    thin_pool: site_lvm.thin_pool.clone(),
+                    lv,
+                };
+                (Path::new("/dev").join(&base.vg).join(&base.lv), Some(base))
+            } else {
+                if let Some(lv) = &img.lv {
+                    return Err(self.invalid(
+                        Some(lv.referenced),
+                        format!("{p}.lv"),
+                        format!(
+                            "only an image of format lvm has a base volume (lv); this one is \
+                             {}: set `format: lvm` or remove `lv`",
+                            crate::storage::format_name(format)
+                        ),
+                    ));
+                }
+                let Some(d) = &img.disk else {
+                    return Err(self.invalid(
+                        Some(name.referenced),
+                        format!("{p}.disk"),
+                        format!(
+                            "image {:?} has no disk: name its base disk file (or set \
+                             `format: lvm` and name its base volume with `lv`)",
+                            name.value
+                        ),
+                    ));
+                };
+                (self.path(d, &format!("{p}.disk"), &image_dir)?, None)
+            };
             let image = CatalogueImage {
                 name: name.value.clone(),
-                disk: self.path(&img.disk, &format!("{p}.disk"), &image_dir)?,
-                format: img.format.unwrap_or(DiskFormat::Qcow2),
+                disk,
+                format,
+                lvm: lvm_base,
                 kernel: self.path(&img.kernel, &format!("{p}.kernel"), &image_dir)?,
                 initrd: self.path(&img.initrd, &format!("{p}.initrd"), &image_dir)?,
                 description: img.description,
@@ -1023,6 +1201,7 @@ impl Builder<'_> {
             vos,
             default_vo,
             save_images: raw.save_images.unwrap_or(SavePolicy::OnRequest),
+            lvm,
         })
     }
 }
@@ -1320,6 +1499,116 @@ vos:
     #[test]
     fn error_empty_vo() {
         insta::assert_snapshot!(error(&BASE.replace("  demo:\n", "  demo:\n  cms:\n")));
+    }
+
+    /// BASE with an `lvm:` section and an lvm image, `busybox-lvm`.
+    const LVM: &str = "\
+lvm: { vg: sdvg, thin_pool: thin }
+images:
+  busybox: { disk: busybox.qcow2, kernel: vmlinuz, initrd: initrd.img }
+  busybox-lvm: { format: lvm, lv: busybox-base, kernel: vmlinuz, initrd: initrd.img }
+vos:
+  demo: { images: \"*\" }
+";
+
+    #[test]
+    fn lvm_images_resolve() {
+        let site = load(LVM).unwrap();
+        assert_eq!(
+            site.lvm,
+            Some(LvmConfig {
+                vg: "sdvg".into(),
+                thin_pool: "thin".into()
+            })
+        );
+        let img = &site.images["busybox-lvm"];
+        assert_eq!(img.format, DiskFormat::Lvm);
+        assert_eq!(
+            img.lvm,
+            Some(LvmBase {
+                vg: "sdvg".into(),
+                thin_pool: "thin".into(),
+                lv: "busybox-base".into()
+            })
+        );
+        assert_eq!(img.disk, Path::new("/dev/sdvg/busybox-base"));
+        assert_eq!(site.images["busybox"].lvm, None);
+        insta::assert_yaml_snapshot!(site);
+
+        // Defaults: the pool is `pool`, the base volume is named after the image.
+        let site = load(
+            &LVM.replace(", thin_pool: thin", "")
+                .replace("lv: busybox-base, ", ""),
+        )
+        .unwrap();
+        let base = site.images["busybox-lvm"].lvm.clone().unwrap();
+        assert_eq!(
+            (base.vg.as_str(), base.thin_pool.as_str(), base.lv.as_str()),
+            ("sdvg", "pool", "busybox-lvm")
+        );
+        assert_eq!(
+            site.images["busybox-lvm"].disk,
+            Path::new("/dev/sdvg/busybox-lvm")
+        );
+        // An lvm: section without lvm images is fine (and changes nothing).
+        let site = load(&format!("lvm: {{ vg: sdvg }}\n{MINIMAL}")).unwrap();
+        assert_eq!(site.images["busybox"].format, DiskFormat::Qcow2);
+    }
+
+    #[test]
+    fn error_lvm_image_without_lvm_section() {
+        insta::assert_snapshot!(error(
+            &LVM.replace("lvm: { vg: sdvg, thin_pool: thin }\n", "")
+        ));
+    }
+
+    #[test]
+    fn error_lvm_image_with_a_disk() {
+        insta::assert_snapshot!(error(
+            &LVM.replace("lv: busybox-base,", "disk: busybox.raw,")
+        ));
+    }
+
+    #[test]
+    fn error_lv_on_a_qcow2_image() {
+        insta::assert_snapshot!(error(&LVM.replace(
+            "{ disk: busybox.qcow2,",
+            "{ disk: busybox.qcow2, lv: busybox-base,"
+        )));
+    }
+
+    #[test]
+    fn error_image_without_disk() {
+        insta::assert_snapshot!(error(&LVM.replace("{ disk: busybox.qcow2,", "{")));
+    }
+
+    #[test]
+    fn error_bad_lv_name() {
+        insta::assert_snapshot!(error(&LVM.replace("busybox-base", "busybox_tmeta")));
+    }
+
+    #[test]
+    fn error_bad_vg_name() {
+        insta::assert_snapshot!(error(&LVM.replace("vg: sdvg", "vg: \"-sdvg\"")));
+    }
+
+    #[test]
+    fn error_default_lv_name_is_no_volume_name() {
+        // A good image name, but lvm2 reserves the prefix `snapshot`.
+        insta::assert_snapshot!(error(&LVM.replace(
+            "busybox-lvm: { format: lvm, lv: busybox-base,",
+            "snapshot-1: { format: lvm,"
+        )));
+    }
+
+    #[test]
+    fn error_lv_is_the_thin_pool() {
+        insta::assert_snapshot!(error(&LVM.replace("lv: busybox-base", "lv: thin")));
+    }
+
+    #[test]
+    fn error_lvm_section_without_vg() {
+        insta::assert_snapshot!(error(&LVM.replace("vg: sdvg, ", "")));
     }
 
     #[test]

@@ -7,8 +7,15 @@
 //! where the file system shares extents (btrfs, XFS), else a sparse copy of
 //! its data extents. A hypervisor that wants a block device gets the file on
 //! a loop device ([`LoopDevice`]), detached when it is dropped.
+//!
+//! An `lvm` catalogue image is a thin logical volume; the job's disk is a
+//! thin snapshot of it ([`create_lvm_job_disk`], through
+//! [`crate::storage_lvm`]), a block device `/dev/VG/LV` that both
+//! hypervisors read as raw. [`JobDisk`] says which of these a job has.
 
-use crate::site::DiskFormat;
+use crate::journal::Resource;
+use crate::site::{CatalogueImage, DiskFormat, LvmBase};
+use crate::storage_lvm::{LvmError, LvmThin};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -49,25 +56,262 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the job's LVM snapshot {vg}/{lv}: {source}")]
+    Lvm {
+        vg: String,
+        lv: String,
+        #[source]
+        source: Box<LvmError>,
+    },
+    #[error(
+        "thin pool {vg}/{pool} does not zero new blocks, so a job could read what an earlier \
+         job's volume left in it; refused (turn zeroing on: lvchange -Zy {vg}/{pool})"
+    )]
+    PoolNotZeroing { vg: String, pool: String },
+    #[error("image {0:?} is of format lvm but names no base volume")]
+    NoLvmBase(String),
 }
 
 /// QEMU's name of a disk format. Always given explicitly: probing a disk a
 /// guest wrote to would let it pose as a qcow2 with a backing file of its
-/// choosing.
+/// choosing. A logical volume holds a raw disk.
 pub fn format_name(format: DiskFormat) -> &'static str {
     match format {
         DiskFormat::Qcow2 => "qcow2",
-        DiskFormat::Raw => "raw",
+        DiskFormat::Raw | DiskFormat::Lvm => "raw",
     }
 }
 
-/// The job's own disk in its run directory, and its format: a qcow2
-/// overlay over a qcow2 base, a clone of a raw base.
+/// The job's own disk file in its run directory, and its format: a qcow2
+/// overlay over a qcow2 base, a clone of a raw base. (An `lvm` image's job
+/// disk is no file: see [`JobDisk`].)
 pub fn job_disk(run_dir: &Path, base_format: DiskFormat) -> (std::path::PathBuf, DiskFormat) {
     match base_format {
         DiskFormat::Qcow2 => (run_dir.join("disk.qcow2"), DiskFormat::Qcow2),
-        DiskFormat::Raw => (run_dir.join("disk.raw"), DiskFormat::Raw),
+        DiskFormat::Raw | DiskFormat::Lvm => (run_dir.join("disk.raw"), DiskFormat::Raw),
     }
+}
+
+/// Where a job's disk is: what the journal records, the hypervisor opens,
+/// a save reads and cleanup removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobDisk {
+    /// A file in the run directory: a qcow2 overlay or a raw clone.
+    File { path: PathBuf, format: DiskFormat },
+    /// A thin snapshot `vg/lv` (in pool `thin_pool`) of an `lvm` image's
+    /// base volume.
+    Lvm {
+        vg: String,
+        thin_pool: String,
+        lv: String,
+    },
+}
+
+impl JobDisk {
+    /// The disk deployment `id` (of the site whose state directory is
+    /// `state_dir`) gets for `image`.
+    pub fn for_image(
+        image: &CatalogueImage,
+        run_dir: &Path,
+        state_dir: &Path,
+        id: &str,
+    ) -> Result<JobDisk, StorageError> {
+        if image.format != DiskFormat::Lvm {
+            let (path, format) = job_disk(run_dir, image.format);
+            return Ok(JobDisk::File { path, format });
+        }
+        let base = image
+            .lvm
+            .as_ref()
+            .ok_or_else(|| StorageError::NoLvmBase(image.name.clone()))?;
+        Ok(JobDisk::Lvm {
+            vg: base.vg.clone(),
+            thin_pool: base.thin_pool.clone(),
+            lv: lvm_volume_name(state_dir, id),
+        })
+    }
+
+    /// The job disk a journal entry names, if it names one.
+    pub fn from_resource(resource: &Resource) -> Option<JobDisk> {
+        match resource {
+            Resource::LvmVolume { vg, thin_pool, lv } => Some(JobDisk::Lvm {
+                vg: vg.clone(),
+                thin_pool: thin_pool.clone(),
+                lv: lv.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// What the hypervisor opens: the file, or `/dev/VG/LV`.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            JobDisk::File { path, .. } => path.clone(),
+            JobDisk::Lvm { vg, lv, .. } => Path::new("/dev").join(vg).join(lv),
+        }
+    }
+
+    /// How the hypervisor reads it (a logical volume as raw).
+    pub fn format(&self) -> DiskFormat {
+        match self {
+            JobDisk::File { format, .. } => *format,
+            JobDisk::Lvm { .. } => DiskFormat::Raw,
+        }
+    }
+
+    /// Its journal entry, recorded before it is made.
+    pub fn resource(&self) -> Resource {
+        match self {
+            JobDisk::File { path, .. } => Resource::File { path: path.clone() },
+            JobDisk::Lvm { vg, thin_pool, lv } => Resource::LvmVolume {
+                vg: vg.clone(),
+                thin_pool: thin_pool.clone(),
+                lv: lv.clone(),
+            },
+        }
+    }
+}
+
+/// Longest id part of an LVM job volume's name (64, less `sd-` and the tag).
+const LV_ID_CHARS: usize = crate::storage_lvm::MAX_NAME_LEN - 3 - 9;
+
+/// The name of deployment `id`'s thin snapshot: `sd-<id>-<tag>`, the id in
+/// lower case with anything but `[a-z0-9.-]` made a `-` (and cut to fit
+/// lvm2's names), the tag a hash of the state directory and the exact id.
+/// Like the hypervisor's domain names, unique per host: two sites (a
+/// test's and the real one) or two ids that differ only in case never
+/// share a volume. Always a valid [`crate::storage_lvm::validate_name`].
+pub fn lvm_volume_name(state_dir: &Path, id: &str) -> String {
+    let tag = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .chain(b"\0")
+        .chain(id.as_bytes())
+        .fold(0x811c9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
+        });
+    let id: String = id
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(LV_ID_CHARS)
+        .collect();
+    format!("sd-{id}-{tag:08x}")
+}
+
+/// Makes the job's disk `lv`: a thin snapshot of `base`, active, at least
+/// `size_mib` MiB (a larger request grows it with `lvextend`: free, the
+/// size of a thin volume is virtual; a smaller one leaves it at the base's
+/// size, as overlays never cut their base's file system). Returns its
+/// device `/dev/VG/LV`. Refuses a pool that does not zero new blocks, and a
+/// name already taken (by its name, a volume the same deployment of this
+/// site left behind, which its cleanup may remove). On failure nothing is
+/// left behind.
+pub fn create_lvm_job_disk(
+    base: &LvmBase,
+    lv: &str,
+    size_mib: u64,
+) -> Result<PathBuf, StorageError> {
+    let err = |source| StorageError::Lvm {
+        vg: base.vg.clone(),
+        lv: lv.to_string(),
+        source: Box::new(source),
+    };
+    let pool = LvmThin::new(&base.vg, &base.thin_pool).map_err(err)?;
+    let lvs = pool.list().map_err(err)?;
+    if let Some(p) = lvs.iter().find(|l| l.name == base.thin_pool && l.is_pool()) {
+        if !p.zeroes_new_blocks() {
+            return Err(StorageError::PoolNotZeroing {
+                vg: base.vg.clone(),
+                pool: base.thin_pool.clone(),
+            });
+        }
+    }
+    let base_size = lvs
+        .iter()
+        .find(|l| l.name == base.lv)
+        .map_or(0, |l| l.size_bytes);
+    let started = std::time::Instant::now();
+    let device = pool.snapshot(&base.lv, lv).map_err(err)?;
+    let size = size_mib.saturating_mul(1 << 20);
+    if size > base_size {
+        if let Err(e) = pool.extend(lv, size) {
+            let _ = pool.remove(lv);
+            return Err(err(e));
+        }
+    }
+    tracing::info!(
+        "job disk {}: thin snapshot of {}/{} ({} MiB) in {} ms",
+        device.display(),
+        base.vg,
+        base.lv,
+        size.max(base_size) >> 20,
+        started.elapsed().as_millis()
+    );
+    Ok(device)
+}
+
+/// How long [`remove_lvm_volume`] waits for a volume someone still holds
+/// open (a hypervisor's disk backend that is just going away).
+const LV_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Removes the job volume `vg/lv` (the undo of [`create_lvm_job_disk`]):
+/// idempotent, never the pool. A volume still open (the domain's disk
+/// backend not gone yet) is waited for, up to 20 s.
+pub fn remove_lvm_volume(vg: &str, thin_pool: &str, lv: &str) -> Result<(), StorageError> {
+    let err = |source| StorageError::Lvm {
+        vg: vg.to_string(),
+        lv: lv.to_string(),
+        source: Box::new(source),
+    };
+    let pool = LvmThin::new(vg, thin_pool).map_err(err)?;
+    let started = std::time::Instant::now();
+    let deadline = started + LV_BUSY_TIMEOUT;
+    loop {
+        match pool.remove(lv) {
+            Ok(()) => {
+                tracing::info!(
+                    "job disk {vg}/{lv} removed in {} ms",
+                    started.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+            Err(
+                e
+                @ (LvmError::InvalidName { .. } | LvmError::IsPool { .. } | LvmError::Tool { .. }),
+            ) => return Err(err(e)),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(err(e)),
+            Err(e) => {
+                tracing::debug!("{vg}/{lv} not removed yet ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+/// Bytes of data in the job volume `vg/lv` (for the store's free-space check).
+pub fn lvm_volume_allocated(vg: &str, thin_pool: &str, lv: &str) -> Result<u64, StorageError> {
+    let err = |source| StorageError::Lvm {
+        vg: vg.to_string(),
+        lv: lv.to_string(),
+        source: Box::new(source),
+    };
+    let pool = LvmThin::new(vg, thin_pool).map_err(err)?;
+    let info = pool.info(lv).map_err(err)?.ok_or_else(|| {
+        err(LvmError::BaseMissing {
+            vg: vg.to_string(),
+            pool: thin_pool.to_string(),
+            lv: lv.to_string(),
+        })
+    })?;
+    Ok(info.allocated_bytes().unwrap_or(info.size_bytes))
 }
 
 /// Creates the job's disk `target` (from [`job_disk`]) over or from `base`.
@@ -79,7 +323,7 @@ pub fn create_job_disk(
 ) -> Result<(), StorageError> {
     match base_format {
         DiskFormat::Qcow2 => create_overlay(base, base_format, target, size_mib),
-        DiskFormat::Raw => {
+        DiskFormat::Raw | DiskFormat::Lvm => {
             ensure_space_for_clone(base, target)?;
             let kind = clone_raw(base, target, size_mib)?;
             tracing::info!("raw disk cloned by {kind:?}");
@@ -122,7 +366,16 @@ pub fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64, StorageError
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     match format {
-        DiskFormat::Raw => Ok(f.metadata().map_err(err)?.len()),
+        // A block device's length is where a seek to its end lands.
+        DiskFormat::Raw | DiskFormat::Lvm => {
+            use std::io::Seek;
+            let m = f.metadata().map_err(err)?;
+            if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) {
+                f.seek(std::io::SeekFrom::End(0)).map_err(err)
+            } else {
+                Ok(m.len())
+            }
+        }
         DiskFormat::Qcow2 => {
             let mut header = [0u8; 32];
             f.read_exact(&mut header).map_err(err)?;
@@ -568,6 +821,95 @@ pub fn loop_devices_of(file: &Path) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn lvm_volume_names_are_valid_and_unique_per_site_and_id() {
+        let state = Path::new("/var/lib/smartdomains");
+        let name = lvm_volume_name(state, "slurm-42");
+        assert!(name.starts_with("sd-slurm-42-"), "{name}");
+        assert_eq!(name.len(), "sd-slurm-42-".len() + 8);
+        assert_eq!(name, lvm_volume_name(state, "slurm-42"), "stable");
+        assert_ne!(name, lvm_volume_name(Path::new("/tmp/t/state"), "slurm-42"));
+        // Case and characters lvm2 would refuse: mapped, and still distinct.
+        let upper = lvm_volume_name(state, "Pool-A_b");
+        assert!(upper.starts_with("sd-pool-a-b-"), "{upper}");
+        assert_ne!(upper, lvm_volume_name(state, "pool-a-b"));
+        for id in [
+            "run-123-1795550000000",
+            "condor-12.0-0a1b2c3d",
+            "pool-demo.workers.w1",
+            "x_tmeta",
+            "snapshot",
+            &"A".repeat(64),
+        ] {
+            let n = lvm_volume_name(state, id);
+            crate::storage_lvm::validate_name(&n).unwrap_or_else(|e| panic!("{id}: {n}: {e}"));
+        }
+    }
+
+    #[test]
+    fn job_disk_of_each_format() {
+        let site = crate::site::SiteConfig::from_str(
+            "lvm: { vg: sdvg }\n\
+             images:\n\
+             \x20 q: { disk: q.qcow2, kernel: k, initrd: i }\n\
+             \x20 r: { disk: r.img, format: raw, kernel: k, initrd: i }\n\
+             \x20 l: { format: lvm, lv: base, kernel: k, initrd: i }\n\
+             vos: { demo: { images: \"*\" } }\n",
+            Path::new("/etc/sd/site.yaml"),
+        )
+        .unwrap();
+        let run = Path::new("/state/run/j1");
+        let of = |name: &str| JobDisk::for_image(&site.images[name], run, &site.state_dir, "j1");
+        let q = of("q").unwrap();
+        assert_eq!(
+            (q.path(), q.format()),
+            (run.join("disk.qcow2"), DiskFormat::Qcow2)
+        );
+        assert_eq!(
+            q.resource(),
+            Resource::File {
+                path: run.join("disk.qcow2")
+            }
+        );
+        assert_eq!(JobDisk::from_resource(&q.resource()), None);
+        let r = of("r").unwrap();
+        assert_eq!(
+            (r.path(), r.format()),
+            (run.join("disk.raw"), DiskFormat::Raw)
+        );
+        let l = of("l").unwrap();
+        let lv = lvm_volume_name(&site.state_dir, "j1");
+        assert_eq!(
+            l,
+            JobDisk::Lvm {
+                vg: "sdvg".into(),
+                thin_pool: "pool".into(),
+                lv: lv.clone()
+            }
+        );
+        assert_eq!(l.path(), Path::new("/dev/sdvg").join(&lv));
+        assert_eq!(format_name(l.format()), "raw");
+        assert_eq!(
+            l.resource(),
+            Resource::LvmVolume {
+                vg: "sdvg".into(),
+                thin_pool: "pool".into(),
+                lv
+            }
+        );
+        assert_eq!(JobDisk::from_resource(&l.resource()), Some(l));
+        // A store image made from an lvm base is a qcow2 (policy clears `lvm`);
+        // an lvm image without its base is refused, not guessed.
+        let mut broken = site.images["l"].clone();
+        broken.lvm = None;
+        assert!(matches!(
+            JobDisk::for_image(&broken, run, &site.state_dir, "j1"),
+            Err(StorageError::NoLvmBase(_))
+        ));
+    }
+
     #[test]
     fn a_clone_that_cannot_fit_is_refused_before_writing() {
         if !nix::unistd::geteuid().is_root() {
@@ -596,8 +938,6 @@ mod tests {
         assert!(!target.exists());
     }
 
-    use super::*;
-
     #[test]
     fn overlay_is_never_smaller_than_its_base_and_leaves_it_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -623,12 +963,9 @@ mod tests {
             virtual_size(&dir.path().join("none"), DiskFormat::Raw),
             Err(StorageError::Base { .. })
         ));
-        assert!(matches!(virtual_size(&small, DiskFormat::Qcow2), Ok(_)));
+        assert!(virtual_size(&small, DiskFormat::Qcow2).is_ok());
         std::fs::write(dir.path().join("raw"), b"not qcow").unwrap();
-        assert!(matches!(
-            virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2),
-            Err(_)
-        ));
+        assert!(virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2).is_err());
     }
 
     /// A raw image with data, a hole between and a hole at the end:

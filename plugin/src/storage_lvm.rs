@@ -116,6 +116,40 @@ impl LvInfo {
     pub fn is_active(&self) -> bool {
         self.attr.as_bytes().get(4) == Some(&b'a')
     }
+    /// Thin pool (`t` in the first attribute column).
+    pub fn is_pool(&self) -> bool {
+        self.attr.starts_with('t')
+    }
+    /// Open by someone (`o` in the sixth attribute column): a hypervisor
+    /// still holds it.
+    pub fn is_open(&self) -> bool {
+        self.attr.as_bytes().get(5) == Some(&b'o')
+    }
+    /// A thin pool that zeroes newly provisioned blocks (`z` in the eighth
+    /// column): without that, a volume can read what a removed one left.
+    pub fn zeroes_new_blocks(&self) -> bool {
+        self.attr.as_bytes().get(7) == Some(&b'z')
+    }
+    /// Bytes of data it holds: `data_percent` of its size (thin volumes).
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        let p = self.data_percent?;
+        Some(((self.size_bytes as f64) * p / 100.0).ceil() as u64)
+    }
+}
+
+/// The `lvm` binary: the first `lvm` on `PATH`, else `/usr/sbin/lvm` or
+/// `/sbin/lvm` (a batch system's prolog may run with a `PATH` without sbin),
+/// else plain `lvm` (whose absence is then reported as [`LvmError::Tool`]).
+pub fn default_lvm_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .map(|d| d.join("lvm"))
+        .chain(["/usr/sbin/lvm".into(), "/sbin/lvm".into()])
+        .find(|p| p.is_absolute() && p.is_file())
+        .unwrap_or_else(|| PathBuf::from("lvm"))
 }
 
 #[derive(Deserialize)]
@@ -201,9 +235,9 @@ pub struct LvmThin {
 }
 
 impl LvmThin {
-    /// The pool `vg/pool`, driven by the `lvm` binary found on `PATH`.
+    /// The pool `vg/pool`, driven by [`default_lvm_binary`].
     pub fn new(vg: &str, pool: &str) -> Result<Self, LvmError> {
-        Self::with_lvm_binary(vg, pool, "lvm")
+        Self::with_lvm_binary(vg, pool, default_lvm_binary())
     }
 
     /// Same, with another `lvm` binary (a full path, or a fake one in tests).
@@ -271,6 +305,21 @@ impl LvmThin {
     fn find(&self, lv: &str) -> Result<Option<LvInfo>, LvmError> {
         validate_name(lv)?;
         Ok(self.list()?.into_iter().find(|l| l.name == lv))
+    }
+
+    /// `lv` as `lvs` reports it, if it exists.
+    pub fn info(&self, lv: &str) -> Result<Option<LvInfo>, LvmError> {
+        self.find(lv)
+    }
+
+    /// Grows `lv` to at least `size_bytes` (`lvextend`; lvm2 rounds up to
+    /// its extent size). A thin volume's size is virtual: the pool gives it
+    /// blocks only when they are written. Never shrinks.
+    pub fn extend(&self, lv: &str, size_bytes: u64) -> Result<(), LvmError> {
+        validate_name(lv)?;
+        let target = format!("{}/{}", self.vg, lv);
+        self.run(&["lvextend", "-q", "-L", &format!("{size_bytes}b"), &target])?;
+        Ok(())
     }
 
     /// Whether `name` is a thin volume of this pool (so it can be snapshotted).
@@ -429,6 +478,32 @@ mod tests {
         let pool = &lvs[2];
         assert!(pool.attr.starts_with('t') && !pool.is_thin());
         assert_eq!(pool.pool, None);
+    }
+
+    #[test]
+    fn attribute_columns() {
+        let lvs = parse_lvs_json(SAMPLE).unwrap();
+        let pool = lvs.iter().find(|l| l.name == "pool").unwrap();
+        assert!(pool.is_pool() && pool.zeroes_new_blocks());
+        let snap = lvs.iter().find(|l| l.name == "job-1").unwrap();
+        assert!(!snap.is_pool());
+        let lv = |attr: &str, pct: Option<f64>| LvInfo {
+            name: "x".into(),
+            vg: "v".into(),
+            attr: attr.into(),
+            size_bytes: 64 << 20,
+            pool: None,
+            origin: None,
+            data_percent: pct,
+        };
+        assert!(lv("Vwi-aotz--", None).is_open());
+        assert!(!lv("Vwi-a-tz--", None).is_open());
+        assert!(!lv("twi-aot---", None).zeroes_new_blocks());
+        assert_eq!(
+            lv("Vwi-a-tz--", Some(50.0)).allocated_bytes(),
+            Some(32 << 20)
+        );
+        assert_eq!(lv("Vwi-a-tz--", None).allocated_bytes(), None);
     }
 
     #[test]

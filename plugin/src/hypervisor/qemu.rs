@@ -95,6 +95,9 @@ impl Qemu {
             spec.initrd.display().to_string(),
             "-append".into(),
             spec.cmdline.clone(),
+            // A file (overlay, raw clone) or a block device (an LVM thin
+            // snapshot, `/dev/VG/LV`, root's): QEMU opens its drives before it
+            // drops to `-runas`, so neither needs to be the run_as user's.
             "-drive".into(),
             format!(
                 "file={},if=virtio,format={},discard=unmap",
