@@ -357,7 +357,16 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
             } else {
                 EXIT_SITE_FAULT
             };
-            return fail(code, &format!("job {id}: {e}"));
+            // The link breaks when the guest's agent or kernel dies: the
+            // console log says which.
+            let hint = match e {
+                job::JobError::Link(_) => format!(
+                    " (the guest's console log: {})",
+                    deployment::console_log_path(site, &id).display()
+                ),
+                _ => String::new(),
+            };
+            return fail(code, &format!("job {id}: {e}{hint}"));
         }
     };
     match teardown {
