@@ -585,6 +585,13 @@ fn dom0_memory_target_change_is_seen_by_the_guest() {
         }
         let name = site.xen_domain_name();
         site.xen().set_memory_target(&name, 192).unwrap();
+        let libxl = sd_xen::Libxl::open().unwrap();
+        let domid = libxl.domid_of(&name).unwrap().expect("the domain");
+        assert_eq!(
+            libxl.memory_target(domid).unwrap(),
+            192 * 1024,
+            "libxl's target"
+        );
         stdout.read_to_end(&mut seen).unwrap();
         let status = child.wait().unwrap();
         let stderr = stderr.join().unwrap();

@@ -146,11 +146,7 @@ impl DomainConfig {
         let format = match disk.format {
             "qcow2" => sys::LIBXL_DISK_FORMAT_QCOW2,
             "raw" => sys::LIBXL_DISK_FORMAT_RAW,
-            _ => {
-                return Err(XenError::Nul {
-                    what: "disk format (qcow2 or raw)",
-                })
-            }
+            other => return Err(XenError::UnsupportedDiskFormat(other.into())),
         };
         let target = c_path("disk path", disk.target)?;
         let vdev = c_string("disk vdev", disk.vdev)?;

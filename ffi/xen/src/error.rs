@@ -23,8 +23,8 @@ pub enum XenError {
     Nul { what: &'static str },
     #[error("cpuid policy item {0:?}: expected NAME=VALUE with a feature name libxl knows (e.g. rdtscp=0)")]
     BadCpuid(String),
-    #[error("no domain named {0:?}")]
-    NoSuchDomain(String),
+    #[error("disk format {0:?}: expected qcow2 or raw")]
+    UnsupportedDiskFormat(String),
 }
 
 /// A libxl error code (`libxl_error`, negative).
@@ -32,10 +32,6 @@ pub enum XenError {
 pub struct LibxlError(pub i32);
 
 impl LibxlError {
-    pub fn is_domain_not_found(self) -> bool {
-        self.0 == sys::ERROR_DOMAIN_NOTFOUND || self.0 == sys::ERROR_INVAL
-    }
-
     fn advice(self) -> &'static str {
         match self.0 {
             sys::ERROR_NOMEM => "Xen has not enough free memory for the domain: lower its memory or stop other domains (`xl info` free_memory)",

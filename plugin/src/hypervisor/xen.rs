@@ -219,6 +219,10 @@ impl Hypervisor for Xen {
             libxl.destroy(domid)?;
             wait_released(name, domid, &device_models);
         }
+        self.domids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         Ok(())
     }
 
@@ -250,9 +254,15 @@ impl Hypervisor for Xen {
 fn wait_released(name: &str, domid: u32, device_models: &[u32]) {
     let started = Instant::now();
     let mut killed = false;
+    let ctrl = match XenCtrl::open() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("xen: cannot ask Xen about domid {domid}: {e}");
+            return;
+        }
+    };
     loop {
-        let left = XenCtrl::open().and_then(|c| c.domain(domid));
-        match left {
+        match ctrl.domain(domid) {
             Ok(None) => {
                 tracing::debug!(
                     "xen: domain {name} (domid {domid}) released {} ms after destroy",
@@ -277,18 +287,17 @@ fn wait_released(name: &str, domid: u32, device_models: &[u32]) {
             Ok(Some(_)) => {
                 if !killed && started.elapsed() > DEVICE_MODEL_EXIT_GRACE {
                     killed = true;
-                    for &pid in device_models {
-                        // Only if that pid is still this domain's device model.
-                        if device_models_of(domid).contains(&pid) {
-                            tracing::warn!(
-                                "xen: the device model of {name} (pid {pid}) did not exit \
+                    // Only pids that are still this domain's device models.
+                    let running = device_models_of(domid);
+                    for &pid in device_models.iter().filter(|p| running.contains(p)) {
+                        tracing::warn!(
+                            "xen: the device model of {name} (pid {pid}) did not exit \
                                  when libxl asked it to; killing it"
-                            );
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::SIGKILL,
-                            );
-                        }
+                        );
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::SIGKILL,
+                        );
                     }
                 }
                 std::thread::sleep(Duration::from_millis(50))
