@@ -177,9 +177,6 @@ fn host_script(program: &str) -> Option<std::fs::File> {
     std::fs::File::open(program).ok()
 }
 
-/// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2: what `scancel`, srun and
-/// condor_rm send. Block them before any thread exists, so that every
-/// thread inherits the mask.
 /// The epilog's end of deployment `id`: graceful shutdown, save per
 /// policy, journal undone, all logged. Ok(false) if there was none.
 pub fn finish_logged(site: &SiteConfig, id: &str, succeeded: bool) -> Result<bool, DeployError> {
@@ -198,6 +195,9 @@ pub fn finish_logged(site: &SiteConfig, id: &str, succeeded: bool) -> Result<boo
     Ok(true)
 }
 
+/// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2: what `scancel`, srun and
+/// condor_rm send. Block them before any thread exists, so that every
+/// thread inherits the mask.
 pub fn block_forwarded_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();

@@ -119,14 +119,7 @@ pub fn domain_name(site: &SiteConfig, id: &str) -> String {
     // Ids are unique within one state directory; the hypervisor's names are
     // host-wide. A tag of the state directory keeps two sites on one host
     // (a test's and the real one) from ever touching each other's domains.
-    let tag = site
-        .state_dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0x811c9dc5u32, |h, b| {
-            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
-        });
+    let tag = crate::name_tag(site.state_dir.as_os_str().as_encoded_bytes());
     format!("sd-{id}-{tag:08x}")
 }
 
@@ -343,7 +336,8 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
     Ok(link)
 }
 
-/// A link that ends when its domain does (see [`GuestLink::watch`]).
+/// A link that ends when its domain does (see [`GuestLink::watch`]), for
+/// backends whose channel does not close by itself.
 fn watch_domain(
     site: &SiteConfig,
     link: &GuestLink,
@@ -351,6 +345,9 @@ fn watch_domain(
     id: &str,
 ) -> Result<(), DeployError> {
     let watcher = backend_for(site, Some(backend))?;
+    if !watcher.link_outlives_domain() {
+        return Ok(());
+    }
     let name = domain_name(site, id);
     // Once here, so that the backend knows the domain before its thread asks.
     watcher.is_running(&name);

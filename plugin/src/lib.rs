@@ -25,3 +25,12 @@ pub mod slurm;
 pub mod storage;
 pub mod storage_lvm;
 pub mod user_files;
+
+/// A short stable tag of `bytes` (32-bit FNV-1a), for host-wide names made
+/// from local ones: domain names, volume names, deployment ids. Changing it
+/// renames what running deployments left behind, so it must stay as it is.
+pub(crate) fn name_tag<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u32 {
+    bytes.into_iter().fold(0x811c9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x01000193)
+    })
+}

@@ -107,13 +107,7 @@ pub fn valid_job_id(job: &str) -> bool {
 /// `GlobalJobId`. Jobs of two schedds never share a deployment, and no user
 /// can take (or block) the name of another user's job.
 pub fn deployment_id(job: &str, uid: u32, global_id: &str) -> String {
-    let tag = uid
-        .to_le_bytes()
-        .iter()
-        .chain(global_id.as_bytes())
-        .fold(0x811c9dc5u32, |h, b| {
-            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
-        });
+    let tag = crate::name_tag(uid.to_le_bytes().iter().chain(global_id.as_bytes()));
     format!("condor-{job}-{tag:08x}")
 }
 

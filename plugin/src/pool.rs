@@ -1412,5 +1412,25 @@ mod tests {
     fn a_process_that_is_not_the_monitor_is_not_taken_for_it() {
         assert!(!monitor_alive(std::process::id(), "p"));
         assert!(!monitor_alive(u32::MAX, "p"));
+        // A stand-in whose command line holds `pool-monitor p` is one, for
+        // pool p only, and no longer once it has exited.
+        let mut stand_in = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30; :", "pool-monitor", "p"])
+            .spawn()
+            .unwrap();
+        let pid = stand_in.id();
+        // Its command line is the test's own until it has exec'd.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !monitor_alive(pid, "p") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in is not seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!monitor_alive(pid, "q"));
+        stand_in.kill().unwrap();
+        stand_in.wait().unwrap();
+        assert!(!monitor_alive(pid, "p"));
     }
 }

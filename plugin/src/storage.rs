@@ -182,15 +182,14 @@ const LV_ID_CHARS: usize = crate::storage_lvm::MAX_NAME_LEN - 3 - 9;
 /// test's and the real one) or two ids that differ only in case never
 /// share a volume. Always a valid [`crate::storage_lvm::validate_name`].
 pub fn lvm_volume_name(state_dir: &Path, id: &str) -> String {
-    let tag = state_dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .chain(b"\0")
-        .chain(id.as_bytes())
-        .fold(0x811c9dc5u32, |h, b| {
-            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
-        });
+    let tag = crate::name_tag(
+        state_dir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .chain(b"\0")
+            .chain(id.as_bytes()),
+    );
     let id: String = id
         .chars()
         .map(|c| c.to_ascii_lowercase())

@@ -84,6 +84,13 @@ pub trait Hypervisor: Send + Sync {
         None
     }
 
+    /// Whether our end of the agent channel can stay open after the domain
+    /// is gone (a Xen console channel does; QEMU's socket closes with
+    /// QEMU), so that a link must watch the domain to notice its end.
+    fn link_outlives_domain(&self) -> bool {
+        false
+    }
+
     /// Starts the domain. Returns once the hypervisor runs it; the guest
     /// agent may still be booting.
     fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError>;

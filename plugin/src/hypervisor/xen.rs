@@ -120,6 +120,10 @@ impl Hypervisor for Xen {
         Some(GUEST_AGENT_DEVICE)
     }
 
+    fn link_outlives_domain(&self) -> bool {
+        true
+    }
+
     fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError> {
         let agent = spec.run_dir.join("agent.sock");
         let mut config = self.config(spec, &agent)?;
