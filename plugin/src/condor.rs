@@ -408,9 +408,9 @@ pub fn run_wrapped(
     let outcome = batch::run_command(&link, argv, cwd.display().to_string(), signals)
         .map_err(|e| run_error(job, &id, e))?;
     if in_scratch {
-        // A file the job did not make stays missing: HTCondor says so itself.
         for name in output_files(ad) {
-            let _ = copy_out(&link, &cwd.join(name));
+            copy_out(&link, &cwd.join(&name))
+                .map_err(|e| fault_message(&format!("output file {name} from the guest: {e}")))?;
         }
     }
     Ok(outcome)
@@ -481,7 +481,9 @@ pub fn output_files(ad: &JobAd) -> Vec<String> {
 }
 
 /// Copies a guest file back to the same path here (as the job's owner:
-/// that is who the wrapper runs as).
+/// that is who the wrapper runs as). A file the job did not make stays
+/// missing, as HTCondor reports itself; any other failure (the link, this
+/// disk) is an error.
 fn copy_out(link: &crate::guest_link::GuestLink, path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_file_name(format!(
@@ -501,7 +503,10 @@ fn copy_out(link: &crate::guest_link::GuestLink, path: &std::path::Path) -> Resu
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(e.to_string())
+            match e {
+                crate::guest_link::LinkError::Guest(_) => Ok(()),
+                e => Err(e.to_string()),
+            }
         }
     }
 }

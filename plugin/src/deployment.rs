@@ -266,7 +266,7 @@ fn save_if_wanted(
         Some(JobDisk::Lvm { vg, thin_pool, lv }) => {
             match storage::lvm_volume_allocated(&vg, &thin_pool, &lv) {
                 Ok(allocated) => DiskToSave {
-                    path: Path::new("/dev").join(&vg).join(&lv),
+                    path: crate::storage_lvm::device_path(&vg, &lv),
                     format: DiskFormat::Raw,
                     allocated: Some(allocated),
                 },

@@ -949,7 +949,10 @@ impl Builder<'_> {
                     thin_pool: site_lvm.thin_pool.clone(),
                     lv,
                 };
-                (Path::new("/dev").join(&base.vg).join(&base.lv), Some(base))
+                (
+                    crate::storage_lvm::device_path(&base.vg, &base.lv),
+                    Some(base),
+                )
             } else {
                 if let Some(lv) = &img.lv {
                     return Err(self.invalid(

@@ -147,7 +147,7 @@ impl JobDisk {
     pub fn path(&self) -> PathBuf {
         match self {
             JobDisk::File { path, .. } => path.clone(),
-            JobDisk::Lvm { vg, lv, .. } => Path::new("/dev").join(vg).join(lv),
+            JobDisk::Lvm { vg, lv, .. } => crate::storage_lvm::device_path(vg, lv),
         }
     }
 
@@ -272,9 +272,8 @@ pub fn remove_lvm_volume(vg: &str, thin_pool: &str, lv: &str) -> Result<(), Stor
     };
     let pool = LvmThin::new(vg, thin_pool).map_err(err)?;
     let started = std::time::Instant::now();
-    let deadline = started + LV_BUSY_TIMEOUT;
     loop {
-        match pool.remove(lv) {
+        let failure = match pool.remove(lv) {
             Ok(()) => {
                 tracing::info!(
                     "job disk {vg}/{lv} removed in {} ms",
@@ -282,16 +281,15 @@ pub fn remove_lvm_volume(vg: &str, thin_pool: &str, lv: &str) -> Result<(), Stor
                 );
                 return Ok(());
             }
-            Err(
-                e
-                @ (LvmError::InvalidName { .. } | LvmError::IsPool { .. } | LvmError::Tool { .. }),
-            ) => return Err(err(e)),
-            Err(e) if std::time::Instant::now() >= deadline => return Err(err(e)),
-            Err(e) => {
-                tracing::debug!("{vg}/{lv} not removed yet ({e}); retrying");
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
+            Err(e) => e,
+        };
+        // Only a volume still open is worth waiting for.
+        let open = matches!(pool.info(lv), Ok(Some(v)) if v.is_open());
+        if !open || started.elapsed() >= LV_BUSY_TIMEOUT {
+            return Err(err(failure));
         }
+        tracing::debug!("{vg}/{lv} is still open ({failure}); retrying");
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 
@@ -322,7 +320,12 @@ pub fn create_job_disk(
 ) -> Result<(), StorageError> {
     match base_format {
         DiskFormat::Qcow2 => create_overlay(base, base_format, target, size_mib),
-        DiskFormat::Raw | DiskFormat::Lvm => {
+        // Its job disk is a thin snapshot: create_lvm_job_disk.
+        DiskFormat::Lvm => Err(StorageError::Create(format!(
+            "{}: an lvm image's job disk is a volume, not a file",
+            target.display()
+        ))),
+        DiskFormat::Raw => {
             ensure_space_for_clone(base, target)?;
             let kind = clone_raw(base, target, size_mib)?;
             tracing::info!("raw disk cloned by {kind:?}");
@@ -365,16 +368,7 @@ pub fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64, StorageError
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     match format {
-        // A block device's length is where a seek to its end lands.
-        DiskFormat::Raw | DiskFormat::Lvm => {
-            use std::io::Seek;
-            let m = f.metadata().map_err(err)?;
-            if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) {
-                f.seek(std::io::SeekFrom::End(0)).map_err(err)
-            } else {
-                Ok(m.len())
-            }
-        }
+        DiskFormat::Raw | DiskFormat::Lvm => Ok(f.metadata().map_err(err)?.len()),
         DiskFormat::Qcow2 => {
             let mut header = [0u8; 32];
             f.read_exact(&mut header).map_err(err)?;

@@ -17,6 +17,11 @@ use std::process::Command;
 /// Longest volume-group or logical-volume name we accept.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The device node of logical volume `vg/lv`.
+pub fn device_path(vg: &str, lv: &str) -> PathBuf {
+    Path::new("/dev").join(vg).join(lv)
+}
+
 /// The columns [`LvmThin::list`] asks `lvs` for (sizes in bytes, no suffix).
 pub const LVS_FIELDS: &str = "lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,data_percent";
 
@@ -261,7 +266,7 @@ impl LvmThin {
 
     /// The block device of `lv`: `/dev/VG/LV`.
     pub fn device_path(&self, lv: &str) -> PathBuf {
-        Path::new("/dev").join(&self.vg).join(lv)
+        device_path(&self.vg, lv)
     }
 
     /// Runs `lvm ARGS...`; its stdout on success.
@@ -302,14 +307,10 @@ impl LvmThin {
         parse_lvs_json(&text)
     }
 
-    fn find(&self, lv: &str) -> Result<Option<LvInfo>, LvmError> {
-        validate_name(lv)?;
-        Ok(self.list()?.into_iter().find(|l| l.name == lv))
-    }
-
     /// `lv` as `lvs` reports it, if it exists.
     pub fn info(&self, lv: &str) -> Result<Option<LvInfo>, LvmError> {
-        self.find(lv)
+        validate_name(lv)?;
+        Ok(self.list()?.into_iter().find(|l| l.name == lv))
     }
 
     /// Grows `lv` to at least `size_bytes` (`lvextend`; lvm2 rounds up to
@@ -325,7 +326,7 @@ impl LvmThin {
     /// Whether `name` is a thin volume of this pool (so it can be snapshotted).
     pub fn base_exists(&self, name: &str) -> Result<bool, LvmError> {
         Ok(self
-            .find(name)?
+            .info(name)?
             .is_some_and(|l| l.is_thin() && l.pool.as_deref() == Some(self.pool.as_str())))
     }
 
@@ -372,14 +373,14 @@ impl LvmThin {
                 lv: lv.to_string(),
             });
         }
-        if self.find(lv)?.is_none() {
+        if self.info(lv)?.is_none() {
             return Ok(());
         }
         let target = format!("{}/{}", self.vg, lv);
         match self.run(&["lvremove", "-q", "-f", &target]) {
             Ok(_) => Ok(()),
             // Someone else removed it between our look and our lvremove.
-            Err(e) => match self.find(lv) {
+            Err(e) => match self.info(lv) {
                 Ok(None) => Ok(()),
                 _ => Err(e),
             },
