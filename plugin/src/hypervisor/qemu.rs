@@ -34,6 +34,15 @@ pub struct QemuOptions {
 
 pub struct Qemu {
     options: QemuOptions,
+    /// The binary's (major, minor), asked once: options differ between 7.2 and 10.x.
+    version: std::sync::OnceLock<Option<(u32, u32)>>,
+}
+
+/// `QEMU emulator version 10.0.2 (Debian ...)` -> (10, 0).
+fn parse_version(banner: &str) -> Option<(u32, u32)> {
+    let rest = banner.split("version ").nth(1)?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -41,7 +50,24 @@ const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Qemu {
     pub fn new(options: QemuOptions) -> Self {
-        Qemu { options }
+        Qemu {
+            options,
+            version: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The binary's version, or None when it cannot be asked (then the
+    /// command line is QEMU 7.2's, which 10.x also still takes).
+    pub fn version(&self) -> Option<(u32, u32)> {
+        *self.version.get_or_init(|| {
+            let out = Command::new(&self.options.binary)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .ok()?;
+            parse_version(&String::from_utf8_lossy(&out.stdout))
+        })
     }
 
     fn choose_accel(&self, kernel: &Path) -> (&'static str, Option<String>) {
@@ -137,8 +163,15 @@ impl Qemu {
             ));
         }
         if let Some(user) = run_as {
-            args.push("-runas".into());
-            args.push(user.clone());
+            // QEMU 9.1 replaced `-runas USER` (deprecated since) with
+            // `-run-with user=USER`; 7.2 knows only the former.
+            if self.version().is_some_and(|v| v >= (9, 1)) {
+                args.push("-run-with".into());
+                args.push(format!("user={user}"));
+            } else {
+                args.push("-runas".into());
+                args.push(user.clone());
+            }
         }
         args
     }
@@ -281,4 +314,22 @@ fn find_processes(name: &str) -> Vec<nix::unistd::Pid> {
         })
         .map(nix::unistd::Pid::from_raw)
         .collect()
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::parse_version;
+
+    #[test]
+    fn reads_debian_banners() {
+        assert_eq!(
+            parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"),
+            Some((10, 0))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)"),
+            Some((7, 2))
+        );
+        assert_eq!(parse_version("no banner"), None);
+    }
 }

@@ -127,7 +127,9 @@ pub(crate) struct Token {
 }
 
 pub(crate) struct Lexer<'a> {
-    chars: Vec<char>,
+    /// The input, borrowed: a copy as `Vec<char>` would cost 4 bytes per byte.
+    src: &'a str,
+    /// Byte offset of the next character in `src`.
     pos: usize,
     line: u32,
     col: u32,
@@ -135,9 +137,9 @@ pub(crate) struct Lexer<'a> {
 }
 
 impl<'a> Lexer<'a> {
-    pub fn new(src: &str, file: &'a Path) -> Self {
+    pub fn new(src: &'a str, file: &'a Path) -> Self {
         Lexer {
-            chars: src.chars().collect(),
+            src,
             pos: 0,
             line: 1,
             col: 1,
@@ -169,7 +171,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn peek(&self, ahead: usize) -> Option<char> {
-        self.chars.get(self.pos + ahead).copied()
+        self.src[self.pos..].chars().nth(ahead)
     }
 
     fn here(&self) -> Span {
@@ -178,7 +180,7 @@ impl<'a> Lexer<'a> {
 
     fn bump(&mut self) -> Option<char> {
         let c = self.peek(0)?;
-        self.pos += 1;
+        self.pos += c.len_utf8();
         if c == '\n' {
             self.line += 1;
             self.col = 1;

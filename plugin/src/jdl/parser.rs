@@ -494,7 +494,7 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn new(src: &str, file: &'a Path) -> Result<Self, JdlError> {
+    fn new(src: &'a str, file: &'a Path) -> Result<Self, JdlError> {
         let mut lexer = Lexer::new(src, file);
         let tok = lexer.next_token()?;
         Ok(Parser {
@@ -583,16 +583,16 @@ impl<'a> Parser<'a> {
             None => (Tok::Eof, "end of input"),
         };
         let mut attributes: Vec<Attribute> = vec![];
+        // Lower-cased name -> index in `attributes`: the duplicate check stays
+        // linear (a 120k-attribute request must not take seconds of a prolog).
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
         let mut height = 0;
         while self.tok.tok != end {
             if let (Tok::Eof, Some(open)) = (&self.tok.tok, open) {
                 return Err(self.unexpected(&format!("']' to close '[' at {open}")));
             }
             let (name, name_span) = self.name(&format!("attribute name or {closer}"))?;
-            if let Some(first) = attributes
-                .iter()
-                .find(|a| a.name.eq_ignore_ascii_case(&name))
-            {
+            if let Some(first) = seen.get(&name.to_ascii_lowercase()).map(|&i| &attributes[i]) {
                 return Err(self.error(
                     name_span,
                     format!(
@@ -605,6 +605,7 @@ impl<'a> Parser<'a> {
             let value_span = self.tok.span;
             let value = self.expr()?;
             height = height.max(value.height);
+            seen.insert(name.to_ascii_lowercase(), attributes.len());
             attributes.push(Attribute {
                 name,
                 name_span,
