@@ -50,16 +50,15 @@ pub fn read_request(
     spec: &RequestSpec,
     work_dir: &Path,
     user: UserFiles,
+    max_bytes: u64,
 ) -> Result<Request, String> {
     match spec {
         RequestSpec::Image(name) => Ok(Request::Image(name.clone())),
         RequestSpec::Jdl(path) => {
             let path = work_dir.join(path);
-            let mut text = String::new();
-            user.open_read(&path)
-                .map_err(|e| e.to_string())?
-                .read_to_string(&mut text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = user
+                .read_text(&path, max_bytes, "max_request_bytes")
+                .map_err(|e| e.to_string())?;
             Ok(Request::Jdl { path, text })
         }
     }

@@ -239,7 +239,12 @@ pub fn jdl_candidates(ad: &JobAd, path: &std::path::Path, cwd: &std::path::Path)
 
 fn read_request(ad: &JobAd, spec: &RequestSpec) -> Result<batch::Request, String> {
     let RequestSpec::Jdl(path) = spec else {
-        return batch::read_request(spec, std::path::Path::new("/"), UserFiles::caller());
+        return batch::read_request(
+            spec,
+            std::path::Path::new("/"),
+            UserFiles::caller(),
+            crate::site::DEFAULT_MAX_REQUEST_BYTES,
+        );
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let candidates = jdl_candidates(ad, path, &cwd);
@@ -248,7 +253,14 @@ fn read_request(ad: &JobAd, spec: &RequestSpec) -> Result<batch::Request, String
         .find(|p| std::fs::symlink_metadata(p).is_ok())
         .cloned();
     match found {
-        Some(p) => batch::read_request(&RequestSpec::Jdl(p), &cwd, UserFiles::caller()),
+        // The hook runs as the job's owner; the node service applies the
+        // site's own limit to what it is sent.
+        Some(p) => batch::read_request(
+            &RequestSpec::Jdl(p),
+            &cwd,
+            UserFiles::caller(),
+            crate::site::DEFAULT_MAX_REQUEST_BYTES,
+        ),
         None => Err(format!(
             "{}: no such JDL file in the submit directory, nor transferred with the job \
              (looked at {}); name it in transfer_input_files, or submit from a shared directory",

@@ -25,7 +25,7 @@ use crate::deployment::{self, Deployment};
 use crate::journal::Journal;
 use crate::site::SiteConfig;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -264,12 +264,31 @@ fn serve_one(site: &SiteConfig, stream: UnixStream, any_caller: bool) {
             return;
         }
     };
+    // One line, bounded: the JDL it carries may be max_request_bytes, and
+    // JSON escaping grows a byte to at most 6 (`\u00XX`).
+    let line_limit = site.max_request_bytes.saturating_mul(6) + 64 * 1024;
     let mut line = String::new();
-    if BufReader::new(&stream).read_line(&mut line).is_err() {
+    if BufReader::new((&stream).take(line_limit))
+        .read_line(&mut line)
+        .is_err()
+    {
         return;
     }
     let reply = match serde_json::from_str::<ServiceRequest>(&line) {
+        Err(_) if !line.ends_with('\n') && line.len() as u64 >= line_limit => ServiceReply::Refused(format!(
+            "request to the node service over {line_limit} bytes (the site's max_request_bytes is {})",
+            site.max_request_bytes
+        )),
         Err(e) => ServiceReply::Fault(format!("malformed request to the node service: {e}")),
+        Ok(ServiceRequest::Deploy {
+            request: Request::Jdl { ref path, ref text },
+            ..
+        }) if text.len() as u64 > site.max_request_bytes => ServiceReply::Refused(format!(
+            "{}: is {} bytes, more than the site's limit of {} (max_request_bytes)",
+            path.display(),
+            text.len(),
+            site.max_request_bytes
+        )),
         Ok(_) if !any_caller && caller.uid != 0 && !under_condor_starter(caller.pid) => {
             tracing::warn!(
                 "refused uid {} pid {}: not an HTCondor job hook",

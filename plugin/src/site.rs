@@ -39,6 +39,8 @@ const DEFAULT_LOG_DIR: &str = "/var/log/smartdomains";
 const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
 const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+/// A request (JDL) is small: 1 MiB is ~100 times the largest real one.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1 << 20;
 const DEFAULT_MEMORY_MIB: u64 = 512;
 const DEFAULT_VCPUS: u32 = 1;
 const DEFAULT_DISK_MIB: u64 = 2048;
@@ -69,6 +71,9 @@ pub struct SiteConfig {
     pub xen: XenConfig,
     pub boot_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
+    /// Largest request (a JDL) root reads for a user, in bytes: checked on the
+    /// open file before reading, so a huge or sparse file costs nothing.
+    pub max_request_bytes: u64,
     /// What a job gets for what it does not ask for.
     pub defaults: SiteDefaults,
     /// The image catalogue, by name.
@@ -476,6 +481,7 @@ struct RawSite {
     xen: Option<RawXen>,
     boot_timeout_secs: Option<S<u64>>,
     shutdown_timeout_secs: Option<S<u64>>,
+    max_request_bytes: Option<S<u64>>,
     defaults: Option<RawSiteDefaults>,
     images: Option<SpannedMap<RawImage>>,
     vos: Option<SpannedMap<RawVo>>,
@@ -836,6 +842,11 @@ impl Builder<'_> {
             &raw.shutdown_timeout_secs,
             "shutdown_timeout_secs",
             DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+        )?;
+        let max_request_bytes = self.nonzero(
+            &raw.max_request_bytes,
+            "max_request_bytes",
+            DEFAULT_MAX_REQUEST_BYTES,
         )?;
 
         // Where the bases of `lvm` images live.
@@ -1199,6 +1210,7 @@ impl Builder<'_> {
             },
             boot_timeout_secs,
             shutdown_timeout_secs,
+            max_request_bytes,
             defaults,
             images,
             vos,

@@ -96,7 +96,7 @@ pub fn resolve(
         uid: job.uid,
         gid: job.gid,
     };
-    let request = batch::read_request(spec, &job.work_dir, user)?;
+    let request = batch::read_request(spec, &job.work_dir, user, site.max_request_bytes)?;
     batch::admit(site, &request, job.account.as_deref())
 }
 

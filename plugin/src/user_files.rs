@@ -9,6 +9,7 @@
 //! process-wide in glibc); a file readable only through a secondary group is
 //! refused — the safe direction.
 
+use std::io::Read;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,38 @@ impl UserFiles {
             return Err(err(path, "not a regular file".into()));
         }
         Ok(file)
+    }
+
+    /// Reads a small text file (a request) as the user, refusing one over
+    /// `max_bytes` from its size on the open descriptor, before reading: a
+    /// sparse 4 GiB file must cost root nothing. `limit_name` is the site
+    /// setting, for the message.
+    pub fn read_text(
+        &self,
+        path: &Path,
+        max_bytes: u64,
+        limit_name: &str,
+    ) -> Result<String, UserFileError> {
+        let file = self.open_read(path)?;
+        let too_big = |size: String| {
+            err(
+                path,
+                format!("is {size} bytes, more than the site's limit of {max_bytes} ({limit_name})"),
+            )
+        };
+        let size = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
+        if size > max_bytes {
+            return Err(too_big(size.to_string()));
+        }
+        // The file may grow after the check: read one byte past the limit at most.
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(max_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| err(path, e.to_string()))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(too_big("over".into()));
+        }
+        String::from_utf8(bytes).map_err(|_| err(path, "is not UTF-8 text".into()))
     }
 
     /// Creates (or truncates) a file for writing, as the user.
@@ -113,6 +146,33 @@ fn run_as<T: Send + 'static>(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_request_over_the_limit_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("huge.jdl");
+        // 4 GiB that cost no disk: read, it would cost root 4 GiB or more of RAM.
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(4 << 30)
+            .unwrap();
+        let me = UserFiles::caller();
+        let e = me.read_text(&sparse, 1 << 20, "max_request_bytes").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: is 4294967296 bytes, more than the site's limit of 1048576 (max_request_bytes)",
+                sparse.display()
+            )
+        );
+        let small = dir.path().join("small.jdl");
+        std::fs::write(&small, "[ Executable = \"x\"; ]").unwrap();
+        assert_eq!(
+            me.read_text(&small, 1 << 20, "max_request_bytes").unwrap(),
+            "[ Executable = \"x\"; ]"
+        );
+        assert!(me.read_text(&small, 4, "max_request_bytes").is_err());
+    }
 
     #[test]
     fn refuses_what_the_user_may_not_read_and_non_files() {

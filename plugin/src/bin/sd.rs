@@ -9,7 +9,7 @@ use smartdomains::journal::Journal;
 use smartdomains::site::SiteConfig;
 use smartdomains::user_files::UserFiles;
 use smartdomains::{job, policy, pool};
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -271,16 +271,10 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     let files = UserFiles::caller();
     let tty = std::io::stderr().is_terminal();
     // Front end → request → policy: all checks before anything is created.
-    let mut text = String::new();
-    if let Err(e) = files.open_read(jdl_path).and_then(|mut f| {
-        f.read_to_string(&mut text)
-            .map_err(|e| smartdomains::user_files::UserFileError {
-                path: jdl_path.to_path_buf(),
-                reason: e.to_string(),
-            })
-    }) {
-        return fail(EXIT_REFUSED, &e.to_string());
-    }
+    let text = match files.read_text(jdl_path, site.max_request_bytes, "max_request_bytes") {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
     let jdl = match JobDescription::parse(&text, jdl_path) {
         Ok(j) => j,
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),

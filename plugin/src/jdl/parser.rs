@@ -883,6 +883,18 @@ mod tests {
         parse_str(src, Path::new("t.jdl")).unwrap_err().to_string()
     }
 
+    #[test]
+    fn many_attributes_and_a_late_duplicate_with_any_case() {
+        // 120k attributes (1.4 MB): the duplicate check must stay linear.
+        let mut src: String = (0..120_000).map(|i| format!("Attr{i} = {i};\n")).collect();
+        assert_eq!(parse(&src).attributes.len(), 120_000);
+        src.push_str("ATTR7 = 1;\n");
+        assert_eq!(
+            parse_error(&src),
+            "t.jdl:120001:1: duplicate attribute 'ATTR7' (first defined at 8:1)"
+        );
+    }
+
     /// The value of attribute `x` in `x = <src>`.
     fn expr(src: &str) -> Expr {
         parse(&format!("x = {src}")).get("x").unwrap().node.clone()
