@@ -354,7 +354,14 @@ struct Parser<'a> {
     lex: Lexer<'a>,
     tok: Tok,
     at: Pos,
+    /// Components and lists open around the current token, bounded by
+    /// `MAX_NESTING`: the parser recurses, and a description is untrusted.
+    depth: u32,
 }
+
+/// Deeper than any real description (Figure 1 nests 4), far below what
+/// overflows the stack.
+const MAX_NESTING: u32 = 64;
 
 const RESERVED: &[&str] = &[
     "APPLY",
@@ -392,7 +399,12 @@ impl<'a> Parser<'a> {
     fn new(file: Arc<str>, src: &'a str, at: Option<&Pos>) -> Result<Self, DescriptionError> {
         let mut lex = Lexer::new(file, src, at);
         let (tok, at) = lex.next()?;
-        Ok(Parser { lex, tok, at })
+        Ok(Parser {
+            lex,
+            tok,
+            at,
+            depth: 0,
+        })
     }
 
     fn advance(&mut self) -> Result<(Tok, Pos), DescriptionError> {
@@ -478,7 +490,30 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// Runs `f` one nesting level deeper, or refuses past `MAX_NESTING`.
+    fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, DescriptionError>,
+    ) -> Result<T, DescriptionError> {
+        if self.depth >= MAX_NESTING {
+            return Err(DescriptionError::Syntax {
+                at: self.at.clone(),
+                message: format!(
+                    "components and lists nested too deeply (more than {MAX_NESTING} levels)"
+                ),
+            });
+        }
+        self.depth += 1;
+        let result = f(self);
+        self.depth -= 1;
+        result
+    }
+
     fn component(&mut self, at: Pos) -> Result<Component, DescriptionError> {
+        self.nested(|p| p.component_body(at))
+    }
+
+    fn component_body(&mut self, at: Pos) -> Result<Component, DescriptionError> {
         let mut comp = Component::new(at);
         if self.is_word("LAZY") || self.is_word("DATA") {
             self.advance()?;
@@ -530,7 +565,7 @@ impl<'a> Parser<'a> {
                 if self.tok != close {
                     loop {
                         let pos = self.at.clone();
-                        let value = self.simple()?;
+                        let value = self.nested(|p| p.simple())?;
                         items.push(Attr { value, pos });
                         if self.tok == Tok::Comma {
                             self.advance()?;

@@ -19,7 +19,14 @@ pub enum KvmVerdict {
 }
 
 /// Probes (or reads the cached verdict for this boot from `cache_dir`).
-pub fn kvm_usable(qemu: &Path, kernel: &Path, cache_dir: &Path, timeout: Duration) -> KvmVerdict {
+/// `confinement`: the sandbox and privilege-drop options every QEMU we start gets.
+pub fn kvm_usable(
+    qemu: &Path,
+    confinement: &[String],
+    kernel: &Path,
+    cache_dir: &Path,
+    timeout: Duration,
+) -> KvmVerdict {
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -48,7 +55,7 @@ pub fn kvm_usable(qemu: &Path, kernel: &Path, cache_dir: &Path, timeout: Duratio
             }
         }
     }
-    let verdict = probe(qemu, kernel, cache_dir, timeout);
+    let verdict = probe(qemu, confinement, kernel, cache_dir, timeout);
     let line = match &verdict {
         KvmVerdict::Works => "works".to_string(),
         KvmVerdict::Unusable(why) => why.replace('\n', " "),
@@ -58,7 +65,13 @@ pub fn kvm_usable(qemu: &Path, kernel: &Path, cache_dir: &Path, timeout: Duratio
     verdict
 }
 
-fn probe(qemu: &Path, kernel: &Path, dir: &Path, timeout: Duration) -> KvmVerdict {
+fn probe(
+    qemu: &Path,
+    confinement: &[String],
+    kernel: &Path,
+    dir: &Path,
+    timeout: Duration,
+) -> KvmVerdict {
     let _ = std::fs::create_dir_all(dir);
     let console = dir.join(format!("kvm-probe.{}.console", std::process::id()));
     let _ = std::fs::remove_file(&console);
@@ -78,6 +91,7 @@ fn probe(qemu: &Path, kernel: &Path, dir: &Path, timeout: Duration) -> KvmVerdic
         .arg("-kernel")
         .arg(kernel)
         .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"])
+        .args(confinement)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

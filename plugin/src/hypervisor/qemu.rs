@@ -76,6 +76,7 @@ impl Qemu {
             AccelChoice::Tcg => ("tcg", None),
             AccelChoice::Auto => match kvm_usable(
                 &self.options.binary,
+                &self.confinement(),
                 kernel,
                 &self.options.cache_dir,
                 KVM_PROBE_TIMEOUT,
@@ -84,6 +85,39 @@ impl Qemu {
                 KvmVerdict::Unusable(why) => ("tcg", Some(why)),
             },
         }
+    }
+
+    /// What confines a QEMU we start as root, the KVM probe's included: the
+    /// seccomp sandbox and the drop to the unprivileged `run_as` user.
+    fn confinement(&self) -> Vec<String> {
+        let mut confinement: Vec<String> = vec![];
+        let run_as = self
+            .options
+            .run_as
+            .as_ref()
+            .filter(|_| nix::unistd::geteuid().is_root());
+        if self.options.sandbox {
+            // QEMU installs its seccomp filter before it drops to the -runas
+            // user, so set*id must stay allowed for that drop; once it runs
+            // as that user it cannot get root back anyway.
+            let elevate = if run_as.is_some() { "allow" } else { "deny" };
+            confinement.push("-sandbox".into());
+            confinement.push(format!(
+                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+            ));
+        }
+        if let Some(user) = run_as {
+            // QEMU 9.1 replaced `-runas USER` (deprecated since) with
+            // `-run-with user=USER`; 7.2 knows only the former.
+            if self.version().is_some_and(|v| v >= (9, 1)) {
+                confinement.push("-run-with".into());
+                confinement.push(format!("user={user}"));
+            } else {
+                confinement.push("-runas".into());
+                confinement.push(user.clone());
+            }
+        }
+        confinement
     }
 
     /// The command line, apart from the binary. Public for the benchmark,
@@ -147,32 +181,7 @@ impl Qemu {
             "-pidfile".into(),
             pidfile.display().to_string(),
         ];
-        let run_as = self
-            .options
-            .run_as
-            .as_ref()
-            .filter(|_| nix::unistd::geteuid().is_root());
-        if self.options.sandbox {
-            // QEMU installs its seccomp filter before it drops to the -runas
-            // user, so set*id must stay allowed for that drop; once it runs
-            // as that user it cannot get root back anyway.
-            let elevate = if run_as.is_some() { "allow" } else { "deny" };
-            args.push("-sandbox".into());
-            args.push(format!(
-                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
-            ));
-        }
-        if let Some(user) = run_as {
-            // QEMU 9.1 replaced `-runas USER` (deprecated since) with
-            // `-run-with user=USER`; 7.2 knows only the former.
-            if self.version().is_some_and(|v| v >= (9, 1)) {
-                args.push("-run-with".into());
-                args.push(format!("user={user}"));
-            } else {
-                args.push("-runas".into());
-                args.push(user.clone());
-            }
-        }
+        args.extend(self.confinement());
         args
     }
 }
