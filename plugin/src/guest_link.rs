@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,11 @@ impl GuestLink {
             source,
         })?;
         let reader = stream.try_clone()?;
-        let (tx, incoming) = channel();
+        // Bounded: when the consumer is slow (a job's stdout blocked), the
+        // reader stops reading, the channel's buffers fill and the agent's
+        // writes in the guest block, instead of the host buffering without
+        // end. 16 frames are 1 MiB of 64 KiB chunks (16 MiB at the 1 MiB limit).
+        let (tx, incoming) = sync_channel(16);
         std::thread::spawn(move || {
             let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
             loop {
