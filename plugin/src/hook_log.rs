@@ -45,7 +45,10 @@ impl Write for HookWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let event = one_line(buf);
         if let Some(f) = &self.file {
-            let _ = f.lock().unwrap_or_else(|e| e.into_inner()).write_all(&event);
+            let _ = f
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(&event);
         }
         if self.syslog {
             let line = String::from_utf8_lossy(&event);

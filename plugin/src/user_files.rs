@@ -9,8 +9,8 @@
 //! process-wide in glibc); a file readable only through a secondary group is
 //! refused — the safe direction.
 
-use std::io::Read;
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -62,15 +62,15 @@ impl UserFiles {
         limit_name: &str,
     ) -> Result<String, UserFileError> {
         let file = self.open_read(path)?;
-        let too_big = |size: String| {
+        let too_big = |size: &str| {
             err(
                 path,
-                format!("is {size} bytes, more than the site's limit of {max_bytes} ({limit_name})"),
+                format!("is {size}, more than the site's limit of {max_bytes} ({limit_name})"),
             )
         };
         let size = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
         if size > max_bytes {
-            return Err(too_big(size.to_string()));
+            return Err(too_big(&format!("{size} bytes")));
         }
         // The file may grow after the check: read one byte past the limit at most.
         let mut bytes = Vec::with_capacity(size as usize);
@@ -78,7 +78,7 @@ impl UserFiles {
             .read_to_end(&mut bytes)
             .map_err(|e| err(path, e.to_string()))?;
         if bytes.len() as u64 > max_bytes {
-            return Err(too_big("over".into()));
+            return Err(too_big("growing while read"));
         }
         String::from_utf8(bytes).map_err(|_| err(path, "is not UTF-8 text".into()))
     }
@@ -157,7 +157,9 @@ mod tests {
             .set_len(4 << 30)
             .unwrap();
         let me = UserFiles::caller();
-        let e = me.read_text(&sparse, 1 << 20, "max_request_bytes").unwrap_err();
+        let e = me
+            .read_text(&sparse, 1 << 20, "max_request_bytes")
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(

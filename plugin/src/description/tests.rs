@@ -434,12 +434,21 @@ fn sf_nesting_is_bounded() {
     let deep = format!("sfConfig {}{}", "{ a ".repeat(10_000), "} ".repeat(10_000));
     assert!(
         sf_error(&deep).starts_with("test.sf:1:")
-            && sf_error(&deep).ends_with("components and lists nested too deeply (more than 64 levels)"),
+            && sf_error(&deep)
+                .ends_with("components and lists nested too deeply (more than 64 levels)"),
         "{}",
         sf_error(&deep)
     );
-    let lists = format!("sfConfig extends {{ x {}1{}; }}", "[".repeat(10_000), "]".repeat(10_000));
-    assert!(sf_error(&lists).contains("nested too deeply"), "{}", sf_error(&lists));
+    let lists = format!(
+        "sfConfig extends {{ x {}1{}; }}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    assert!(
+        sf_error(&lists).contains("nested too deeply"),
+        "{}",
+        sf_error(&lists)
+    );
     // 30 levels are fine.
     let ok = format!("sfConfig {}{}", "{ a ".repeat(30), "} ".repeat(30));
     assert!(resolve_str("test.sf", &ok, Format::SmartFrog).is_ok());

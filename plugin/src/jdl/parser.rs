@@ -592,7 +592,10 @@ impl<'a> Parser<'a> {
                 return Err(self.unexpected(&format!("']' to close '[' at {open}")));
             }
             let (name, name_span) = self.name(&format!("attribute name or {closer}"))?;
-            if let Some(first) = seen.get(&name.to_ascii_lowercase()).map(|&i| &attributes[i]) {
+            if let Some(first) = seen
+                .get(&name.to_ascii_lowercase())
+                .map(|&i| &attributes[i])
+            {
                 return Err(self.error(
                     name_span,
                     format!(
