@@ -7,6 +7,7 @@
 use crate::deployment::{self, DeployError};
 use crate::guest_link::{GuestLink, JobOutcome};
 use crate::jdl::JobDescription;
+use crate::owner::Owner;
 use crate::policy::{self, ResolvedEnvironment};
 use crate::request::EnvironmentRequest;
 use crate::site::SiteConfig;
@@ -64,11 +65,14 @@ pub fn read_request(
     }
 }
 
-/// Parses and admits a request. `account` is the job's accounting name: for
-/// an image alone, it is the VO if the site knows it as one. The error is
-/// the user's, worded for the user.
+/// Parses and admits a request of `owner`. `account` is the job's
+/// accounting name (Slurm account, HTCondor `AcctGroup`; both chosen by the
+/// user): for an image alone, it names the VO if the site knows it as one,
+/// and like a JDL's `VirtualOrganisation` it only picks among the owner's
+/// VOs. The error is the user's, worded for the user.
 pub fn admit(
     site: &SiteConfig,
+    owner: &Owner,
     request: &Request,
     account: Option<&str>,
 ) -> Result<ResolvedEnvironment, String> {
@@ -87,7 +91,7 @@ pub fn admit(
             (EnvironmentRequest::image_only(name), vo)
         }
     };
-    policy::admit(site, vo.as_deref(), &request).map_err(|e| e.to_string())
+    policy::admit(site, owner, vo.as_deref(), &request).map_err(|e| e.to_string())
 }
 
 /// Why a command could not be run in the job's domain.

@@ -25,8 +25,13 @@ pub enum DeployError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
-    #[error("{error} — console log: {console}")]
-    Link { error: LinkError, console: String },
+    #[error("{error}{} — console log: {console}", guest_said(last_words))]
+    Link {
+        error: LinkError,
+        console: String,
+        /// The boot's own `sd-init:` lines from the console, last few.
+        last_words: Vec<String>,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("backend {0} is not available on this host: {1}")]
@@ -35,6 +40,63 @@ pub enum DeployError {
     NoSuchDeployment(String),
     #[error(transparent)]
     Store(#[from] crate::image_store::StoreError),
+}
+
+fn guest_said(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; the guest said: {}", lines.join(" | "))
+    }
+}
+
+/// Whose fault a failure is. It decides what the batch system is told: a
+/// user's fault fails the job with the reason and the node stays in
+/// service; a site's fault takes the node out (Slurm drains it) for the admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    User,
+    Site,
+}
+
+impl DeployError {
+    /// A guest that does not come up is the fault of whoever made its image:
+    /// the site's for a catalogue image, the user's for one a job saved (its
+    /// job may have wiped its own disk). Everything else here is the site's.
+    pub fn fault(&self, env: &ResolvedEnvironment) -> Fault {
+        match self {
+            DeployError::Link { error, .. } if env.from_store && error.is_guest_side() => {
+                Fault::User
+            }
+            _ => Fault::Site,
+        }
+    }
+}
+
+/// The last `sd-init:` lines of a console log (the initramfs says why it
+/// gave up there), escaped: the guest is not trusted to write our logs.
+fn last_words(console_log: &Path) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(console_log) else {
+        return vec![];
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+    let mut bytes = Vec::new();
+    let _ = f.take(TAIL).read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.find("sd-init:").map(|i| &l[i..]))
+        .map(|l| {
+            let l: String = l.chars().take(200).collect();
+            l.escape_debug().to_string()
+        })
+        .collect();
+    let keep = lines.len().saturating_sub(3);
+    lines.drain(..keep);
+    lines
 }
 
 /// Held while a resource is recorded and created, and by whoever cleans up
@@ -241,9 +303,9 @@ fn save_if_wanted(
         return None;
     }
     if !clean {
-        return Some(Err(
-            "the domain did not shut down cleanly; its disk is not saved".into(),
-        ));
+        let e = "the domain did not shut down cleanly; its disk is not saved";
+        tracing::error!("{e}");
+        return Some(Err(e.into()));
     }
     let id = journal.id();
     let vo = env["vo"].as_str().unwrap_or_default().to_string();
@@ -269,6 +331,7 @@ fn save_if_wanted(
                     path: crate::storage_lvm::device_path(&vg, &lv),
                     format: DiskFormat::Raw,
                     allocated: Some(allocated),
+                    backing: None,
                 },
                 Err(e) => {
                     let e = format!("the disk could not be saved as {name}: {e}");
@@ -284,10 +347,20 @@ fn save_if_wanted(
                 DiskFormat::Qcow2
             };
             let (path, format) = storage::job_disk(&run_dir(site, id), format);
+            let backing = journal.facts().disk_backing.clone();
+            if format == DiskFormat::Qcow2 && backing.is_none() {
+                let e = format!(
+                    "the disk could not be saved as {name}: its base was not recorded \
+                     (a deployment of an older version), and its own header is not trusted"
+                );
+                tracing::error!("{e}");
+                return Some(Err(e));
+            }
             DiskToSave {
                 path,
                 format,
                 allocated: None,
+                backing,
             }
         }
     };
@@ -331,7 +404,11 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
         .display()
         .to_string();
     let link = GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
-        .map_err(|error| DeployError::Link { error, console })?;
+        .map_err(|error| DeployError::Link {
+            error,
+            console,
+            last_words: vec![],
+        })?;
     watch_domain(site, &link, backend.name(), id)?;
     Ok(link)
 }
@@ -431,6 +508,9 @@ impl Partial<'_> {
                     } else {
                         env.image.disk.clone()
                     };
+                    if env.image.format == DiskFormat::Qcow2 {
+                        journal.update_facts(|f| f.disk_backing = Some(base.clone()))?;
+                    }
                     storage::create_job_disk(&base, env.image.format, path, env.disk_mib)?;
                 }
             }
@@ -479,6 +559,7 @@ impl Partial<'_> {
                 DeployError::Link {
                     error,
                     console: console_log.display().to_string(),
+                    last_words: last_words(&console_log),
                 }
             })?;
         Ok((link, booted.acceleration, started.elapsed()))

@@ -36,6 +36,21 @@ pub enum LinkError {
     Io(#[from] std::io::Error),
 }
 
+impl LinkError {
+    /// The guest (what runs in it) failed, not our side of the link.
+    pub fn is_guest_side(&self) -> bool {
+        match self {
+            LinkError::Timeout(_)
+            | LinkError::DomainGone
+            | LinkError::Protocol(_)
+            | LinkError::Version { .. }
+            | LinkError::Guest(_)
+            | LinkError::Unexpected(_) => true,
+            LinkError::Connect { .. } | LinkError::Io(_) => false,
+        }
+    }
+}
+
 /// What the guest reported about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestInfo {

@@ -80,11 +80,18 @@ pub struct DiskToSave {
     /// info` (which sees no allocation on a block device): the free-space
     /// check wants at least this much in the store.
     pub allocated: Option<u64>,
+    /// The qcow2 file a qcow2 overlay was made on, as recorded when it was
+    /// made. Read in place of the backing file the overlay's header names:
+    /// QEMU (and so a guest that escaped into it) can rewrite that header,
+    /// and root would then copy any host file into the saved image.
+    /// `None` for a qcow2: the header is trusted ([`DiskToSave::file`]).
+    pub backing: Option<PathBuf>,
 }
 
 impl DiskToSave {
-    /// A disk file in a run directory: `*.raw` is raw, anything else a
-    /// qcow2 overlay (as `storage::job_disk` names them).
+    /// A disk file whose qcow2 header is trusted (tests, tools; never a
+    /// disk a guest could write to): `*.raw` is raw, anything else a qcow2
+    /// over the backing file its header names.
     pub fn file(path: &Path) -> DiskToSave {
         let format = if path.extension().is_some_and(|e| e == "raw") {
             DiskFormat::Raw
@@ -95,8 +102,74 @@ impl DiskToSave {
             path: path.to_path_buf(),
             format,
             allocated: None,
+            backing: None,
         }
     }
+
+    /// How qemu-img is to read it: `-f FORMAT PATH`, or for a qcow2 overlay
+    /// with a recorded backing file, `--image-opts` naming that file (the
+    /// header's backing name is not opened).
+    fn source_args(&self) -> Result<Vec<std::ffi::OsString>, StoreError> {
+        let format = crate::storage::format_name(self.format);
+        if self.format == DiskFormat::Qcow2 {
+            check_qcow2_header(&self.path)?;
+        }
+        match (&self.backing, self.format) {
+            (Some(backing), DiskFormat::Qcow2) => {
+                check_qcow2_header(backing)?;
+                let mut opts =
+                    std::ffi::OsString::from("driver=qcow2,file.driver=file,file.filename=");
+                opts.push(escape_opt(&self.path));
+                opts.push(",backing.driver=qcow2,backing.file.driver=file,backing.file.filename=");
+                opts.push(escape_opt(backing));
+                Ok(vec!["--image-opts".into(), opts])
+            }
+            _ => Ok(vec!["-f".into(), format.into(), self.path.clone().into()]),
+        }
+    }
+}
+
+/// A path as a value in QEMU's `key=value,...` option syntax (`,` doubled).
+fn escape_opt(path: &Path) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Refuses a qcow2 whose header asks for an external data file (the
+/// `data_file` incompatible feature, bit 2): qemu-img would read the file
+/// the header names, which the guest's QEMU may have chosen.
+fn check_qcow2_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let bad = |stderr: String| StoreError::QemuImg {
+        action: "read",
+        path: path.to_path_buf(),
+        stderr,
+    };
+    let mut header = [0u8; 80];
+    let mut f = File::open(path).map_err(|e| bad(e.to_string()))?;
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("no qcow2 header: {e}")))?;
+    if &header[0..4] != b"QFI\xfb" {
+        return Err(bad("not a qcow2 file".into()));
+    }
+    let version = u32::from_be_bytes(header[4..8].try_into().unwrap());
+    if version >= 3 {
+        let incompatible = u64::from_be_bytes(header[72..80].try_into().unwrap());
+        if incompatible & (1 << 2) != 0 {
+            return Err(bad(
+                "its header asks for an external data file; not read (a job's disk never has one)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Who saves an image, for its manifest and the VO's quota.
@@ -347,12 +420,15 @@ impl ImageStore {
     ) -> Result<Manifest, StoreError> {
         check_name(name)?;
         let overlay = disk.path.as_path();
-        let format = crate::storage::format_name(disk.format);
+        let source = disk.source_args()?;
         // What it takes on disk at most: the overlay and its backing chain,
         // flattened (qemu-img fails here on an overlay a running QEMU holds).
-        let needed = match disk.allocated {
-            Some(n) => n,
-            None => allocated_size_of_chain(overlay, format)?,
+        let needed = match (disk.allocated, &disk.backing) {
+            (Some(n), _) => n,
+            // `qemu-img info` walks the chain by the header's names: measure
+            // what the flattened copy needs instead, over the recorded base.
+            (None, Some(_)) => measured_size(overlay, &source)?,
+            (None, None) => allocated_size_of_chain(overlay, &source)?,
         };
         create_private_dir(&self.dir)?;
         if self.manifest_path(name).exists() {
@@ -405,7 +481,7 @@ impl ImageStore {
         };
         let temps = Temporaries(vec![zst_tmp.clone(), flat_tmp.clone(), json_tmp.clone()]);
 
-        flatten(overlay, format, &flat_tmp)?;
+        flatten(overlay, &source, &flat_tmp)?;
         let mut flat = File::open(&flat_tmp).map_err(at(&flat_tmp))?;
         let size = flat.metadata().map_err(at(&flat_tmp))?.len();
         let (compressed_size, sha256) =
@@ -912,15 +988,17 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 /// Bytes the overlay (of `format`) and every file of its backing chain
 /// take on disk.
-fn allocated_size_of_chain(overlay: &Path, format: &str) -> Result<u64, StoreError> {
-    let out = qemu_img(&[
+fn allocated_size_of_chain(
+    overlay: &Path,
+    source: &[std::ffi::OsString],
+) -> Result<u64, StoreError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "info".as_ref(),
         "--backing-chain".as_ref(),
         "--output=json".as_ref(),
-        "-f".as_ref(),
-        format.as_ref(),
-        overlay.as_os_str(),
-    ])?;
+    ];
+    args.extend(source.iter().map(|a| a.as_os_str()));
+    let out = qemu_img(&args)?;
     let failed = |stderr: String| StoreError::QemuImg {
         action: "read",
         path: overlay.to_path_buf(),
@@ -946,20 +1024,40 @@ fn allocated_size_of_chain(overlay: &Path, format: &str) -> Result<u64, StoreErr
     Ok(total)
 }
 
-/// `qemu-img convert -O qcow2`: the overlay (of `format`, never probed: a
-/// guest could have written a qcow2 header into a raw disk) and its backing
-/// chain as one standalone qcow2 (zero clusters left out).
-fn flatten(overlay: &Path, format: &str, out: &Path) -> Result<(), StoreError> {
-    let res = qemu_img(&[
-        "convert".as_ref(),
-        "-q".as_ref(),
-        "-f".as_ref(),
-        format.as_ref(),
+/// Bytes a standalone qcow2 of `source` needs (`qemu-img measure`).
+fn measured_size(overlay: &Path, source: &[std::ffi::OsString]) -> Result<u64, StoreError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "measure".as_ref(),
+        "--output=json".as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
-        overlay.as_os_str(),
-        out.as_os_str(),
-    ])?;
+    ];
+    args.extend(source.iter().map(|a| a.as_os_str()));
+    let out = qemu_img(&args)?;
+    let failed = |stderr: String| StoreError::QemuImg {
+        action: "read",
+        path: overlay.to_path_buf(),
+        stderr,
+    };
+    if !out.status.success() {
+        return Err(failed(stderr_of(&out)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| failed(format!("unexpected `qemu-img measure` output: {e}")))?;
+    v["required"]
+        .as_u64()
+        .ok_or_else(|| failed("unexpected `qemu-img measure` output: no \"required\"".into()))
+}
+
+/// `qemu-img convert -O qcow2`: the overlay (read as `source` says: its
+/// format given, never probed, since a guest could have written a qcow2
+/// header into a raw disk; its backing file the recorded one) and its
+/// backing chain as one standalone qcow2 (zero clusters left out).
+fn flatten(overlay: &Path, source: &[std::ffi::OsString], out: &Path) -> Result<(), StoreError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), "-q".as_ref()];
+    args.extend(source.iter().map(|a| a.as_os_str()));
+    args.extend(["-O".as_ref(), "qcow2".as_ref(), out.as_os_str()]);
+    let res = qemu_img(&args)?;
     if res.status.success() {
         return Ok(());
     }
@@ -1291,6 +1389,60 @@ mod tests {
 
     fn no_progress(_: u64, _: u64) {}
 
+    /// A guest that escaped into its QEMU may rewrite its overlay's header to
+    /// name any host file as the backing file; the save reads the recorded
+    /// base, never that name, and refuses an external data file.
+    #[test]
+    fn a_save_reads_the_recorded_base_not_the_backing_file_the_header_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let overlay = job_disk(tmp.path());
+        let base = tmp.path().join("base.qcow2");
+        let expected = raw_contents(&overlay);
+        let secret = tmp.path().join("secret.qcow2");
+        qemu_img_create(&secret, "8M", None);
+        qemu_io_write(&secret, 0x77, "0", "1M");
+        run(Command::new("qemu-img")
+            .args(["rebase", "-u", "-F", "qcow2", "-b"])
+            .arg(&secret)
+            .arg(&overlay));
+        let store = store_in(tmp.path());
+        let disk = DiskToSave {
+            backing: Some(base),
+            ..DiskToSave::file(&overlay)
+        };
+        store
+            .save_disk(&disk, "honest", meta("demo", None), &no_progress)
+            .unwrap();
+        let saved = store.open_for_use("honest", &no_progress).unwrap();
+        assert_eq!(raw_contents(&saved), expected, "the recorded base's data");
+        // Trusting the header (as before) would have copied the secret.
+        store
+            .save(&overlay, "trusting", meta("demo", None), &no_progress)
+            .unwrap();
+        let trusting = store.open_for_use("trusting", &no_progress).unwrap();
+        assert_eq!(raw_contents(&trusting)[..4], [0x77; 4]);
+
+        // An external data file in the header: refused, whatever the backing.
+        let with_data_file = tmp.path().join("data-file.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!(
+                "data_file={}",
+                secret.with_extension("data").display()
+            ))
+            .arg(&with_data_file)
+            .arg("8M"));
+        let e = store
+            .save_disk(
+                &DiskToSave::file(&with_data_file),
+                "df",
+                meta("demo", None),
+                &no_progress,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("external data file"), "{e}");
+    }
+
     #[test]
     fn save_list_use_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1423,6 +1575,7 @@ mod tests {
             path: dev.clone(),
             format: DiskFormat::Lvm,
             allocated: Some(1 << 20),
+            backing: None,
         };
         store
             .save_disk(&to_save, "from-lvm", meta("demo", None), &no_progress)
@@ -1432,6 +1585,7 @@ mod tests {
         // A figure larger than the free space is refused before anything is written.
         let huge = DiskToSave {
             allocated: Some(u64::MAX / 2),
+            backing: None,
             ..to_save
         };
         let e = store

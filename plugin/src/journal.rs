@@ -7,6 +7,7 @@
 //! replaced atomically (write to a temporary name, fsync, rename), so a crash
 //! never leaves a half-written journal.
 
+use crate::atomic_file::Readers;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ pub struct Facts {
     /// deployment is an orphan that `sd cleanup` may remove. None for
     /// deployments owned by a batch system (its epilog removes them).
     pub owner_pid: Option<u32>,
+    /// The qcow2 base the job's qcow2 overlay was made on: a save reads
+    /// this, not what the overlay's header (which QEMU can write) names.
+    pub disk_backing: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +226,16 @@ impl Journal {
             source,
         };
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
-        crate::atomic_file::write(&self.path, &text).map_err(io)?;
+        // The deployment's user reads it (sd-exec finds its agent there) but
+        // may not change it: root undoes what it lists.
+        let readers = match self.data.facts.uid.filter(|&u| u != 0) {
+            Some(uid) => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                Ok(Some(user)) => Readers::Group(user.gid.as_raw()),
+                _ => Readers::Root,
+            },
+            None => Readers::Root,
+        };
+        crate::atomic_file::write_readable(&self.path, &text, readers).map_err(io)?;
         Ok(())
     }
 }

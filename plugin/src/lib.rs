@@ -17,6 +17,7 @@ pub mod jdl;
 pub mod job;
 pub mod journal;
 pub mod node_service;
+pub mod owner;
 pub mod policy;
 pub mod pool;
 pub mod request;

@@ -359,7 +359,11 @@ fn deploy(
         Request::Image(name) => format!("image {name}"),
     };
     tracing::info!("request {what} for uid {}", caller.uid);
-    let env = match batch::admit(site, request, account) {
+    let owner = match crate::owner::Owner::of_uid(caller.uid) {
+        Ok(o) => o,
+        Err(e) => return ServiceReply::Refused(e.to_string()),
+    };
+    let env = match batch::admit(site, &owner, request, account) {
         Ok(env) => env,
         Err(message) => {
             tracing::warn!("refused (user error, the job is held): {message}");
@@ -411,6 +415,10 @@ fn deploy(
             };
             drop(d);
             reply
+        }
+        Err(e) if e.fault(&env) == deployment::Fault::User => {
+            tracing::warn!("user error (the job is held): the domain did not come up: {e}");
+            ServiceReply::Refused(format!("the domain did not come up: {e}"))
         }
         Err(e) => {
             tracing::error!("site fault, the job is held: {e}");

@@ -9,9 +9,11 @@
 use serde::Serialize;
 
 use crate::image_store::ImageStore;
+use crate::owner::Owner;
 use crate::request::EnvironmentRequest;
 use crate::site::{
     validate_hostname, validate_image_name, CatalogueImage, DiskFormat, SavePolicy, SiteConfig,
+    VoPolicy,
 };
 
 /// What a job gets: everything `deployment` needs, nothing left optional.
@@ -47,6 +49,24 @@ pub enum PolicyError {
     NoVo,
     #[error("unknown VirtualOrganisation {vo:?}; this site serves: {}", known.join(", "))]
     UnknownVo { vo: String, known: Vec<String> },
+    #[error(
+        "{owner} is not a member of VO {vo:?} at this site (its members: {members}); \
+         the site admin lists a VO's members in site.yaml (vos.{vo}.unix_groups, users)"
+    )]
+    NotMember {
+        vo: String,
+        owner: String,
+        members: String,
+    },
+    #[error("the job names no VirtualOrganisation, and {owner} is a member of no VO at this site")]
+    MemberOfNoVo { owner: String },
+    #[error(
+        "the job names no VirtualOrganisation, and {owner} is a member of several VOs ({}): \
+         name one, e.g. VirtualOrganisation = \"{}\"",
+        vos.join(", "),
+        vos[0]
+    )]
+    MemberOfSeveralVos { owner: String, vos: Vec<String> },
     #[error("the job names no image and the site has no default image (defaults.image)")]
     NoImage,
     #[error("invalid image name {image:?}: {reason}")]
@@ -108,6 +128,9 @@ impl PolicyError {
         match self {
             PolicyError::NoVo
             | PolicyError::UnknownVo { .. }
+            | PolicyError::NotMember { .. }
+            | PolicyError::MemberOfNoVo { .. }
+            | PolicyError::MemberOfSeveralVos { .. }
             | PolicyError::NoImage
             | PolicyError::InvalidImageName { .. }
             | PolicyError::UnknownImage { .. }
@@ -124,25 +147,16 @@ impl PolicyError {
     }
 }
 
-/// Admit a job of VO `vo` (None or empty: the site's `default_vo`) asking
-/// for `req`.
+/// Admit a job of `owner` naming VO `vo` (None or empty: the owner's VO,
+/// see [`choose_vo`]) asking for `req`.
 pub fn admit(
     site: &SiteConfig,
+    owner: &Owner,
     vo: Option<&str>,
     req: &EnvironmentRequest,
 ) -> Result<ResolvedEnvironment, PolicyError> {
-    // 1. The VO.
-    let vo_name = match vo.filter(|v| !v.is_empty()).or(site.default_vo.as_deref()) {
-        Some(v) => v,
-        None => return Err(PolicyError::NoVo),
-    };
-    let policy = site
-        .vos
-        .get(vo_name)
-        .ok_or_else(|| PolicyError::UnknownVo {
-            vo: vo_name.to_string(),
-            known: site.vos.keys().cloned().collect(),
-        })?;
+    // 1. The VO: one the owner is a member of.
+    let policy = choose_vo(site, owner, vo)?;
 
     // 2. The image: named by the request, else the site's default.
     let (image_name, from_default) = match (&req.image, &site.defaults.image) {
@@ -296,6 +310,53 @@ pub fn admit(
     })
 }
 
+/// The VO a job of `owner` acts for. A named VO must be one the owner is a
+/// member of (`site.yaml` says who is; the request only picks among them).
+/// With none named: the owner's only VO; with several, the site's
+/// `default_vo` if it is one of them. Root may act for any VO.
+pub fn choose_vo<'a>(
+    site: &'a SiteConfig,
+    owner: &Owner,
+    named: Option<&str>,
+) -> Result<&'a VoPolicy, PolicyError> {
+    if let Some(name) = named.filter(|v| !v.is_empty()) {
+        let policy = site.vos.get(name).ok_or_else(|| PolicyError::UnknownVo {
+            vo: name.to_string(),
+            known: site.vos.keys().cloned().collect(),
+        })?;
+        return match owner {
+            Owner::Root => Ok(policy),
+            Owner::User(user) if policy.members.admits(user) => Ok(policy),
+            Owner::User(_) => Err(PolicyError::NotMember {
+                vo: name.to_string(),
+                owner: owner.to_string(),
+                members: policy.members.to_string(),
+            }),
+        };
+    }
+    let default = site.default_vo.as_deref().and_then(|d| site.vos.get(d));
+    let Owner::User(user) = owner else {
+        return default.ok_or(PolicyError::NoVo);
+    };
+    let mine: Vec<&VoPolicy> = site
+        .vos
+        .values()
+        .filter(|p| p.members.admits(user))
+        .collect();
+    match mine[..] {
+        [] => Err(PolicyError::MemberOfNoVo {
+            owner: owner.to_string(),
+        }),
+        [only] => Ok(only),
+        _ => default
+            .filter(|d| mine.iter().any(|m| m.name == d.name))
+            .ok_or_else(|| PolicyError::MemberOfSeveralVos {
+                owner: owner.to_string(),
+                vos: mine.iter().map(|m| m.name.clone()).collect(),
+            }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -324,6 +385,7 @@ vos:
     max_memory_mib: 1024
     max_vcpus: 1
   open: { images: \"*\" }
+  belle: { images: \"*\", unix_groups: [belle, belle-pilot], users: [carol] }
 default_vo: demo
 ";
 
@@ -332,7 +394,7 @@ default_vo: demo
     }
 
     fn refusal(vo: Option<&str>, req: EnvironmentRequest) -> String {
-        let e = admit(&site(), vo, &req).unwrap_err();
+        let e = admit(&site(), &Owner::Root, vo, &req).unwrap_err();
         assert!(e.is_user_error());
         e.to_string()
     }
@@ -348,14 +410,14 @@ default_vo: demo
             save_as: Some("worker-image".into()),
             hostname: Some("worker-1.example.org".into()),
         };
-        insta::assert_yaml_snapshot!(admit(&site(), Some("demo"), &req).unwrap());
+        insta::assert_yaml_snapshot!(admit(&site(), &Owner::Root, Some("demo"), &req).unwrap());
     }
 
     #[test]
     fn values_come_from_request_then_image_then_site() {
         let site = site();
         // Nothing asked: default VO, default image, its defaults, then the site's.
-        let env = admit(&site, None, &EnvironmentRequest::default()).unwrap();
+        let env = admit(&site, &Owner::Root, None, &EnvironmentRequest::default()).unwrap();
         assert_eq!(env.vo, "demo");
         assert_eq!(env.image.name, "debian-minimal");
         assert_eq!(
@@ -368,6 +430,7 @@ default_vo: demo
         // An image without defaults gets the site's.
         let env = admit(
             &site,
+            &Owner::Root,
             Some("demo"),
             &EnvironmentRequest::image_only("busybox"),
         )
@@ -380,7 +443,7 @@ default_vo: demo
             disk_mib: Some(100),
             ..Default::default()
         };
-        let env = admit(&site, Some("atlas"), &req).unwrap();
+        let env = admit(&site, &Owner::Root, Some("atlas"), &req).unwrap();
         assert_eq!(
             (env.vo.as_str(), env.memory_mib, env.vcpus, env.disk_mib),
             ("atlas", 600, 1, 100)
@@ -392,21 +455,109 @@ default_vo: demo
             disk_mib: Some(8192),
             ..Default::default()
         };
-        assert!(admit(&site, Some("demo"), &req).is_ok());
+        assert!(admit(&site, &Owner::Root, Some("demo"), &req).is_ok());
         let req = EnvironmentRequest {
             image: Some("busybox".into()),
             memory_mib: Some(1 << 20),
             vcpus: Some(64),
             ..Default::default()
         };
-        assert!(admit(&site, Some("open"), &req).is_ok());
+        assert!(admit(&site, &Owner::Root, Some("open"), &req).is_ok());
         // An empty VO name counts as none.
         assert_eq!(
-            admit(&site, Some(""), &EnvironmentRequest::default())
-                .unwrap()
-                .vo,
+            admit(
+                &site,
+                &Owner::Root,
+                Some(""),
+                &EnvironmentRequest::default()
+            )
+            .unwrap()
+            .vo,
             "demo"
         );
+    }
+
+    fn user(name: &str, groups: &[&str]) -> Owner {
+        Owner::User(crate::owner::UnixUser {
+            uid: 5001,
+            name: name.into(),
+            gid: 5001,
+            gids: vec![5001],
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+
+    fn vo_of(owner: &Owner, named: Option<&str>) -> Result<String, String> {
+        choose_vo(&site(), owner, named)
+            .map(|p| p.name.clone())
+            .map_err(|e| {
+                assert!(e.is_user_error());
+                e.to_string()
+            })
+    }
+
+    #[test]
+    fn a_vo_is_one_the_owner_is_a_member_of() {
+        let (alice, carol) = (
+            user("alice", &["alice", "belle-pilot"]),
+            user("carol", &["carol"]),
+        );
+        assert_eq!(vo_of(&alice, Some("belle")).unwrap(), "belle");
+        assert_eq!(vo_of(&carol, Some("belle")).unwrap(), "belle");
+        // Named or not, membership decides: the request only picks among the owner's VOs.
+        assert_eq!(vo_of(&alice, None).unwrap(), "belle");
+        assert_eq!(vo_of(&alice, Some("")).unwrap(), "belle");
+        insta::assert_snapshot!(
+            vo_of(&alice, Some("demo")).unwrap_err(),
+            @r#"user alice (uid 5001) is not a member of VO "demo" at this site (its members: none but root); the site admin lists a VO's members in site.yaml (vos.demo.unix_groups, users)"#
+        );
+        insta::assert_snapshot!(
+            vo_of(&user("dave", &["dave", "belle-admins"]), Some("belle")).unwrap_err(),
+            @r#"user dave (uid 5001) is not a member of VO "belle" at this site (its members: Unix groups belle, belle-pilot; users carol); the site admin lists a VO's members in site.yaml (vos.belle.unix_groups, users)"#
+        );
+        // A member of none gets none, not the site's default VO.
+        insta::assert_snapshot!(
+            vo_of(&user("dave", &["dave"]), None).unwrap_err(),
+            @"the job names no VirtualOrganisation, and user dave (uid 5001) is a member of no VO at this site"
+        );
+        // Root may act for any VO; naming none, it gets the default.
+        assert_eq!(vo_of(&Owner::Root, Some("belle")).unwrap(), "belle");
+        assert_eq!(vo_of(&Owner::Root, None).unwrap(), "demo");
+        // Unknown stays unknown, whoever asks.
+        assert!(vo_of(&alice, Some("lhcb"))
+            .unwrap_err()
+            .starts_with("unknown VirtualOrganisation \"lhcb\""));
+    }
+
+    #[test]
+    fn several_vos_default_only_if_a_member() {
+        let with = |default: &str| {
+            let text = SITE
+                .replace("default_vo: demo", &format!("default_vo: {default}"))
+                .replace("  atlas:\n", "  atlas:\n    unix_groups: [atlas]\n");
+            SiteConfig::from_str(&text, Path::new("/etc/sd/site.yaml")).unwrap()
+        };
+        let both = user("erin", &["erin", "atlas", "belle"]);
+        let site = with("belle");
+        assert_eq!(choose_vo(&site, &both, None).unwrap().name, "belle");
+        let site = with("demo");
+        insta::assert_snapshot!(
+            choose_vo(&site, &both, None).unwrap_err(),
+            @r#"the job names no VirtualOrganisation, and user erin (uid 5001) is a member of several VOs (atlas, belle): name one, e.g. VirtualOrganisation = "atlas""#
+        );
+        assert_eq!(
+            choose_vo(&site, &both, Some("atlas")).unwrap().name,
+            "atlas"
+        );
+        // The whole admission refuses a non-member before looking at the image.
+        let e = admit(
+            &site,
+            &user("dave", &["dave"]),
+            Some("atlas"),
+            &EnvironmentRequest::image_only("nonexistent"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PolicyError::NotMember { .. }), "{e}");
     }
 
     #[test]
@@ -429,7 +580,13 @@ default_vo: demo
     fn refused_default_image_not_allowed_for_vo() {
         let mut site = site();
         site.defaults.image = Some("busybox".into());
-        let e = admit(&site, Some("atlas"), &EnvironmentRequest::default()).unwrap_err();
+        let e = admit(
+            &site,
+            &Owner::Root,
+            Some("atlas"),
+            &EnvironmentRequest::default(),
+        )
+        .unwrap_err();
         insta::assert_snapshot!(e.to_string());
     }
 
@@ -478,7 +635,7 @@ default_vo: demo
     fn refused_no_vo() {
         let mut site = site();
         site.default_vo = None;
-        let e = admit(&site, None, &EnvironmentRequest::default()).unwrap_err();
+        let e = admit(&site, &Owner::Root, None, &EnvironmentRequest::default()).unwrap_err();
         assert_eq!(e, PolicyError::NoVo);
         insta::assert_snapshot!(e.to_string());
     }
@@ -487,7 +644,13 @@ default_vo: demo
     fn refused_no_image() {
         let mut site = site();
         site.defaults.image = None;
-        let e = admit(&site, Some("demo"), &EnvironmentRequest::default()).unwrap_err();
+        let e = admit(
+            &site,
+            &Owner::Root,
+            Some("demo"),
+            &EnvironmentRequest::default(),
+        )
+        .unwrap_err();
         assert_eq!(e, PolicyError::NoImage);
     }
 
@@ -519,8 +682,13 @@ default_vo: demo
             "Debian-Minimal",
             "",
         ] {
-            let e =
-                admit(&site(), Some("demo"), &EnvironmentRequest::image_only(name)).unwrap_err();
+            let e = admit(
+                &site(),
+                &Owner::Root,
+                Some("demo"),
+                &EnvironmentRequest::image_only(name),
+            )
+            .unwrap_err();
             assert!(
                 matches!(e, PolicyError::InvalidImageName { .. }),
                 "{name}: {e}"
@@ -532,6 +700,7 @@ default_vo: demo
     fn the_vo_is_checked_before_the_image() {
         let e = admit(
             &site(),
+            &Owner::Root,
             Some("cms"),
             &EnvironmentRequest::image_only("../x"),
         )

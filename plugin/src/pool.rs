@@ -57,10 +57,11 @@
 //! the domains run on, watched by the monitor.
 
 use crate::atomic_file;
-use crate::deployment::{self, DeployError, Deployment};
+use crate::deployment::{self, DeployError, Deployment, Fault};
 use crate::description::{Kind, ResolvedComponent, ResolvedDescription, ResolvedValue};
 use crate::guest_link::GuestLink;
 use crate::journal::{self, JournalError};
+use crate::owner::{Owner, OwnerError};
 use crate::policy::{self, PolicyError, ResolvedEnvironment};
 use crate::request::EnvironmentRequest;
 use crate::site::SiteConfig;
@@ -85,10 +86,16 @@ pub enum PoolError {
     Attribute { path: String, message: String },
     #[error("member {path}: {error}")]
     Policy { path: String, error: PolicyError },
+    #[error("{0}")]
+    Owner(OwnerError),
     #[error("the pool needs {needed} MiB of guest memory, the host has {available} MiB available")]
     Memory { needed: u64, available: u64 },
     #[error("member {id}: {error}")]
-    Deploy { id: String, error: DeployError },
+    Deploy {
+        id: String,
+        error: DeployError,
+        fault: Fault,
+    },
     #[error("pool record {path}: {message}")]
     Record { path: PathBuf, message: String },
     #[error("pool {name}: cannot start its liveness monitor: {message}")]
@@ -114,13 +121,15 @@ impl PoolError {
             | PoolError::Exists(_)
             | PoolError::NoDomains
             | PoolError::Attribute { .. }
+            | PoolError::Owner(_)
             | PoolError::Memory { .. } => true,
             PoolError::Policy { error, .. } => error.is_user_error(),
-            PoolError::Deploy { error, .. } => {
-                matches!(
-                    error,
-                    DeployError::Journal(JournalError::Exists(_) | JournalError::BadId(_))
-                )
+            PoolError::Deploy { error, fault, .. } => {
+                *fault == Fault::User
+                    || matches!(
+                        error,
+                        DeployError::Journal(JournalError::Exists(_) | JournalError::BadId(_))
+                    )
             }
             PoolError::Record { .. }
             | PoolError::Monitor { .. }
@@ -429,6 +438,7 @@ fn request_of(
 /// domain. `liveness` is that of the pool holding `c`.
 fn walk(
     site: &SiteConfig,
+    owner: &Owner,
     name: &str,
     vo: Option<&str>,
     c: &ResolvedComponent,
@@ -444,12 +454,13 @@ fn walk(
             });
         }
         let (request, own_vo) = request_of(c)?;
-        let env = policy::admit(site, own_vo.as_deref().or(vo), &request).map_err(|error| {
-            PoolError::Policy {
-                path: c.path.clone(),
-                error,
-            }
-        })?;
+        let env =
+            policy::admit(site, owner, own_vo.as_deref().or(vo), &request).map_err(|error| {
+                PoolError::Policy {
+                    path: c.path.clone(),
+                    error,
+                }
+            })?;
         plans.push(Plan {
             id,
             path: c.path.clone(),
@@ -465,7 +476,7 @@ fn walk(
     };
     let mut children = Vec::new();
     for m in &c.members {
-        if let Some(node) = walk(site, name, vo, m, own, plans)? {
+        if let Some(node) = walk(site, owner, name, vo, m, own, plans)? {
             children.push(node);
         }
     }
@@ -481,6 +492,7 @@ fn walk(
 /// the shape of their deployment.
 fn plan(
     site: &SiteConfig,
+    owner: &Owner,
     name: &str,
     description: &ResolvedDescription,
     vo: Option<&str>,
@@ -489,7 +501,7 @@ fn plan(
     let root = &description.root;
     // A lone domain beats by its own attributes.
     let top = Liveness::of(root, Liveness::DEFAULT);
-    match walk(site, name, vo, root, top, &mut plans)? {
+    match walk(site, owner, name, vo, root, top, &mut plans)? {
         Some(node) => Ok((plans, node)),
         None => Err(PoolError::NoDomains),
     }
@@ -546,7 +558,9 @@ pub fn start_as(
     if load(site, name)?.is_some() {
         return Err(PoolError::Exists(name.into()));
     }
-    let (plans, shape) = plan(site, name, description, vo)?;
+    // The caller: members it may admit are those of its VOs (root: any).
+    let owner = Owner::current().map_err(PoolError::Owner)?;
+    let (plans, shape) = plan(site, &owner, name, description, vo)?;
     let needed: u64 = plans.iter().map(|p| p.env.memory_mib).sum();
     if let Some(available) = available_memory_mib() {
         if needed > available {
@@ -575,7 +589,7 @@ pub fn start_as(
     let starter = Starter {
         site,
         name,
-        uid: nix::unistd::getuid().as_raw(),
+        uid: owner.uid(),
         plans: &plans,
         record: Mutex::new(record),
     };
@@ -664,6 +678,7 @@ impl Starter<'_> {
         let d = Deployment::deploy(self.site, &plan.id, &plan.env, self.uid, None).map_err(
             |error| PoolError::Deploy {
                 id: plan.id.clone(),
+                fault: error.fault(&plan.env),
                 error,
             },
         )?;
@@ -1361,7 +1376,7 @@ mod tests {
             Format::Yaml,
         )
         .unwrap();
-        let (plans, shape) = plan(&site(), "p", &d, None).unwrap();
+        let (plans, shape) = plan(&site(), &Owner::Root, "p", &d, None).unwrap();
         let ids: Vec<&str> = plans.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(
             ids,
@@ -1401,7 +1416,9 @@ mod tests {
             Format::Yaml,
         )
         .unwrap();
-        let e = plan(&site(), "q", &over, None).err().expect("refused");
+        let e = plan(&site(), &Owner::Root, "q", &over, None)
+            .err()
+            .expect("refused");
         assert!(
             e.is_user_error() && e.to_string().contains("sfConfig:w"),
             "{e}"

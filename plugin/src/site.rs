@@ -47,6 +47,25 @@ const DEFAULT_DISK_MIB: u64 = 2048;
 const DEFAULT_HOSTNAME: &str = "sd-guest";
 const DEFAULT_THIN_POOL: &str = "pool";
 
+/// A user or group name as NSS may return it (LDAP names can have upper
+/// case and dots): not empty, no white space, ':', ',' or '/' (the
+/// separators of passwd, group and paths), at most 256 bytes.
+pub fn validate_account_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 256 {
+        return Err("a user or group name is 1 to 256 characters".into());
+    }
+    if name == "*" {
+        return Err("\"*\" (every user) belongs under users, not unix_groups".into());
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ':' | ',' | '/'))
+    {
+        return Err("a user or group name has no white space, ':', ',' or '/'".into());
+    }
+    Ok(())
+}
+
 /// Longest image name accepted (in the catalogue or in a request).
 pub const MAX_IMAGE_NAME_LEN: usize = 128;
 
@@ -228,6 +247,51 @@ pub struct VoPolicy {
     pub max_disk_mib: Option<u64>,
     /// Most the VO's saved images may take in the store (compressed).
     pub max_store_mib: Option<u64>,
+    /// Who belongs to it (`unix_groups`, `users`).
+    pub members: VoMembers,
+}
+
+/// Who belongs to a VO, as the site admin wrote it: the users in any of
+/// `unix_groups`, and the users named in `users` (`"*"`: every local user).
+/// Checked against the job owner's groups from the user database
+/// ([`crate::owner`]), never against what a request says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VoMembers {
+    pub unix_groups: Vec<String>,
+    pub users: Vec<String>,
+    /// `users: ["*"]`: every user the node knows (a test bed, not a grid site).
+    pub everyone: bool,
+}
+
+impl VoMembers {
+    pub fn admits(&self, user: &crate::owner::UnixUser) -> bool {
+        self.everyone
+            || self.users.iter().any(|u| *u == user.name)
+            || self
+                .unix_groups
+                .iter()
+                .any(|g| user.groups.iter().any(|ug| ug == g))
+    }
+}
+
+impl fmt::Display for VoMembers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.everyone {
+            return f.write_str("every local user");
+        }
+        let mut parts = Vec::new();
+        if !self.unix_groups.is_empty() {
+            parts.push(format!("Unix groups {}", self.unix_groups.join(", ")));
+        }
+        if !self.users.is_empty() {
+            parts.push(format!("users {}", self.users.join(", ")));
+        }
+        if parts.is_empty() {
+            f.write_str("none but root")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
 }
 
 /// The images a VO may use.
@@ -551,6 +615,8 @@ struct RawVo {
     max_vcpus: Option<S<u32>>,
     max_disk_mib: Option<S<u64>>,
     max_store_mib: Option<S<u64>>,
+    unix_groups: Option<Vec<S<String>>>,
+    users: Option<Vec<S<String>>>,
 }
 
 /// `images:` of a VO: a list of names, or a single name; `"*"` = all.
@@ -682,6 +748,32 @@ impl SiteConfig {
                 }
             }
         }
+        // Members the node's user database does not know match nobody.
+        for vo in self.vos.values() {
+            let m = &vo.members;
+            for g in &m.unix_groups {
+                if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
+                    problems.push(format!(
+                        "VO {:?}: Unix group {g:?} is not in this node's group database",
+                        vo.name
+                    ));
+                }
+            }
+            for u in &m.users {
+                if nix::unistd::User::from_name(u).ok().flatten().is_none() {
+                    problems.push(format!(
+                        "VO {:?}: user {u:?} is not in this node's user database",
+                        vo.name
+                    ));
+                }
+            }
+            if !m.everyone && m.unix_groups.is_empty() && m.users.is_empty() {
+                problems.push(format!(
+                    "VO {:?} has no members (unix_groups, users): only root can use it",
+                    vo.name
+                ));
+            }
+        }
         problems
     }
 }
@@ -748,6 +840,34 @@ impl Builder<'_> {
             Some(s) => Ok(Some(s.value)),
             None => Ok(None),
         }
+    }
+
+    /// A VO's `unix_groups` and `users`: names as the user database spells
+    /// them (`"*"` in `users`: everyone).
+    fn members(&self, vo: &RawVo, p: &str) -> Result<VoMembers, ConfigError> {
+        let mut members = VoMembers::default();
+        for (key, list) in [("unix_groups", &vo.unix_groups), ("users", &vo.users)] {
+            for (i, name) in list.iter().flatten().enumerate() {
+                let at = Some(name.referenced);
+                let here = format!("{p}.{key}[{i}]");
+                if name.value == "*" && key == "users" {
+                    members.everyone = true;
+                    continue;
+                }
+                validate_account_name(&name.value).map_err(|why| {
+                    self.invalid(at, &here, format!("invalid name {:?}: {why}", name.value))
+                })?;
+                let names = if key == "users" {
+                    &mut members.users
+                } else {
+                    &mut members.unix_groups
+                };
+                if !names.contains(&name.value) {
+                    names.push(name.value.clone());
+                }
+            }
+        }
+        Ok(members)
     }
 
     fn hostname(&self, v: &S<String>, yaml_path: &str) -> Result<String, ConfigError> {
@@ -1110,6 +1230,7 @@ impl Builder<'_> {
                 max_disk_mib: self.nonzero_opt(&vo.max_disk_mib, &format!("{p}.max_disk_mib"))?,
                 max_store_mib: self
                     .nonzero_opt(&vo.max_store_mib, &format!("{p}.max_store_mib"))?,
+                members: self.members(&vo, &p)?,
             };
 
             // What a job of this VO gets when it asks for nothing must be
@@ -1266,7 +1387,7 @@ mod tests {
 images:
   busybox: { disk: busybox.qcow2, kernel: vmlinuz, initrd: initrd.img }
 vos:
-  demo: { images: \"*\" }
+  demo: { images: \"*\", users: [\"*\"] }
 ";
 
     /// A small valid config that error cases modify.
@@ -1673,6 +1794,59 @@ vos:
                 "image \"busybox\": initrd DIR/initrd.img: not a regular file",
             ]
         );
+    }
+
+    #[test]
+    fn vo_members_are_groups_and_users() {
+        let site = load(&format!(
+            "{BASE}    unix_groups: [sd-demo, sd-demo, Grid.Users]\n    users: [alice]\n  \
+             open: {{ images: \"*\", users: [\"*\"] }}\n  closed: {{ images: \"*\" }}\n"
+        ))
+        .unwrap();
+        let demo = &site.vos["demo"].members;
+        assert_eq!(demo.unix_groups, ["sd-demo", "Grid.Users"]);
+        assert_eq!(demo.users, ["alice"]);
+        assert_eq!(
+            demo.to_string(),
+            "Unix groups sd-demo, Grid.Users; users alice"
+        );
+        let user = |name: &str, groups: &[&str]| crate::owner::UnixUser {
+            uid: 1000,
+            name: name.into(),
+            gid: 1000,
+            gids: vec![1000],
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        assert!(demo.admits(&user("alice", &["alice"])));
+        assert!(demo.admits(&user("bob", &["bob", "sd-demo"])));
+        assert!(!demo.admits(&user("carol", &["carol", "sd-demo2"])));
+        // A group named like a user is not that user.
+        assert!(!demo.admits(&user("dave", &["alice"])));
+        assert!(site.vos["open"].members.admits(&user("eve", &[])));
+        assert_eq!(site.vos["open"].members.to_string(), "every local user");
+        assert!(!site.vos["closed"]
+            .members
+            .admits(&user("alice", &["sd-demo"])));
+        assert_eq!(site.vos["closed"].members.to_string(), "none but root");
+        let problems = site.check_files();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p
+                    == "VO \"closed\" has no members (unix_groups, users): only root can use it"),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p
+                == "VO \"demo\": Unix group \"Grid.Users\" is not in this node's group database"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn error_bad_member_names() {
+        insta::assert_snapshot!(error(&format!("{BASE}    unix_groups: [\"sd demo\"]\n")));
+        insta::assert_snapshot!(error(&format!("{BASE}    unix_groups: [\"*\"]\n")));
     }
 
     #[test]

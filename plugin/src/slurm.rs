@@ -14,7 +14,9 @@
 pub use crate::batch::RequestSpec;
 use crate::batch::{self, RunError};
 use crate::deployment::Deployment;
+use crate::deployment::Fault;
 use crate::guest_link::JobOutcome;
+use crate::owner::Owner;
 use crate::policy::ResolvedEnvironment;
 use crate::site::SiteConfig;
 use crate::user_files::UserFiles;
@@ -92,12 +94,11 @@ pub fn resolve(
     job: &SlurmJob,
     spec: &RequestSpec,
 ) -> Result<ResolvedEnvironment, String> {
-    let user = UserFiles {
-        uid: job.uid,
-        gid: job.gid,
-    };
+    // Who the job's owner is, and its groups, from the user database.
+    let owner = Owner::of_uid(job.uid).map_err(|e| e.to_string())?;
+    let user = UserFiles::of(&owner, job.gid);
     let request = batch::read_request(spec, &job.work_dir, user, site.max_request_bytes)?;
-    batch::admit(site, &request, job.account.as_deref())
+    batch::admit(site, &owner, &request, job.account.as_deref())
 }
 
 /// `sd-prolog`. Exit status: 0 (domain up, no request, or request refused),
@@ -126,7 +127,7 @@ pub fn prolog() -> i32 {
         Ok(env) => env,
         Err(message) => {
             tracing::warn!("refused (user error, node stays up): {message}");
-            return match write_refusal(&site, &id, &message) {
+            return match write_refusal(&site, &id, job.uid, &message) {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("cannot record the refusal: {e}");
@@ -149,6 +150,17 @@ pub fn prolog() -> i32 {
             );
             0
         }
+        Err(e) if e.fault(&env) == Fault::User => {
+            let message = format!("the domain did not come up: {e}");
+            tracing::warn!("refused (user error, node stays up): {message}");
+            match write_refusal(&site, &id, job.uid, &message) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("cannot record the refusal: {e}");
+                    1
+                }
+            }
+        }
         Err(e) => {
             tracing::error!("site fault, failing the prolog: {e}");
             1
@@ -156,10 +168,11 @@ pub fn prolog() -> i32 {
     }
 }
 
-fn write_refusal(site: &SiteConfig, id: &str, message: &str) -> std::io::Result<()> {
+/// The refusal is the job's user's to read (its `sd-exec` prints it), and nobody else's.
+fn write_refusal(site: &SiteConfig, id: &str, uid: u32, message: &str) -> std::io::Result<()> {
     let path = refusal_path(site, id);
     std::fs::create_dir_all(path.parent().unwrap())?;
-    crate::atomic_file::write(&path, format!("{message}\n").as_bytes())
+    crate::atomic_file::write_for(&path, format!("{message}\n").as_bytes(), uid)
 }
 
 /// Without a site config there is no log directory: syslog and stderr.

@@ -5,14 +5,17 @@
 //! `setfsuid`/`setfsgid` change for the calling thread only. So each open
 //! runs on a short-lived thread that first becomes the user for the file
 //! system, and the open file is handed back. Files created this way belong
-//! to the user. Only the primary group is taken (supplementary groups are
-//! process-wide in glibc); a file readable only through a secondary group is
-//! refused — the safe direction.
+//! to the user. The thread also takes the user's own supplementary groups
+//! (the raw `setgroups` system call changes only the calling thread; glibc's
+//! wrapper would change every thread), so a file readable through one of
+//! root's groups is not readable through it for the user.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::owner::Owner;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -22,10 +25,12 @@ pub struct UserFileError {
 }
 
 /// The identity whose rights apply to the files it opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserFiles {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (from the user database, see [`Owner`]).
+    pub groups: Vec<u32>,
 }
 
 impl UserFiles {
@@ -34,6 +39,27 @@ impl UserFiles {
         UserFiles {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
+            groups: nix::unistd::getgroups()
+                .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The rights of `owner`: uid, primary group and every group it is in.
+    /// `gid` is the job's group as the batch system gave it (Slurm's
+    /// `SLURM_JOB_GID`, which may differ from the user's primary group).
+    pub fn of(owner: &Owner, gid: u32) -> Self {
+        match owner {
+            Owner::Root => UserFiles {
+                uid: 0,
+                gid,
+                groups: vec![],
+            },
+            Owner::User(u) => UserFiles {
+                uid: u.uid,
+                gid,
+                groups: u.gids.clone(),
+            },
         }
     }
 
@@ -96,13 +122,50 @@ impl UserFiles {
 
     /// Creates a directory (and its parents) as the user.
     pub fn create_dir_all(&self, path: &Path) -> Result<(), UserFileError> {
-        let (uid, gid, p) = (self.uid, self.gid, path.to_path_buf());
-        run_as(uid, gid, move || std::fs::create_dir_all(&p)).map_err(|e| err(path, e.to_string()))
+        let p = path.to_path_buf();
+        self.run_as(move || std::fs::create_dir_all(&p))
+            .map_err(|e| err(path, e.to_string()))
     }
 
     fn open_as_user(&self, path: &Path, opts: OpenOptions) -> Result<File, UserFileError> {
         let p = path.to_path_buf();
-        run_as(self.uid, self.gid, move || opts.open(&p)).map_err(|e| err(path, e.to_string()))
+        self.run_as(move || opts.open(&p))
+            .map_err(|e| err(path, e.to_string()))
+    }
+
+    /// Runs `f` on a thread whose file-system identity is this user's.
+    fn run_as<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let (uid, gid) = (self.uid, self.gid);
+        let same = nix::unistd::geteuid().as_raw() == uid && nix::unistd::getegid().as_raw() == gid;
+        if same {
+            return f();
+        }
+        let groups: Vec<libc::gid_t> = self.groups.clone();
+        std::thread::spawn(move || {
+            // SAFETY: plain system calls affecting only this thread (raw
+            // syscalls, not glibc's process-wide setxid broadcast); `groups`
+            // outlives the call.
+            unsafe {
+                // Groups first: setgroups needs CAP_SETGID, which we still have.
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::syscall(libc::SYS_setfsgid, gid);
+                libc::syscall(libc::SYS_setfsuid, uid);
+                if libc::syscall(libc::SYS_setfsuid, -1i32) as u32 != uid {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "cannot take the user's identity",
+                    ));
+                }
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("file access thread panicked")))
     }
 }
 
@@ -111,35 +174,6 @@ fn err(path: &Path, reason: String) -> UserFileError {
         path: path.to_path_buf(),
         reason,
     }
-}
-
-/// Runs `f` on a thread whose file-system identity is `uid:gid`.
-fn run_as<T: Send + 'static>(
-    uid: u32,
-    gid: u32,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let same = nix::unistd::geteuid().as_raw() == uid && nix::unistd::getegid().as_raw() == gid;
-    if same {
-        return f();
-    }
-    std::thread::spawn(move || {
-        // SAFETY: plain system calls affecting only this thread (raw syscalls,
-        // not glibc's process-wide setxid broadcast).
-        unsafe {
-            libc::syscall(libc::SYS_setfsgid, gid);
-            libc::syscall(libc::SYS_setfsuid, uid);
-            if libc::syscall(libc::SYS_setfsuid, -1i32) as u32 != uid {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "cannot take the user's identity",
-                ));
-            }
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("file access thread panicked")))
 }
 
 #[cfg(test)]
@@ -194,6 +228,7 @@ mod tests {
             let nobody = UserFiles {
                 uid: 65534,
                 gid: 65534,
+                groups: vec![65534],
             };
             let e = nobody.open_read(&secret).unwrap_err();
             assert!(e.reason.contains("ermission denied"), "{e}");
@@ -204,5 +239,56 @@ mod tests {
             use std::os::unix::fs::MetadataExt;
             assert_eq!(std::fs::metadata(&out).unwrap().uid(), 65534);
         }
+    }
+
+    #[test]
+    fn a_user_reads_with_its_own_groups_not_roots() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // Needs root to act for another user.
+        }
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // root:root 0640: root's group may read it, "nobody" may not …
+        let roots = dir.path().join("roots-group");
+        std::fs::write(&roots, "secret-token rest").unwrap();
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // … and a file of group 4243 (one nobody is given here) only through it.
+        let shared = dir.path().join("vo-group");
+        std::fs::write(&shared, "shared").unwrap();
+        chown(&shared, Some(0), Some(4243)).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+        fn nobody(groups: Vec<u32>) -> UserFiles {
+            UserFiles {
+                uid: 65534,
+                gid: 65534,
+                groups,
+            }
+        }
+        // Root with supplementary group 0 (as under sudo or slurmd), on this thread
+        // only: the file thread inherits it, and with root's groups leaking through,
+        // reading `roots` would succeed.
+        let e = std::thread::spawn(move || {
+            let root_groups: [libc::gid_t; 1] = [0];
+            // SAFETY: changes this test thread's credentials only.
+            assert_eq!(
+                unsafe { libc::syscall(libc::SYS_setgroups, 1, root_groups.as_ptr()) },
+                0
+            );
+            nobody(vec![65534])
+                .read_text(&roots, 100, "max")
+                .unwrap_err()
+        })
+        .join()
+        .unwrap();
+        assert!(e.reason.contains("ermission denied"), "{e}");
+        assert!(!e.to_string().contains("secret-token"), "{e}");
+        assert_eq!(
+            nobody(vec![65534, 4243])
+                .read_text(&shared, 100, "max")
+                .unwrap(),
+            "shared"
+        );
+        assert!(nobody(vec![65534]).read_text(&shared, 100, "max").is_err());
     }
 }

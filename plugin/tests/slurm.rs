@@ -3,7 +3,8 @@
 //! and SPANK plugin, and the site config the hooks read
 //! (/etc/smartdomains/site.yaml, written by scripts/setup).
 //!
-//! Jobs run as `nobody`, so the hooks really act for another user.
+//! Jobs run as `sdtest` (made by scripts/setup, in the demo VOs' groups), so
+//! the hooks really act for another user; `nobody` is in no VO.
 
 use smartdomains::site::SiteConfig;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const USER: &str = "nobody";
+const USER: &str = "sdtest";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -82,7 +83,7 @@ fn run(mut c: Command) -> Output {
     out
 }
 
-/// A working directory `nobody` can use, with the job files in it.
+/// A working directory any user can use, with the job files in it.
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("sd-slurm-")
@@ -98,12 +99,16 @@ fn workdir() -> tempfile::TempDir {
 }
 
 fn sbatch(dir: &Path, args: &[&str]) -> String {
+    sbatch_as(USER, dir, args)
+}
+
+fn sbatch_as(user: &str, dir: &Path, args: &[&str]) -> String {
     let mut c = slurm("sbatch");
     c.current_dir(dir)
         .args([
             "--parsable",
             "--uid",
-            USER,
+            user,
             "-o",
             "job-%j.out",
             "-e",
@@ -337,6 +342,89 @@ fn forbidden_image_fails_the_job_and_keeps_the_node() {
         state == "idle" || state == "mixed" || state == "allocated",
         "node state {state}"
     );
+    assert!(!state.contains("drain"), "{state}");
+}
+
+/// VO membership is the site's (site.yaml's unix_groups, the user
+/// database), never the request's: `nobody` naming the demo VO is refused,
+/// with the reason in the job's stderr, and the node stays up.
+#[test]
+fn a_vo_the_owner_is_not_a_member_of_is_refused() {
+    let _serial = serial();
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("jobs/claims-demo.jdl"),
+        "[ Executable = \"/bin/true\"; VirtualOrganisation = \"demo\";\n  VirtualEnvironment = [ Image = \"busybox\"; ]; ]\n",
+    )
+    .unwrap();
+    for spec in ["--sd-env=jobs/claims-demo.jdl", "--sd-env=busybox"] {
+        let id = sbatch_as(
+            "nobody",
+            dir.path(),
+            &[spec, "--account=demo", "--wrap", "echo should-not-run"],
+        );
+        assert_eq!(wait_done(&id), "FAILED", "{spec}");
+        let (out, err) = output(dir.path(), &id);
+        assert!(!out.contains("should-not-run"), "{out}");
+        assert!(
+            err.contains("user nobody (uid 65534) is not a member of VO \"demo\""),
+            "{spec}: the refusal in the job's stderr: {err}"
+        );
+        assert_no_leftovers(&id);
+    }
+    let state = node_state();
+    assert!(!state.contains("drain"), "{state}");
+}
+
+/// An image a user saved is the user's: one that cannot boot (here its
+/// disk is all zeros, as after a job wiped its own disk and saved it) fails
+/// the jobs that name it, with the guest's reason, and the node stays up.
+#[test]
+fn an_unbootable_image_a_user_saved_fails_the_job_not_the_node() {
+    use smartdomains::image_store::{DiskToSave, ImageStore, SaveMeta};
+    let _serial = serial();
+    let dir = workdir();
+    let name = format!("wiped-{}", std::process::id());
+    let zeros = dir.path().join("zeros.raw");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let store = ImageStore::of_site(&site());
+    let disk = DiskToSave {
+        path: zeros,
+        format: smartdomains::site::DiskFormat::Raw,
+        allocated: None,
+        backing: None,
+    };
+    let meta = SaveMeta {
+        source_job: "slurm-test".into(),
+        vo: "demo".into(),
+        base_image: "busybox".into(),
+        saved_by_uid: 4242,
+        vo_quota_bytes: None,
+    };
+    store.save_disk(&disk, &name, meta, &|_, _| {}).unwrap();
+    std::fs::write(
+        dir.path().join("jobs/wiped.jdl"),
+        format!("[ Executable = \"/bin/true\"; VirtualEnvironment = [ Image = \"{name}\"; ]; ]\n"),
+    )
+    .unwrap();
+    let id = sbatch(
+        dir.path(),
+        &["--sd-env=jobs/wiped.jdl", "--wrap", "echo should-not-run"],
+    );
+    let state = wait_done(&id);
+    let (out, err) = output(dir.path(), &id);
+    let _ = store.remove(&name);
+    assert_eq!(state, "FAILED", "{out}{err}");
+    assert!(!out.contains("should-not-run"), "{out}");
+    assert!(
+        err.contains("the domain did not come up") && err.contains("sd-init: FATAL"),
+        "the guest's reason in the job's stderr: {err}"
+    );
+    assert_no_leftovers(&id);
+    let state = node_state();
     assert!(!state.contains("drain"), "{state}");
 }
 

@@ -1,11 +1,12 @@
 //! `sd`: SmartDomains for a person at a terminal.
 
 use clap::{Parser, Subcommand};
-use smartdomains::deployment::{self, Deployment};
+use smartdomains::deployment::{self, Deployment, Fault};
 use smartdomains::guest_link::JobOutcome;
 use smartdomains::image_store::ImageStore;
 use smartdomains::jdl::JobDescription;
 use smartdomains::journal::Journal;
+use smartdomains::owner::Owner;
 use smartdomains::site::SiteConfig;
 use smartdomains::user_files::UserFiles;
 use smartdomains::{job, policy, pool};
@@ -268,6 +269,11 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>) -> ExitCode {
+    // Whom we act for: the caller, as the user database knows it (root: any VO).
+    let owner = match Owner::current() {
+        Ok(o) => o,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
     let files = UserFiles::caller();
     let tty = std::io::stderr().is_terminal();
     // Front end → request → policy: all checks before anything is created.
@@ -280,7 +286,7 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
     };
     let request = jdl.virtual_environment.clone().unwrap_or_default();
-    let env = match policy::admit(site, jdl.virtual_organisation.as_deref(), &request) {
+    let env = match policy::admit(site, &owner, jdl.virtual_organisation.as_deref(), &request) {
         Ok(env) => env,
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
     };
@@ -313,7 +319,13 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     let uid = files.uid;
     let deployment = match Deployment::deploy(site, &id, &env, uid, Some(std::process::id())) {
         Ok(d) => d,
-        Err(e) => return fail(EXIT_SITE_FAULT, &format!("cannot start the domain: {e}")),
+        Err(e) => {
+            let code = match e.fault(&env) {
+                Fault::User => EXIT_REFUSED,
+                Fault::Site => EXIT_SITE_FAULT,
+            };
+            return fail(code, &format!("cannot start the domain: {e}"));
+        }
     };
     tracing::info!(
         "domain {id} up in {:.1} s under {} (guest kernel {})",
@@ -479,14 +491,19 @@ fn images(site: &SiteConfig) -> ExitCode {
         Ok(saved) => {
             println!("store ({}):", store.dir().display());
             println!(
-                "  {:<24} {:<10} {:<16} {:>9} {:>9}  {:<20}  FROM JOB",
-                "NAME", "VO", "BASE", "SIZE", "STORED", "SAVED"
+                "  {:<24} {:<10} {:<22} {:<16} {:>9} {:>9}  {:<20}  FROM JOB",
+                "NAME", "VO", "SAVED BY", "BASE", "SIZE", "STORED", "SAVED"
             );
             for m in saved {
+                let by = match smartdomains::owner::user_name(m.saved_by_uid) {
+                    Some(name) => format!("{name} ({})", m.saved_by_uid),
+                    None => format!("uid {}", m.saved_by_uid),
+                };
                 println!(
-                    "  {:<24} {:<10} {:<16} {:>8}M {:>8}M  {:<20}  {}",
+                    "  {:<24} {:<10} {:<22} {:<16} {:>8}M {:>8}M  {:<20}  {}",
                     m.name,
                     m.vo,
+                    by,
                     m.base_image,
                     m.size >> 20,
                     m.compressed_size >> 20,

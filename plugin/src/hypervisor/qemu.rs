@@ -5,6 +5,7 @@
 use super::kvm_probe::{kvm_usable, KvmVerdict};
 use super::{Booted, DomainSpec, Hypervisor, HypervisorError};
 use crate::journal::{Journal, Resource};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -213,7 +214,12 @@ impl Hypervisor for Qemu {
             name: spec.name.clone(),
         })?;
 
-        let log = std::fs::File::create(&qemu_log)?;
+        let log = std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&qemu_log)?;
         let mut cmd = Command::new(&self.options.binary);
         cmd.args(self.args(spec, accel, &qmp, &agent, &pidfile))
             .stdin(Stdio::null())
@@ -222,8 +228,13 @@ impl Hypervisor for Qemu {
         // Its own session: the caller's terminal signals and the batch
         // system's process-group kills are for the caller, not the domain.
         // SAFETY: setsid is async-signal-safe.
+        // umask 077: the QMP socket, the console log and QEMU's own log are
+        // root's (QEMU makes them before it drops to run_as), nobody else's.
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+            cmd.pre_exec(|| {
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+                nix::unistd::setsid().map(drop).map_err(Into::into)
+            });
         }
         let program = self.options.binary.display().to_string();
         let mut child = cmd
@@ -270,18 +281,18 @@ impl Hypervisor for Qemu {
     }
 
     fn is_running(&self, name: &str) -> bool {
-        !find_processes(name).is_empty()
+        !find_processes(name, &self.domain_uids()).is_empty()
     }
 
     fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
         use nix::sys::signal::{kill, Signal};
-        let pids = find_processes(name);
+        let pids = find_processes(name, &self.domain_uids());
         // SIGTERM is QEMU's clean quit; SIGKILL if it does not come.
         for pid in &pids {
             let _ = kill(*pid, Signal::SIGTERM);
         }
         if !self.wait_stopped(name, Duration::from_secs(3)) {
-            for pid in find_processes(name) {
+            for pid in find_processes(name, &self.domain_uids()) {
                 let _ = kill(pid, Signal::SIGKILL);
             }
             self.wait_stopped(name, Duration::from_secs(3));
@@ -300,8 +311,32 @@ fn qmp_query_kvm(stream: UnixStream) -> Result<bool, HypervisorError> {
     Ok(info.enabled)
 }
 
-/// PIDs of QEMU processes started for the domain `name` (by their `-name`).
-fn find_processes(name: &str) -> Vec<nix::unistd::Pid> {
+impl Qemu {
+    /// Whom our QEMUs run as: us, and the `run_as` user they drop to.
+    fn domain_uids(&self) -> Vec<u32> {
+        let mut uids = vec![nix::unistd::geteuid().as_raw()];
+        if let Some(user) = self.options.run_as.as_deref() {
+            if let Ok(Some(u)) = nix::unistd::User::from_name(user) {
+                uids.push(u.uid.as_raw());
+            }
+        }
+        uids
+    }
+}
+
+/// The real uid of process `pid` (from `status`: `/proc/PID`'s owner is
+/// root for a process that made itself non-dumpable).
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// PIDs of QEMU processes started for the domain `name` (by their `-name`)
+/// that run as one of `uids`: any local user can start a process with that
+/// name, which must not pass for the domain (its save would be dropped, or
+/// we would kill it).
+fn find_processes(name: &str, uids: &[u32]) -> Vec<nix::unistd::Pid> {
     let wanted = format!("guest={name},debug-threads=off");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
@@ -321,8 +356,47 @@ fn find_processes(name: &str) -> Vec<nix::unistd::Pid> {
                 hit
             })
         })
+        .filter(|pid| real_uid(*pid).is_some_and(|u| uids.contains(&u)))
         .map(nix::unistd::Pid::from_raw)
         .collect()
+}
+
+#[cfg(test)]
+mod find_tests {
+    use super::find_processes;
+    use std::process::Command;
+
+    /// A process of `uid` whose command line names domain `name` as QEMU's would.
+    fn impostor(uid: u32, name: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        Command::new("sh")
+            .args(["-c", "sleep 30; true", "-name"])
+            .arg(format!("guest={name},debug-threads=off"))
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn another_users_process_with_the_domains_name_is_not_the_domain() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // needs root to start another user's process
+        }
+        let name = format!("sd-impostor-{}", std::process::id());
+        let mut theirs = impostor(65534, &name);
+        let mut ours = impostor(0, &format!("{name}-ours"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let found_theirs = find_processes(&name, &[0]);
+        let found_ours = find_processes(&format!("{name}-ours"), &[0]);
+        for c in [&mut theirs, &mut ours] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(found_theirs.is_empty(), "{found_theirs:?}");
+        // The same command line as one of ours is found (the test can fail).
+        assert_eq!(found_ours.len(), 1, "{found_ours:?}");
+    }
 }
 
 #[cfg(test)]
