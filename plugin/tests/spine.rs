@@ -328,6 +328,43 @@ fn start_long_job(site: &Site, id: &str) -> (std::process::Child, String) {
     (child, text(&seen))
 }
 
+/// What a running deployment keeps on the host is for no other local user:
+/// journal, QMP socket, QEMU's log and the console log are 0600 (QEMU makes
+/// the last three, under the umask we give it), the run directory 0700.
+fn assert_private_while_running(site: &Site, id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: PathBuf| {
+        let m = std::fs::symlink_metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode();
+        (p.display().to_string(), m & 0o777)
+    };
+    let run = std::fs::read_dir(site.path("state/run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(id))
+        .expect("the run directory");
+    let console = std::fs::read_dir(site.path("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".console.log"))
+        .expect("the console log");
+    let journal = site.path(&format!("state/journal/{id}.json"));
+    for (path, m) in [
+        mode(journal),
+        mode(run.join("qmp.sock")),
+        mode(run.join("qemu.log")),
+        mode(console),
+    ] {
+        assert_eq!(m & 0o077, 0, "{path} is mode {m:o}");
+    }
+    let (path, m) = mode(run);
+    assert_eq!(m, 0o700, "{path}");
+}
+
 #[test]
 fn sigkill_mid_job_then_cleanup_leaves_nothing() {
     let site = Site::new();
@@ -336,6 +373,7 @@ fn sigkill_mid_job_then_cleanup_leaves_nothing() {
         !site.leftovers().is_empty(),
         "a running job has its journal, disk and QEMU"
     );
+    assert_private_while_running(&site, "victim-kill");
     child.kill().unwrap();
     child.wait().unwrap();
     // The domain outlives a killed `sd run`: that is what cleanup is for.
