@@ -483,6 +483,19 @@ fn images(site: &SiteConfig) -> ExitCode {
             vos.join(", ")
         );
     }
+    println!("VOs:");
+    for vo in site.vos.values() {
+        let limit = |v: Option<u64>, unit: &str| v.map_or("-".into(), |v| format!("{v}{unit}"));
+        println!(
+            "  {:<12} members: {:<36} max memory {}, vCPUs {}, disk {}, store {}",
+            vo.name,
+            vo.members.to_string(),
+            limit(vo.max_memory_mib, " MiB"),
+            limit(vo.max_vcpus.map(u64::from), ""),
+            limit(vo.max_disk_mib, " MiB"),
+            limit(vo.max_store_mib, " MiB"),
+        );
+    }
     let store = ImageStore::of_site(site);
     match store.list() {
         Ok(saved) if saved.is_empty() => {
