@@ -130,6 +130,15 @@ pub enum DescriptionError {
         kind: &'static str,
         hint: String,
     },
+    #[error("{at}: {path}: description too large: resolving it makes more than {limit} components and values (`extends` and references copy what they name)")]
+    TooLarge { at: Pos, path: String, limit: usize },
+    #[error("{at}: {path}: {what} deeper than {limit} levels")]
+    TooDeep {
+        at: Pos,
+        path: String,
+        what: &'static str,
+        limit: usize,
+    },
     #[error("{file}: no `sfConfig`: the component to deploy must be called sfConfig")]
     NoSfConfig { file: String },
 }

@@ -1,5 +1,6 @@
 //! The unresolved model both readers produce.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use super::Pos;
@@ -104,7 +105,12 @@ pub(crate) struct Extends {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Component {
     pub extends: Option<Extends>,
-    pub attrs: Vec<(String, Attr)>,
+    /// In the order written; changed only through `push` and `set`, which
+    /// keep `index` in step.
+    attrs: Vec<(String, Attr)>,
+    /// Name -> place in `attrs`: lookups stay O(1), or a description with
+    /// thousands of attributes takes seconds (quadratic) to read and resolve.
+    index: HashMap<String, usize>,
     pub pos: Pos,
     /// After flattening: the `extends` chain's names, nearest first.
     pub types: Vec<String>,
@@ -115,20 +121,32 @@ impl Component {
         Component {
             extends: None,
             attrs: Vec::new(),
+            index: HashMap::new(),
             pos,
             types: Vec::new(),
         }
     }
 
+    pub(crate) fn attrs(&self) -> &[(String, Attr)] {
+        &self.attrs
+    }
+
+    pub(crate) fn into_attrs(self) -> Vec<(String, Attr)> {
+        self.attrs
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&Attr> {
-        self.attrs.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+        self.index.get(name).map(|&i| &self.attrs[i].1)
     }
 
     pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Attr> {
-        self.attrs
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
+        self.index.get(name).map(|&i| &mut self.attrs[i].1)
+    }
+
+    /// Appends `name`; if it is there already, lookups keep finding the first.
+    pub(crate) fn push(&mut self, name: String, attr: Attr) {
+        self.index.entry(name.clone()).or_insert(self.attrs.len());
+        self.attrs.push((name, attr));
     }
 
     /// Sets `name`, in place if it exists (keeping its position in the
@@ -136,7 +154,7 @@ impl Component {
     pub(crate) fn set(&mut self, name: &str, attr: Attr) {
         match self.get_mut(name) {
             Some(slot) => *slot = attr,
-            None => self.attrs.push((name.to_string(), attr)),
+            None => self.push(name.to_string(), attr),
         }
     }
 }

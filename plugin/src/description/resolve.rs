@@ -8,6 +8,51 @@ use super::{Attributes, DescriptionError, Kind, ResolvedComponent, ResolvedValue
 
 type Path = Vec<String>;
 
+/// Most components, values and `extends` names a resolution may make.
+/// `extends` and references copy what they name, so a few lines can ask for
+/// an exponential tree (`A2 { a extends A1; b extends A1; }`, `l2 [l1, l1]`,
+/// ...): past this the description is refused, not resolved out of memory.
+/// Real pools make a few thousand.
+const MAX_SIZE: usize = 250_000;
+
+/// Deepest chain of `extends` (with nesting) or of references through
+/// references: both are followed by recursion, and a description is untrusted.
+const MAX_DEPTH: usize = 256;
+
+fn too_large(at: &super::Pos, path: &[String]) -> DescriptionError {
+    DescriptionError::TooLarge {
+        at: at.clone(),
+        path: disp(path),
+        limit: MAX_SIZE,
+    }
+}
+
+fn too_deep(at: &super::Pos, path: &[String], what: &'static str) -> DescriptionError {
+    DescriptionError::TooDeep {
+        at: at.clone(),
+        path: disp(path),
+        what,
+        limit: MAX_DEPTH,
+    }
+}
+
+/// What copying `c` makes: itself, its `extends` names, its values.
+fn component_size(c: &Component) -> usize {
+    1 + c.types.len()
+        + c.attrs()
+            .iter()
+            .map(|(_, a)| value_size(&a.value))
+            .sum::<usize>()
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::List(items) => 1 + items.iter().map(|a| value_size(&a.value)).sum::<usize>(),
+        Value::Component(c) => component_size(c),
+        _ => 1,
+    }
+}
+
 fn disp(path: &[String]) -> String {
     if path.is_empty() {
         "ROOT".to_string()
@@ -32,7 +77,7 @@ pub(crate) fn resolve(
     let mut raw = sources.next().expect("the prelude");
     for s in sources {
         raw.pos = s.pos.clone();
-        for (name, attr) in s.attrs {
+        for (name, attr) in s.into_attrs() {
             raw.set(&name, attr);
         }
     }
@@ -51,10 +96,13 @@ pub(crate) fn resolve(
         raw: &raw,
         stack: Vec::new(),
         cache: HashMap::new(),
+        made: 0,
     };
     let flat = flattener.flatten(&[])?;
     let mut resolver = Resolver {
+        made: flattener.made,
         root: flat,
+        depth: 0,
         done: HashSet::new(),
         stack: Vec::new(),
     };
@@ -78,7 +126,10 @@ struct Flattener<'a> {
     raw: &'a Component,
     /// Components being flattened, with where their `extends` is written.
     stack: Vec<(Path, Option<super::Pos>)>,
-    cache: HashMap<Path, Component>,
+    /// Flattened components with their sizes.
+    cache: HashMap<Path, (Component, usize)>,
+    /// The size of every copy made so far, bounded by `MAX_SIZE`.
+    made: usize,
 }
 
 impl<'a> Flattener<'a> {
@@ -93,11 +144,29 @@ impl<'a> Flattener<'a> {
         Some(c)
     }
 
-    fn flatten(&mut self, path: &[String]) -> Result<Component, DescriptionError> {
-        if let Some(c) = self.cache.get(path) {
-            return Ok(c.clone());
+    /// Charges a copy of `size` to the budget, before it is made.
+    fn charge(
+        &mut self,
+        size: usize,
+        at: &super::Pos,
+        path: &[String],
+    ) -> Result<(), DescriptionError> {
+        self.made += size;
+        if self.made > MAX_SIZE {
+            return Err(too_large(at, path));
         }
+        Ok(())
+    }
+
+    fn flatten(&mut self, path: &[String]) -> Result<Component, DescriptionError> {
         let raw = self.raw_at(path).expect("flatten is called on components");
+        if let Some(&(_, size)) = self.cache.get(path) {
+            self.charge(size, &raw.pos, path)?;
+            return Ok(self.cache[path].0.clone());
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(too_deep(&raw.pos, path, "`extends` and nested components"));
+        }
         if let Some(i) = self.stack.iter().position(|(p, _)| p == path) {
             let (culprit, at) = self.stack.last().expect("non-empty").clone();
             let chain: Vec<String> = self.stack[i..]
@@ -125,7 +194,7 @@ impl<'a> Flattener<'a> {
         };
         result.pos = raw.pos.clone();
         result.extends = None;
-        for (name, attr) in &raw.attrs {
+        for (name, attr) in raw.attrs() {
             let attr = match &attr.value {
                 Value::Component(_) => Attr {
                     value: Value::Component(self.flatten(&child(path, name))?),
@@ -136,7 +205,9 @@ impl<'a> Flattener<'a> {
             merge_attr(&mut result, name, attr);
         }
         self.stack.pop();
-        self.cache.insert(path.to_vec(), result.clone());
+        let size = component_size(&result);
+        self.charge(size, &raw.pos, path)?;
+        self.cache.insert(path.to_vec(), (result.clone(), size));
         Ok(result)
     }
 
@@ -198,7 +269,7 @@ fn merge_attr(into: &mut Component, name: &str, attr: Attr) {
     if let (Value::Component(over), Some(slot)) = (&attr.value, into.get_mut(name)) {
         if let Value::Component(base) = &mut slot.value {
             if over.types.is_empty() {
-                for (n, a) in over.attrs.clone() {
+                for (n, a) in over.attrs().to_vec() {
                     merge_attr(base, &n, a);
                 }
                 base.pos = over.pos.clone();
@@ -217,7 +288,11 @@ fn merge_attr(into: &mut Component, name: &str, attr: Attr) {
 const MAX_HOPS: usize = 64;
 
 struct Resolver {
+    /// Carried on from the flattening: references copy too.
+    made: usize,
     root: Component,
+    /// Recursion depth of `resolve_attr`, bounded by `MAX_DEPTH`.
+    depth: usize,
     done: HashSet<Path>,
     /// Attributes whose references are being resolved.
     stack: Vec<Path>,
@@ -352,25 +427,49 @@ impl Resolver {
                 chain,
             });
         }
-        let attr = self
-            .attr_at(path)
-            .expect("resolve_attr on an attribute")
-            .clone();
-        match attr.value {
-            Value::Ref(_) | Value::List(_) => {
+        let attr = self.attr_at(path).expect("resolve_attr on an attribute");
+        if self.depth >= MAX_DEPTH {
+            return Err(too_deep(
+                &attr.pos,
+                path,
+                "references through references and nested components",
+            ));
+        }
+        // A component's own attributes are resolved in place: only their
+        // names are copied, not the subtree.
+        let work = match &attr.value {
+            Value::Ref(_) | Value::List(_) => Ok(attr.clone()),
+            Value::Component(c) => Err(c.attrs().iter().map(|(n, _)| n.clone()).collect()),
+            _ => Err(Vec::new()),
+        };
+        self.depth += 1;
+        let result = self.resolve_attr_value(path, work);
+        self.depth -= 1;
+        result?;
+        self.done.insert(path.to_vec());
+        Ok(())
+    }
+
+    /// `work` is the attribute to resolve, or the names of the component's
+    /// attributes to resolve in turn.
+    fn resolve_attr_value(
+        &mut self,
+        path: &[String],
+        work: Result<Attr, Vec<String>>,
+    ) -> Result<(), DescriptionError> {
+        match work {
+            Ok(attr) => {
                 self.stack.push(path.to_vec());
                 let value = self.resolve_value(path, &attr)?;
                 self.set_value(path, value);
                 self.stack.pop();
             }
-            Value::Component(c) => {
-                for (name, _) in &c.attrs {
-                    self.resolve_attr(&child(path, name))?;
+            Err(names) => {
+                for name in names {
+                    self.resolve_attr(&child(path, &name))?;
                 }
             }
-            _ => {}
         }
-        self.done.insert(path.to_vec());
         Ok(())
     }
 
@@ -400,7 +499,14 @@ impl Resolver {
                     return Ok(Value::Link(r.clone(), target));
                 }
                 self.resolve_attr(&target)?;
-                Ok(self.attr_at(&target).expect("looked up").value.clone())
+                let value = &self.attr_at(&target).expect("looked up").value;
+                let made = self.made + value_size(value);
+                if made > MAX_SIZE {
+                    return Err(too_large(&attr.pos, path));
+                }
+                let value = value.clone();
+                self.made = made;
+                Ok(value)
             }
             Value::List(items) => {
                 let mut out = Vec::new();
@@ -436,7 +542,7 @@ impl Resolver {
         let schema = schema(kind);
         let mut attributes = Vec::new();
         let mut members = Vec::new();
-        for (attr_name, attr) in &comp.attrs {
+        for (attr_name, attr) in comp.attrs() {
             let attr_path = child(path, attr_name);
             let expected =
                 schema.and_then(|s| s.iter().find(|(n, _)| n == attr_name).map(|(_, t)| *t));

@@ -486,7 +486,7 @@ impl<'a> Parser<'a> {
                 message: format!("attribute `{name}` is defined twice in the same component"),
             });
         }
-        comp.attrs.push((name, Attr { value, pos: at }));
+        comp.push(name, Attr { value, pos: at });
         Ok(())
     }
 

@@ -453,3 +453,88 @@ fn sf_nesting_is_bounded() {
     let ok = format!("sfConfig {}{}", "{ a ".repeat(30), "} ".repeat(30));
     assert!(resolve_str("test.sf", &ok, Format::SmartFrog).is_ok());
 }
+
+/// Copies made by `extends` double at each level: refused, not resolved out
+/// of memory (found by fuzzing, `description_sf`).
+#[test]
+fn exponential_extends_is_refused() {
+    let mut src = String::from("A0 { x 1; }\n");
+    for i in 1..26 {
+        src += &format!("A{i} {{ a extends A{}; b extends A{}; }}\n", i - 1, i - 1);
+    }
+    src += "sfConfig extends Compound {}\n";
+    let e = sf_error(&src);
+    assert!(e.contains("description too large"), "{e}");
+}
+
+/// The same with references copying lists (`l2 [l1, l1, ...]`), in YAML.
+#[test]
+fn exponential_references_are_refused() {
+    let mut src = String::from("sfConfig:\n  extends: Compound\n  l0: [1, 1, 1, 1, 1, 1, 1, 1]\n");
+    for i in 1..9 {
+        let refs = vec![format!("{{ $ref: l{} }}", i - 1); 8].join(", ");
+        src += &format!("  l{i}: [{refs}]\n");
+    }
+    let e = yaml_error(&src);
+    assert!(e.contains("description too large"), "{e}");
+}
+
+/// Chains of `extends` and of references are refused past a depth instead
+/// of recursing without bound (and took quadratic time to get there).
+#[test]
+fn long_chains_are_refused() {
+    // Written last first, so that each one's base is still to flatten.
+    let mut src = String::new();
+    for i in (1..2000).rev() {
+        src += &format!("A{i} extends A{};\n", i - 1);
+    }
+    src += "A0 { x 1; }\nsfConfig extends Compound {}\n";
+    let e = sf_error(&src);
+    assert!(e.contains("deeper than 256 levels"), "{e}");
+    let mut src = String::from("sfConfig {\n");
+    for i in (1..2000).rev() {
+        src += &format!(" a{i} a{};\n", i - 1);
+    }
+    src += " a0 1;\n}\n";
+    let e = sf_error(&src);
+    assert!(e.contains("deeper than 256 levels"), "{e}");
+    // 100 are fine.
+    let mut ok = String::from("A0 { x 1; }\n");
+    for i in 1..100 {
+        ok += &format!("A{i} extends A{};\n", i - 1);
+    }
+    ok += "sfConfig {\n";
+    for i in (1..100).rev() {
+        ok += &format!(" a{i} a{};\n", i - 1);
+    }
+    ok += " a0 1;\n b extends A99;\n}\n";
+    let d = resolve_str("test.sf", &ok, Format::SmartFrog).unwrap();
+    assert_eq!(d.root.get_int("a99"), Some(1));
+}
+
+/// Thousands of attributes in one component take linear time: attribute
+/// lookups used to be a scan, which made reading and resolving quadratic
+/// (seconds for 70 KB; found by fuzzing).
+#[test]
+fn many_attributes_are_linear() {
+    let names: String = (0..50_000).map(|i| format!("a{i} {i};")).collect();
+    let src = format!("sfConfig extends Compound {{ {names} }}");
+    let start = std::time::Instant::now();
+    let e = sf_error(&src);
+    assert!(e.contains("unknown attribute for a Compound"), "{e}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let ok: String = (0..50_000).map(|i| format!("a{i} {i};")).collect();
+    let d = resolve_str(
+        "test.sf",
+        &format!("{ok} sfConfig extends Compound {{}}"),
+        Format::SmartFrog,
+    )
+    .unwrap();
+    assert_eq!(d.root.name, "sfConfig");
+    // A duplicate is still refused.
+    assert!(sf_error("sfConfig { a 1; b 2; a 3; }").contains("defined twice"));
+}

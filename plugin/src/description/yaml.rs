@@ -124,7 +124,7 @@ fn component(
             return Err(syntax(key_at, "`$ref` must be the only key of its mapping"));
         }
         let value = convert(file, value_at, value.value)?;
-        comp.attrs.push((key.value, Attr { value, pos: key_at }));
+        comp.push(key.value, Attr { value, pos: key_at });
     }
     Ok(comp)
 }
