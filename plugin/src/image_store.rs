@@ -986,67 +986,62 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
-/// Bytes the overlay (of `format`) and every file of its backing chain
-/// take on disk.
+/// `qemu-img COMMAND... --output=json SOURCE...` of the disk at `overlay`,
+/// parsed; an error names the disk.
+fn qemu_img_json(
+    overlay: &Path,
+    command: &[&str],
+    source: &[std::ffi::OsString],
+) -> Result<serde_json::Value, StoreError> {
+    let mut args: Vec<&std::ffi::OsStr> = command.iter().map(|a| a.as_ref()).collect();
+    args.push("--output=json".as_ref());
+    args.extend(source.iter().map(|a| a.as_os_str()));
+    let out = qemu_img(&args)?;
+    let failed = |stderr: String| StoreError::QemuImg {
+        action: "read",
+        path: overlay.to_path_buf(),
+        stderr,
+    };
+    if !out.status.success() {
+        return Err(failed(stderr_of(&out)));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| failed(format!("unexpected `qemu-img {}` output: {e}", command[0])))
+}
+
+fn unexpected(overlay: &Path, what: &str) -> StoreError {
+    StoreError::QemuImg {
+        action: "read",
+        path: overlay.to_path_buf(),
+        stderr: format!("unexpected `qemu-img` output: {what}"),
+    }
+}
+
+/// Bytes the overlay and every file of its backing chain (as its header
+/// names them) take on disk.
 fn allocated_size_of_chain(
     overlay: &Path,
     source: &[std::ffi::OsString],
 ) -> Result<u64, StoreError> {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "info".as_ref(),
-        "--backing-chain".as_ref(),
-        "--output=json".as_ref(),
-    ];
-    args.extend(source.iter().map(|a| a.as_os_str()));
-    let out = qemu_img(&args)?;
-    let failed = |stderr: String| StoreError::QemuImg {
-        action: "read",
-        path: overlay.to_path_buf(),
-        stderr,
-    };
-    if !out.status.success() {
-        return Err(failed(stderr_of(&out)));
-    }
-    let chain: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| failed(format!("unexpected `qemu-img info` output: {e}")))?;
+    let chain = qemu_img_json(overlay, &["info", "--backing-chain"], source)?;
     let images = chain
         .as_array()
-        .ok_or_else(|| failed("unexpected `qemu-img info` output: not a list".into()))?;
-    let mut total = 0u64;
-    for image in images {
-        let size = match image["actual-size"].as_u64() {
+        .ok_or_else(|| unexpected(overlay, "not a list"))?;
+    Ok(images
+        .iter()
+        .map(|image| match image["actual-size"].as_u64() {
             Some(s) => s,
             // No allocation figure (some protocols): the whole virtual size.
             None => image["virtual-size"].as_u64().unwrap_or(0),
-        };
-        total = total.saturating_add(size);
-    }
-    Ok(total)
+        })
+        .fold(0u64, u64::saturating_add))
 }
 
 /// Bytes a standalone qcow2 of `source` needs (`qemu-img measure`).
 fn measured_size(overlay: &Path, source: &[std::ffi::OsString]) -> Result<u64, StoreError> {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "measure".as_ref(),
-        "--output=json".as_ref(),
-        "-O".as_ref(),
-        "qcow2".as_ref(),
-    ];
-    args.extend(source.iter().map(|a| a.as_os_str()));
-    let out = qemu_img(&args)?;
-    let failed = |stderr: String| StoreError::QemuImg {
-        action: "read",
-        path: overlay.to_path_buf(),
-        stderr,
-    };
-    if !out.status.success() {
-        return Err(failed(stderr_of(&out)));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| failed(format!("unexpected `qemu-img measure` output: {e}")))?;
-    v["required"]
+    qemu_img_json(overlay, &["measure", "-O", "qcow2"], source)?["required"]
         .as_u64()
-        .ok_or_else(|| failed("unexpected `qemu-img measure` output: no \"required\"".into()))
+        .ok_or_else(|| unexpected(overlay, "no \"required\""))
 }
 
 /// `qemu-img convert -O qcow2`: the overlay (read as `source` says: its

@@ -312,6 +312,39 @@ fn two_jobs_at_once_get_their_own_domains() {
     }
 }
 
+/// Submits, as `user`, a job whose request (`spec`, an `--sd-env=` value)
+/// SmartDomains refuses: the job fails without running, its stderr says
+/// `reasons`, nothing is left, and the node stays in service.
+fn assert_refused_and_node_up(
+    user: &str,
+    dir: &Path,
+    spec: &str,
+    extra: &[&str],
+    reasons: &[&str],
+) {
+    let sd_env = format!("--sd-env={spec}");
+    let mut args = vec![sd_env.as_str()];
+    args.extend_from_slice(extra);
+    args.extend(["--wrap", "echo should-not-run"]);
+    let id = sbatch_as(user, dir, &args);
+    let state = wait_done(&id);
+    let (out, err) = output(dir, &id);
+    assert_eq!(state, "FAILED", "{spec}: {out}{err}");
+    assert!(!out.contains("should-not-run"), "{spec}: {out}");
+    for reason in reasons {
+        assert!(
+            err.contains(reason),
+            "{spec}: {reason:?} in the job's stderr: {err}"
+        );
+    }
+    assert_no_leftovers(&id);
+    let state = node_state();
+    assert!(
+        state == "idle" || state == "mixed" || state == "allocated",
+        "node state {state}"
+    );
+}
+
 #[test]
 fn forbidden_image_fails_the_job_and_keeps_the_node() {
     let _serial = serial();
@@ -321,28 +354,13 @@ fn forbidden_image_fails_the_job_and_keeps_the_node() {
         "[ Executable = \"/bin/true\"; VirtualOrganisation = \"atlas\";\n  VirtualEnvironment = [ Image = \"busybox\"; ]; ]\n",
     )
     .unwrap();
-    let id = sbatch(
+    assert_refused_and_node_up(
+        USER,
         dir.path(),
-        &[
-            "--sd-env=jobs/forbidden.jdl",
-            "--wrap",
-            "echo should-not-run",
-        ],
+        "jobs/forbidden.jdl",
+        &[],
+        &["atlas", "busybox"],
     );
-    assert_eq!(wait_done(&id), "FAILED");
-    let (out, err) = output(dir.path(), &id);
-    assert!(!out.contains("should-not-run"), "{out}");
-    assert!(
-        err.contains("atlas") && err.contains("busybox"),
-        "the refusal in the job's stderr: {err}"
-    );
-    assert_no_leftovers(&id);
-    let state = node_state();
-    assert!(
-        state == "idle" || state == "mixed" || state == "allocated",
-        "node state {state}"
-    );
-    assert!(!state.contains("drain"), "{state}");
 }
 
 /// VO membership is the site's (site.yaml's unix_groups, the user
@@ -357,23 +375,16 @@ fn a_vo_the_owner_is_not_a_member_of_is_refused() {
         "[ Executable = \"/bin/true\"; VirtualOrganisation = \"demo\";\n  VirtualEnvironment = [ Image = \"busybox\"; ]; ]\n",
     )
     .unwrap();
-    for spec in ["--sd-env=jobs/claims-demo.jdl", "--sd-env=busybox"] {
-        let id = sbatch_as(
+    // By the JDL, and by a bare image with the VO's name as Slurm account.
+    for spec in ["jobs/claims-demo.jdl", "busybox"] {
+        assert_refused_and_node_up(
             "nobody",
             dir.path(),
-            &[spec, "--account=demo", "--wrap", "echo should-not-run"],
+            spec,
+            &["--account=demo"],
+            &["user nobody (uid 65534) is not a member of VO \"demo\""],
         );
-        assert_eq!(wait_done(&id), "FAILED", "{spec}");
-        let (out, err) = output(dir.path(), &id);
-        assert!(!out.contains("should-not-run"), "{out}");
-        assert!(
-            err.contains("user nobody (uid 65534) is not a member of VO \"demo\""),
-            "{spec}: the refusal in the job's stderr: {err}"
-        );
-        assert_no_leftovers(&id);
     }
-    let state = node_state();
-    assert!(!state.contains("drain"), "{state}");
 }
 
 /// An image a user saved is the user's: one that cannot boot (here its
@@ -410,22 +421,19 @@ fn an_unbootable_image_a_user_saved_fails_the_job_not_the_node() {
         format!("[ Executable = \"/bin/true\"; VirtualEnvironment = [ Image = \"{name}\"; ]; ]\n"),
     )
     .unwrap();
-    let id = sbatch(
-        dir.path(),
-        &["--sd-env=jobs/wiped.jdl", "--wrap", "echo should-not-run"],
-    );
-    let state = wait_done(&id);
-    let (out, err) = output(dir.path(), &id);
+    let refused = std::panic::catch_unwind(|| {
+        assert_refused_and_node_up(
+            USER,
+            dir.path(),
+            "jobs/wiped.jdl",
+            &[],
+            &["the domain did not come up", "sd-init: FATAL"],
+        )
+    });
     let _ = store.remove(&name);
-    assert_eq!(state, "FAILED", "{out}{err}");
-    assert!(!out.contains("should-not-run"), "{out}");
-    assert!(
-        err.contains("the domain did not come up") && err.contains("sd-init: FATAL"),
-        "the guest's reason in the job's stderr: {err}"
-    );
-    assert_no_leftovers(&id);
-    let state = node_state();
-    assert!(!state.contains("drain"), "{state}");
+    if let Err(panic) = refused {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]
