@@ -221,7 +221,7 @@ impl Deployment {
                 f.backend = Some(backend.name().to_string());
                 f.uid = Some(uid);
                 f.owner_pid = owner_pid;
-                f.environment = serde_json::to_value(env).ok();
+                f.environment = Some(env.clone());
             })?;
             j
         };
@@ -294,11 +294,11 @@ fn save_if_wanted(
     clean: bool,
     job_succeeded: bool,
 ) -> SaveOutcome {
-    let env = journal.facts().environment.clone()?;
-    if env["save_image"].as_bool() != Some(true) {
+    let env = journal.facts().environment.as_ref()?;
+    if !env.save_image {
         return None;
     }
-    if env["save_only_on_success"].as_bool() == Some(true) && !job_succeeded {
+    if env.save_only_on_success && !job_succeeded {
         tracing::info!("the job failed: its disk is not saved (save_images: on_success)");
         return None;
     }
@@ -308,20 +308,16 @@ fn save_if_wanted(
         return Some(Err(e.into()));
     }
     let id = journal.id();
-    let vo = env["vo"].as_str().unwrap_or_default().to_string();
-    let name = match env["save_as"].as_str() {
-        Some(n) => n.to_string(),
-        None => format!("{vo}-{id}").to_ascii_lowercase(),
+    let name = match &env.save_as {
+        Some(n) => n.clone(),
+        None => format!("{}-{id}", env.vo).to_ascii_lowercase(),
     };
     let meta = SaveMeta {
         source_job: id.to_string(),
-        vo,
-        base_image: env["catalogue_image"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        vo: env.vo.clone(),
+        base_image: env.catalogue_image.clone(),
         saved_by_uid: journal.facts().uid.unwrap_or(0),
-        vo_quota_bytes: env["store_quota_bytes"].as_u64(),
+        vo_quota_bytes: env.store_quota_bytes,
     };
     let disk = match journal.undo_order().find_map(JobDisk::from_resource) {
         // A thin snapshot: read as raw; its data is what the pool gave it.
@@ -341,7 +337,7 @@ fn save_if_wanted(
             }
         }
         _ => {
-            let format = if env["image"]["format"].as_str() == Some("raw") {
+            let format = if env.image.format == DiskFormat::Raw {
                 DiskFormat::Raw
             } else {
                 DiskFormat::Qcow2
@@ -392,7 +388,7 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
     let hostname = facts
         .environment
         .as_ref()
-        .and_then(|e| e["hostname"].as_str())
+        .map(|e| e.hostname.as_str())
         .unwrap_or("sd-guest")
         .to_string();
     let backend = backend_for(site, facts.backend.as_deref())?;

@@ -8,6 +8,7 @@
 //! never leaves a half-written journal.
 
 use crate::atomic_file::Readers;
+use crate::policy::ResolvedEnvironment;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,8 +44,9 @@ pub struct Facts {
     /// `kvm` or `tcg`.
     pub acceleration: Option<String>,
     pub console_log: Option<PathBuf>,
-    /// The resolved request, as admitted by policy (for logs and `sd status`).
-    pub environment: Option<serde_json::Value>,
+    /// The resolved request, as admitted by policy: what the teardown saves
+    /// and `sd status` shows.
+    pub environment: Option<ResolvedEnvironment>,
     /// User the deployment acts for.
     pub uid: Option<u32>,
     /// The `sd run` process that owns the deployment; when it is gone the
@@ -56,8 +58,15 @@ pub struct Facts {
     pub disk_backing: Option<PathBuf>,
 }
 
+/// The journal format this build writes and reads. A change that would
+/// make an older reader misread a journal bumps it.
+pub const FORMAT_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalData {
+    /// [`FORMAT_VERSION`] of the writer (journals before it was written are 1).
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub id: String,
     pub created_unix: u64,
     pub resources: Vec<Resource>,
@@ -76,10 +85,19 @@ pub enum JournalError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "journal {path} is of format {found}, this sd reads format {FORMAT_VERSION}: \
+         clean it up with the sd that wrote it (a newer one?), not this one"
+    )]
+    Version { path: PathBuf, found: u32 },
     #[error("a deployment named {0:?} already exists (clean it up with `sd cleanup {0}`)")]
     Exists(String),
     #[error("deployment id {0:?} is not valid: use letters, digits, '.', '_' and '-'")]
     BadId(String),
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// An open journal, owned by the process that deploys.
@@ -129,6 +147,7 @@ impl Journal {
         let journal = Journal {
             path,
             data: JournalData {
+                version: FORMAT_VERSION,
                 id: id.to_string(),
                 created_unix,
                 resources: vec![],
@@ -149,10 +168,24 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(JournalError::Io { path, source }),
         };
-        let data = serde_json::from_slice(&text).map_err(|source| JournalError::Corrupt {
+        let corrupt = |source| JournalError::Corrupt {
             path: path.clone(),
             source,
-        })?;
+        };
+        // The version first: a newer format is refused as such, not misread.
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default = "first_version")]
+            version: u32,
+        }
+        let Version { version } = serde_json::from_slice(&text).map_err(corrupt)?;
+        if version != FORMAT_VERSION {
+            return Err(JournalError::Version {
+                path,
+                found: version,
+            });
+        }
+        let data = serde_json::from_slice(&text).map_err(corrupt)?;
         Ok(Some(Journal { path, data }))
     }
 
@@ -243,6 +276,26 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_of_another_format_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), "job-v").unwrap();
+        let path = j.path.clone();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        std::fs::write(&path, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        let e = Journal::open(dir.path(), "job-v").unwrap_err();
+        assert!(matches!(e, JournalError::Version { found: 2, .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("is of format 2, this sd reads format 1"),
+            "{e}"
+        );
+        // A journal written before the version existed is format 1.
+        std::fs::write(&path, text.replace("\"version\": 1,", "")).unwrap();
+        assert!(Journal::open(dir.path(), "job-v").unwrap().is_some());
+    }
 
     #[test]
     fn records_survive_a_reopen_in_order() {

@@ -6,7 +6,7 @@
 //! Values come from the request, else the image's `defaults`, else the
 //! site's `defaults`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::image_store::ImageStore;
 use crate::owner::Owner;
@@ -17,7 +17,7 @@ use crate::site::{
 };
 
 /// What a job gets: everything `deployment` needs, nothing left optional.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedEnvironment {
     pub vo: String,
     pub image: CatalogueImage,

@@ -209,7 +209,7 @@ pub struct SiteDefaults {
 }
 
 /// An image's own `defaults:`, overriding the site's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageDefaults {
     pub memory_mib: Option<u64>,
     pub vcpus: Option<u32>,
@@ -218,7 +218,7 @@ pub struct ImageDefaults {
 }
 
 /// One entry of the image catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogueImage {
     pub name: String,
     /// Base disk (absolute); a job's disk is a copy-on-write overlay on it.

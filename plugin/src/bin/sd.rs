@@ -746,15 +746,15 @@ fn status(site: &SiteConfig) -> ExitCode {
             continue;
         };
         let f = j.facts();
-        let env = f.environment.clone().unwrap_or_default();
+        let env = f.environment.as_ref();
         println!(
             "{:<32} {:<8} {:<6} {:<16} {:>7}M {:>6} {:>7}s",
             id,
             f.backend.as_deref().unwrap_or("-"),
             f.acceleration.as_deref().unwrap_or("-"),
-            env["image"]["name"].as_str().unwrap_or("-"),
-            env["memory_mib"].as_u64().unwrap_or(0),
-            env["vcpus"].as_u64().unwrap_or(0),
+            env.map_or("-", |e| e.image.name.as_str()),
+            env.map_or(0, |e| e.memory_mib),
+            env.map_or(0, |e| e.vcpus),
             now.saturating_sub(j.data().created_unix)
         );
     }
