@@ -46,10 +46,15 @@ pub struct Facts {
     pub environment: Option<serde_json::Value>,
     /// User the deployment acts for.
     pub uid: Option<u32>,
-    /// The `sd run` process that owns the deployment; when it is gone the
-    /// deployment is an orphan that `sd cleanup` may remove. None for
-    /// deployments owned by a batch system (its epilog removes them).
+    /// The process that owns the deployment (an `sd run`, an HTCondor job's
+    /// `condor_starter`); when it is gone the deployment is an orphan that
+    /// `sd cleanup` and the node service remove. None for deployments owned
+    /// by a batch system's epilog (Slurm).
     pub owner_pid: Option<u32>,
+    /// The owner's start time (field 22 of /proc/PID/stat): a later process
+    /// with the same pid is not the owner. None in older journals.
+    #[serde(default)]
+    pub owner_start_time: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
