@@ -149,6 +149,18 @@ pub fn prolog() -> i32 {
             );
             0
         }
+        // Over the user's limit, or a full node: the job fails with the
+        // reason (sd-exec prints it); neither drains the node.
+        Err(crate::deployment::DeployError::Limit(e)) => {
+            tracing::warn!("refused (node_limits), node stays up: {e}");
+            match write_refusal(&site, &id, &e.to_string()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("cannot record the refusal: {e}");
+                    1
+                }
+            }
+        }
         Err(e) => {
             tracing::error!("site fault, failing the prolog: {e}");
             1
