@@ -41,7 +41,10 @@ impl LimitError {
     /// A full node: neither the user's fault nor the site's; the job may
     /// run elsewhere or later. (Otherwise the user is over a limit.)
     pub fn node_full(&self) -> bool {
-        matches!(self, LimitError::NodeDomains { .. } | LimitError::NodeMemory { .. })
+        matches!(
+            self,
+            LimitError::NodeDomains { .. } | LimitError::NodeMemory { .. }
+        )
     }
 }
 
@@ -192,10 +195,24 @@ mod tests {
         assert_eq!(check(&l, 8192, &one, 1, 512, Some(later)), Ok(()));
         let two = [run("a", 1, 512, None), run("b", 1, 512, None)];
         let e = check(&l, 8192, &two, 1, 512, None).unwrap_err();
-        assert!(matches!(e, LimitError::PerUser { uid: 1, running: 2, limit: 2 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                LimitError::PerUser {
+                    uid: 1,
+                    running: 2,
+                    limit: 2
+                }
+            ),
+            "{e}"
+        );
         assert!(!e.node_full());
         assert_eq!(check(&l, 8192, &two, 2, 512, None), Ok(()));
-        let three = [run("a", 1, 512, None), run("b", 2, 512, None), run("c", 3, 512, None)];
+        let three = [
+            run("a", 1, 512, None),
+            run("b", 2, 512, None),
+            run("c", 3, 512, None),
+        ];
         let e = check(&l, 8192, &three, 4, 512, None).unwrap_err();
         assert_eq!(e, LimitError::NodeDomains { running: 3 });
         assert!(e.node_full());
@@ -209,7 +226,10 @@ mod tests {
         let e = check(&l, 8192, &one, 2, 4097, None).unwrap_err();
         assert!(e.node_full());
         let text = e.to_string();
-        assert!(text.contains("7168 MiB") && text.contains("memory_reserve_mib 1024"), "{text}");
+        assert!(
+            text.contains("7168 MiB") && text.contains("memory_reserve_mib 1024"),
+            "{text}"
+        );
     }
 
     #[test]

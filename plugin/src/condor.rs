@@ -553,7 +553,9 @@ pub enum StarterJobError {
     #[error("cannot tell which job condor_starter {pid} runs: {why}")]
     Unknown { pid: i32, why: String },
     /// The job's own user replaced HTCondor's job ad: the job is refused.
-    #[error("the job ad of condor_starter {pid} ({path}) is not HTCondor's: it belongs to uid {owner}")]
+    #[error(
+        "the job ad of condor_starter {pid} ({path}) is not HTCondor's: it belongs to uid {owner}"
+    )]
     Forged { pid: i32, path: String, owner: u32 },
 }
 

@@ -352,7 +352,11 @@ fn accept_one(
         );
     }
     let Some(slot) = slots.take(peer.uid) else {
-        tracing::warn!("busy: refused a connection of uid {} pid {}", peer.uid, peer.pid);
+        tracing::warn!(
+            "busy: refused a connection of uid {} pid {}",
+            peer.uid,
+            peer.pid
+        );
         return answer_now(
             &stream,
             ServiceReply::Fault(format!(

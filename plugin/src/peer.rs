@@ -115,7 +115,12 @@ impl Pidfd {
     pub fn pid(&self) -> Option<i32> {
         let info =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.0.as_raw_fd())).ok()?;
-        let pid: i32 = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()?;
+        let pid: i32 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))?
+            .trim()
+            .parse()
+            .ok()?;
         (pid > 0).then_some(pid)
     }
 }
@@ -220,7 +225,8 @@ mod tests {
 
     #[test]
     fn stat_fields_after_a_comm_with_parentheses() {
-        let line = "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1 2 3";
+        let line =
+            "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1 2 3";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.comm, "a) b (c)");
         assert_eq!(s.state, 'S');

@@ -1810,7 +1810,10 @@ vos:
             }
         );
         let e = error(&format!("{MINIMAL}node_limits: {{ max_domains: 0 }}\n"));
-        assert!(e.contains("node_limits.max_domains") && e.contains("at least 1"), "{e}");
+        assert!(
+            e.contains("node_limits.max_domains") && e.contains("at least 1"),
+            "{e}"
+        );
         let e = error(&format!("{MINIMAL}node_limits: {{ max_vms: 2 }}\n"));
         assert!(e.contains("max_vms"), "{e}");
     }

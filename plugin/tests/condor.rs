@@ -592,7 +592,11 @@ fn a_job_gets_one_domain_of_its_own_job_whatever_job_its_hook_names() {
     );
     wait_gone(&id);
     let out = text(&dir.read("forge.out"));
-    assert!(out.contains("first=0"), "{out}{}", text(&dir.read("forge.err")));
+    assert!(
+        out.contains("first=0"),
+        "{out}{}",
+        text(&dir.read("forge.err"))
+    );
     assert!(
         out.contains(&format!("SDDeployment = \"condor-{id}-")) && !out.contains("999.0"),
         "the domain is the real job's ({id}), not the one the hook named: {out}"

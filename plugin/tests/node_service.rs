@@ -365,7 +365,10 @@ fn a_job_ad_the_user_wrote_is_not_believed() {
         ),
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("is not HTCondor's"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("is not HTCondor's"),
+        "{err}"
+    );
 }
 
 /// A journal of deployment `id` owned by `owner` (pid, start time), with a
@@ -405,7 +408,11 @@ fn sd_cleanup_reaps_deployments_whose_owner_is_gone_or_whose_pid_was_reused() {
     let slurm = journal_owned_by(&site, "slurm", None);
     let out = site.sd().arg("cleanup").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!gone.exists() && !reused.exists(), "{stdout}");
     assert!(alive.exists() && slurm.exists(), "{stdout}");
     let state = site.path("state");
