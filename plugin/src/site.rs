@@ -107,9 +107,11 @@ pub struct NodeLimits {
 
 impl Default for NodeLimits {
     fn default() -> NodeLimits {
+        // Memory is what bounds a node first; the counts bound the rest
+        // (a pool of 16 members of one user, as tests/pool.rs boots, fits).
         NodeLimits {
-            max_domains: 16,
-            max_domains_per_user: 8,
+            max_domains: 32,
+            max_domains_per_user: 16,
             memory_reserve_mib: 1024,
         }
     }
