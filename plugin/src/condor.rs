@@ -31,6 +31,10 @@ pub const ATTRIBUTE: &str = "SDEnvironment";
 pub const EXIT_REFUSED: i32 = 2;
 /// PREPARE_JOB's exit status for a fault of the site.
 pub const EXIT_SITE_FAULT: i32 = 1;
+/// PREPARE_JOB's exit status when the node has no room now: nobody's
+/// fault; a SYSTEM_PERIODIC_RELEASE on HoldReasonSubCode 3 lets the job
+/// match again (scripts/condor-local has one). Holding does not drain the node.
+pub const EXIT_NODE_FULL: i32 = 3;
 
 /// A job ad as the hooks get it: `Name = value` lines (names are
 /// case-insensitive; values are ClassAd expressions, kept as text).
@@ -135,6 +139,15 @@ pub fn refused_message(message: &str) -> String {
     format!("SmartDomains refused this job's environment request: {message}")
 }
 
+/// The hold reason of a full node (nobody's to fix: the job waits).
+pub fn node_full_message(message: &str) -> String {
+    format!(
+        "SmartDomains: {} has no room for this job's domain now, no fault of the job's or the \
+         site's (the job can run elsewhere or later): {message}",
+        node_name()
+    )
+}
+
 /// The hold reason of a site fault (the admin's to fix).
 pub fn fault_message(message: &str) -> String {
     format!(
@@ -194,6 +207,7 @@ pub fn prepare() -> i32 {
         }
         Ok(ServiceReply::Refused(message)) => hold(EXIT_REFUSED, &refused_message(&message)),
         Ok(ServiceReply::Fault(message)) => hold(EXIT_SITE_FAULT, &fault_message(&message)),
+        Ok(ServiceReply::NodeFull(message)) => hold(EXIT_NODE_FULL, &node_full_message(&message)),
         Ok(other) => hold(
             EXIT_SITE_FAULT,
             &fault_message(&format!("unexpected node service answer {other:?}")),
@@ -348,7 +362,7 @@ pub fn exit_hook(how: &str) -> i32 {
     };
     match node_service::call(&node_service::socket_path(), &call) {
         Ok(ServiceReply::Finished { .. }) => 0,
-        Ok(ServiceReply::Refused(m) | ServiceReply::Fault(m)) => {
+        Ok(ServiceReply::Refused(m) | ServiceReply::Fault(m) | ServiceReply::NodeFull(m)) => {
             eprintln!("sd-condor-exit: {m}");
             1
         }
@@ -521,6 +535,95 @@ fn copy_out(link: &crate::guest_link::GuestLink, path: &std::path::Path) -> Resu
             }
         }
     }
+}
+
+/// The job a `condor_starter` runs, as HTCondor itself wrote it down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StarterJob {
+    /// `CLUSTER.PROC`.
+    pub job: String,
+    pub global_id: String,
+}
+
+/// Why the job of a starter cannot be told.
+#[derive(Debug, thiserror::Error)]
+pub enum StarterJobError {
+    /// HTCondor's files are not where, or not what, HTCondor 23.9 makes:
+    /// the site's to look at.
+    #[error("cannot tell which job condor_starter {pid} runs: {why}")]
+    Unknown { pid: i32, why: String },
+    /// The job's own user replaced HTCondor's job ad: the job is refused.
+    #[error(
+        "the job ad of condor_starter {pid} ({path}) is not HTCondor's: it belongs to uid {owner}"
+    )]
+    Forged { pid: i32, path: String, owner: u32 },
+}
+
+/// Which job `starter` runs for `uid`, from the starter's own `.job.ad`.
+///
+/// Measured with HTCondor 23.9 here: a starter's cwd is its scratch
+/// directory `EXECUTE/dir_<starter pid>`, owned by the job's user (0700) in
+/// an execute directory of condor's; in it, the starter writes `.job.ad`
+/// (the job's ClusterId, ProcId, GlobalJobId) as condor, mode 0644, before
+/// PREPARE_JOB runs. Its environment and command line (`condor_starter -f
+/// -a slot1_1 HOST`) name no job. The user may delete or replace that file
+/// but can make no file owned by root or condor: the owner is checked. (They
+/// could move in the ad of another of their own running jobs: one domain per
+/// starter still holds, and the domain goes with this starter.)
+pub fn starter_job(
+    starter: crate::peer::ProcessStamp,
+    uid: u32,
+) -> Result<StarterJob, StarterJobError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let pid = starter.pid;
+    let unknown = |why: String| StarterJobError::Unknown { pid, why };
+    let cwd = format!("/proc/{pid}/cwd");
+    let scratch = std::fs::read_link(&cwd).map_err(|e| unknown(format!("{cwd}: {e}")))?;
+    if scratch.file_name() != Some(std::ffi::OsStr::new(&format!("dir_{pid}"))) {
+        return Err(unknown(format!(
+            "its working directory {} is not its scratch directory dir_{pid}",
+            scratch.display()
+        )));
+    }
+    let dir = std::fs::metadata(&cwd).map_err(|e| unknown(format!("{cwd}: {e}")))?;
+    let execute = std::fs::metadata(format!("{cwd}/..")).map_err(|e| unknown(e.to_string()))?;
+    if dir.uid() != uid || execute.uid() == uid {
+        return Err(unknown(format!(
+            "its scratch directory {} is of uid {}, in a directory of uid {}: not a job of uid {uid}",
+            scratch.display(),
+            dir.uid(),
+            execute.uid()
+        )));
+    }
+    let path = format!("{cwd}/.job.ad");
+    let shown = scratch.join(".job.ad").display().to_string();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| unknown(format!("{shown}: {e}")))?;
+    let meta = file.metadata().map_err(|e| unknown(e.to_string()))?;
+    if !meta.is_file() || (meta.uid() != 0 && meta.uid() != execute.uid()) {
+        return Err(StarterJobError::Forged {
+            pid,
+            path: shown,
+            owner: meta.uid(),
+        });
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| unknown(format!("{shown}: {e}")))?;
+    // All of this was the starter's only if it still runs.
+    if !starter.alive() {
+        return Err(unknown("it exited".into()));
+    }
+    let ad = JobAd::parse(&text);
+    Ok(StarterJob {
+        job: ad.job_id().map_err(|e| unknown(format!("{shown}: {e}")))?,
+        global_id: ad.string("GlobalJobId").unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

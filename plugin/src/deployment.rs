@@ -5,11 +5,13 @@
 //! runs under [`step_lock`], so that a signal handler which takes the lock
 //! sees a journal that covers everything that exists.
 
+use crate::capacity;
 use crate::guest_link::{GuestLink, LinkError};
 use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
 use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
 use crate::image_store::{self, DiskToSave, ImageStore, Manifest, SaveMeta};
 use crate::journal::{Journal, JournalError, Resource};
+use crate::peer::ProcessStamp;
 use crate::policy::ResolvedEnvironment;
 use crate::site::{Acceleration, Backend, DiskFormat, SiteConfig};
 use crate::storage::{self, JobDisk, StorageError};
@@ -40,6 +42,10 @@ pub enum DeployError {
     NoSuchDeployment(String),
     #[error(transparent)]
     Store(#[from] crate::image_store::StoreError),
+    /// Over a user's limit, or the node is full (`LimitError::node_full`):
+    /// nothing was made.
+    #[error(transparent)]
+    Limit(#[from] crate::capacity::LimitError),
 }
 
 fn guest_said(lines: &[String]) -> String {
@@ -65,6 +71,9 @@ impl DeployError {
     /// job may have wiped its own disk). Everything else here is the site's.
     pub fn fault(&self, env: &ResolvedEnvironment) -> Fault {
         match self {
+            // A user's own limit is the user's; a full node is nobody's
+            // fault, and must not take the node out of service either.
+            DeployError::Limit(_) => Fault::User,
             DeployError::Link { error, .. } if env.from_store && error.is_guest_side() => {
                 Fault::User
             }
@@ -213,14 +222,40 @@ impl Deployment {
         uid: u32,
         owner_pid: Option<u32>,
     ) -> Result<Deployment, DeployError> {
+        let owner = owner_pid.and_then(|p| ProcessStamp::of(p as i32));
+        Deployment::deploy_owned(site, id, env, uid, owner)
+    }
+
+    /// [`Deployment::deploy`] for a deployment that lives only as long as
+    /// `owner` (an HTCondor job's starter): one per owner, reaped once it
+    /// is gone.
+    pub fn deploy_owned(
+        site: &SiteConfig,
+        id: &str,
+        env: &ResolvedEnvironment,
+        uid: u32,
+        owner: Option<ProcessStamp>,
+    ) -> Result<Deployment, DeployError> {
         let backend = backend_for(site, None)?;
         let journal = {
+            // The node's limits, and the journal that makes this deployment
+            // count, under one node-wide lock: every front end's deploys race.
+            let _admission = capacity::lock(&site.state_dir)?;
+            capacity::check(
+                &site.node_limits,
+                capacity::mem_total_mib()?,
+                &capacity::running(&site.state_dir)?,
+                uid,
+                env.memory_mib,
+                owner,
+            )?;
             let _step = step_lock();
             let mut j = Journal::create(&site.state_dir, id)?;
             j.update_facts(|f| {
                 f.backend = Some(backend.name().to_string());
                 f.uid = Some(uid);
-                f.owner_pid = owner_pid;
+                f.owner_pid = owner.map(|o| o.pid as u32);
+                f.owner_start_time = owner.map(|o| o.start_time);
                 f.environment = Some(env.clone());
             })?;
             j
@@ -648,15 +683,25 @@ fn cleanup_unlocked(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
     }
 }
 
-/// Deployments whose owning process (an `sd run`) is gone: safe to clean.
+/// Deployments whose owning process (an `sd run`, an HTCondor job's
+/// starter) is gone: safe to clean. An owner recorded with its start time
+/// is gone too when its pid now names a later process.
 pub fn orphaned(site: &SiteConfig) -> Result<Vec<String>, DeployError> {
     let mut out = vec![];
     for id in Journal::list(&site.state_dir)? {
         if let Some(j) = Journal::open(&site.state_dir, &id)? {
-            if let Some(pid) = j.facts().owner_pid {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    out.push(id);
+            let f = j.facts();
+            let gone = match (f.owner_pid, f.owner_start_time) {
+                (Some(pid), Some(start_time)) => !ProcessStamp {
+                    pid: pid as i32,
+                    start_time,
                 }
+                .alive(),
+                (Some(pid), None) => !Path::new(&format!("/proc/{pid}")).exists(),
+                (None, _) => false,
+            };
+            if gone {
+                out.push(id);
             }
         }
     }

@@ -49,13 +49,18 @@ pub struct Facts {
     pub environment: Option<ResolvedEnvironment>,
     /// User the deployment acts for.
     pub uid: Option<u32>,
-    /// The `sd run` process that owns the deployment; when it is gone the
-    /// deployment is an orphan that `sd cleanup` may remove. None for
-    /// deployments owned by a batch system (its epilog removes them).
+    /// The process that owns the deployment (an `sd run`, an HTCondor job's
+    /// `condor_starter`); when it is gone the deployment is an orphan that
+    /// `sd cleanup` and the node service remove. None for deployments owned
+    /// by a batch system's epilog (Slurm).
     pub owner_pid: Option<u32>,
     /// The qcow2 base the job's qcow2 overlay was made on: a save reads
     /// this, not what the overlay's header (which QEMU can write) names.
     pub disk_backing: Option<PathBuf>,
+    /// The owner's start time (field 22 of /proc/PID/stat): a later process
+    /// with the same pid is not the owner. None in older journals.
+    #[serde(default)]
+    pub owner_start_time: Option<u64>,
 }
 
 /// The journal format this build writes and reads. A change that would

@@ -6,6 +6,7 @@
 
 pub mod atomic_file;
 pub mod batch;
+pub mod capacity;
 pub mod condor;
 pub mod deployment;
 pub mod description;
@@ -18,6 +19,7 @@ pub mod job;
 pub mod journal;
 pub mod node_service;
 pub mod owner;
+pub mod peer;
 pub mod policy;
 pub mod pool;
 pub mod request;

@@ -5,24 +5,36 @@
 //! to `sd-qemu`, KVM), so the hooks ask this root-owned service on the
 //! node, over a Unix socket (default [`DEFAULT_SOCKET`]):
 //!
-//! * the caller is known by the kernel (`SO_PEERCRED`: uid, gid, pid), not
-//!   by anything it says; unless started with `--any-caller`, it must be a
-//!   descendant of a `condor_starter` (a job's hook, not any local user);
+//! * the caller is known by the kernel, pinned at accept by a pidfd
+//!   ([`crate::peer`]: uid, gid, pid, and the root-owned `condor_starter` it
+//!   runs under). Unless started with `--any-caller`, a caller of another
+//!   uid than root's under no starter is refused at accept;
+//! * a caller under a starter acts for the job that starter runs, read
+//!   from HTCondor's own job ad ([`condor::starter_job`]), whatever job the
+//!   request names. Its domain belongs to that starter (pid and start time in
+//!   the journal): one per job, and reaped ([`reap`], every
+//!   [`REAP_INTERVAL`], and by `sd cleanup`) once the starter is gone;
 //! * **deploy**: the hook has already read the user's JDL itself, with the
 //!   user's own rights, and sends its text; an image name is only looked up
 //!   in the site catalogue. The service checks the request against the
-//!   site's policy and deploys `condor-CLUSTER.PROC-TAG` for the caller's uid:
-//!   the journal records the owner, the agent socket becomes the user's
-//!   (the job wrapper talks to the guest directly, like `sd-exec`);
+//!   site's policy and the node's limits, and deploys
+//!   `condor-CLUSTER.PROC-TAG` for the caller's uid: the journal records the
+//!   owner, the agent socket becomes the user's (the job wrapper talks to
+//!   the guest directly, like `sd-exec`);
 //! * **teardown**: only of a deployment whose journal owner is the caller
 //!   (or root).
 //!
-//! One JSON line in, one JSON line out, per connection; one thread per
-//! connection, so two jobs boot at once.
+//! One JSON line in (within [`REQUEST_DEADLINE`]), one JSON line out, per
+//! connection. At most [`MAX_CONNECTIONS`] are served at once, each on its
+//! own thread (so two jobs boot at once), [`MAX_CONNECTIONS_PER_UID`] of
+//! one uid; root has [`ROOT_RESERVE`] more. Connections over that are
+//! answered "busy" and closed at once.
 
 use crate::batch::{self, Request};
-use crate::deployment::{self, Deployment};
+use crate::condor;
+use crate::deployment::{self, DeployError, Deployment};
 use crate::journal::Journal;
+use crate::peer::{Peer, ProcessStamp};
 use crate::site::SiteConfig;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -86,6 +98,9 @@ pub enum ServiceReply {
     Refused(String),
     /// The site's fault: the job is held with this, for the admin.
     Fault(String),
+    /// The node has no room now (`node_limits`): nobody's fault; the job
+    /// may run elsewhere or later.
+    NodeFull(String),
 }
 
 /// `CLUSTER.PROC`, digits only.
@@ -129,62 +144,88 @@ pub fn call(socket: &Path, request: &ServiceRequest) -> std::io::Result<ServiceR
     serde_json::from_str(&reply).map_err(std::io::Error::other)
 }
 
-/// Who is calling, as the kernel says.
-#[derive(Debug, Clone, Copy)]
+/// Connections served at once; more are answered "busy" and closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Of those, one uid's: one local user cannot take them all.
+pub const MAX_CONNECTIONS_PER_UID: usize = 4;
+/// Kept for root beyond [`MAX_CONNECTIONS`]: the admin's own requests.
+pub const ROOT_RESERVE: usize = 4;
+/// The request line must have arrived within this after accept.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the service reaps deployments whose job has ended.
+pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
+/// Out of file descriptors in accept: wait this long, do not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Who is calling: the kernel's word, pinned at accept (see [`crate::peer`]).
+#[derive(Debug)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
+    /// The root-owned condor_starter the caller runs under, if any: the job
+    /// it runs is the only one the caller may deploy for.
+    pub starter: Option<ProcessStamp>,
+    peer: Option<Peer>,
 }
 
-fn caller_of(stream: &UnixStream) -> std::io::Result<Caller> {
-    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(std::io::Error::from)?;
-    Ok(Caller {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid(),
-    })
-}
-
-/// True if `pid` descends from a `condor_starter` process started by root.
-fn under_condor_starter(pid: i32) -> bool {
-    let mut pid = pid;
-    for _ in 0..64 {
-        if pid <= 1 {
-            return false;
+impl Caller {
+    /// A caller that is not on a socket (tests, `handle` called directly).
+    pub fn local(uid: u32, gid: u32, pid: i32) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid,
+            starter: None,
+            peer: None,
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        let Some((head, tail)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        // Anyone can name a process condor_starter; only root can start
-        // one whose real uid is root's.
-        if comm == "condor_starter" && real_uid(pid) == Some(0) {
-            return true;
-        }
-        pid = match tail.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            Some(p) => p,
-            None => return false,
-        };
     }
-    false
+
+    /// The process that connected has not exited.
+    fn alive(&self) -> bool {
+        self.peer.as_ref().is_none_or(Peer::alive)
+    }
 }
 
-/// The real uid of process `pid` (`Uid:` in /proc/PID/status).
-fn real_uid(pid: i32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// Places for connections being served: at most [`MAX_CONNECTIONS`], and
+/// [`MAX_CONNECTIONS_PER_UID`] of one uid, plus root's reserve.
+#[derive(Default)]
+struct Slots(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+struct Slot<'a> {
+    slots: &'a Slots,
+    uid: u32,
+}
+
+impl Slots {
+    fn take(&self, uid: u32) -> Option<Slot<'_>> {
+        let mut by_uid = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = by_uid.values().sum();
+        let mine = by_uid.get(&uid).copied().unwrap_or(0);
+        let root = by_uid.get(&0).copied().unwrap_or(0);
+        let fits = if uid == 0 {
+            total < MAX_CONNECTIONS + ROOT_RESERVE
+        } else {
+            total - root < MAX_CONNECTIONS && mine < MAX_CONNECTIONS_PER_UID
+        };
+        if !fits {
+            return None;
+        }
+        *by_uid.entry(uid).or_default() += 1;
+        Some(Slot { slots: self, uid })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut by_uid = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// `sd node-service`: serves until SIGTERM/SIGINT. Returns an exit status.
@@ -229,13 +270,123 @@ pub fn serve(config: &Path, socket: &Path, pid_file: Option<&Path>, any_caller: 
             "HTCondor job hooks"
         }
     );
-    let site = std::sync::Arc::new(site);
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let site = site.clone();
-        std::thread::spawn(move || serve_one(&site, stream, any_caller));
+    // Leaked: both live as long as the process.
+    let site: &'static SiteConfig = Box::leak(Box::new(site));
+    let slots: &'static Slots = Box::leak(Box::default());
+    std::thread::spawn(move || loop {
+        reap(site);
+        std::thread::sleep(REAP_INTERVAL);
+    });
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => accept_one(site, slots, stream, any_caller),
+            // Out of descriptors: the connection waits in the backlog; back
+            // off instead of spinning on the same error.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
+                tracing::warn!("accept: {e}; backing off");
+                std::thread::sleep(ACCEPT_BACKOFF);
+            }
+            Err(_) => {}
+        }
     }
-    0
+}
+
+/// Removes the deployments whose owner (an HTCondor job's starter, an `sd
+/// run`) is gone: a job that died without JOB_EXIT, or a domain a job
+/// booted for itself and left behind.
+pub fn reap(site: &SiteConfig) {
+    let ids = match deployment::orphaned(site) {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!("reaper: {e}");
+            return;
+        }
+    };
+    for id in ids {
+        let lock = deployment_lock(&id);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked at again under the lock: a teardown may have come first.
+        if !deployment::orphaned(site).is_ok_and(|ids| ids.contains(&id)) {
+            continue;
+        }
+        match deployment::cleanup(site, &id) {
+            Ok(_) => tracing::warn!("reaped {id}: its owner (the job's starter) is gone"),
+            Err(e) => tracing::error!("reaping {id} failed: {e}"),
+        }
+    }
+}
+
+/// In the accept loop: who the caller is, pinned now; callers the service
+/// never serves, and callers over the connection limits, are answered at
+/// once and cost no thread.
+fn accept_one(
+    site: &'static SiteConfig,
+    slots: &'static Slots,
+    stream: UnixStream,
+    any_caller: bool,
+) {
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("a caller the kernel cannot name: {e}");
+            return;
+        }
+    };
+    let starter = if peer.uid == 0 { None } else { peer.starter() };
+    if !any_caller && peer.uid != 0 && starter.is_none() {
+        tracing::warn!(
+            "refused uid {} pid {}: not an HTCondor job hook",
+            peer.uid,
+            peer.pid
+        );
+        return answer_now(
+            &stream,
+            ServiceReply::Refused(
+                "the SmartDomains node service serves HTCondor job hooks only".into(),
+            ),
+        );
+    }
+    let Some(slot) = slots.take(peer.uid) else {
+        tracing::warn!(
+            "busy: refused a connection of uid {} pid {}",
+            peer.uid,
+            peer.pid
+        );
+        return answer_now(
+            &stream,
+            ServiceReply::Fault(format!(
+                "the node service is busy ({MAX_CONNECTIONS} connections, \
+                 {MAX_CONNECTIONS_PER_UID} per user): try again"
+            )),
+        );
+    };
+    let caller = Caller {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        starter,
+        peer: Some(peer),
+    };
+    let spawned = std::thread::Builder::new().spawn(move || {
+        let _slot = slot;
+        serve_one(site, &stream, &caller);
+    });
+    if let Err(e) = spawned {
+        tracing::error!("no thread for a connection: {e}");
+    }
+}
+
+/// A short answer from the accept loop, which never waits for a reader.
+fn answer_now(stream: &UnixStream, reply: ServiceReply) {
+    let _ = stream.set_nonblocking(true);
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let _ = (&*stream).write_all(&out);
 }
 
 fn stop_on_signal(socket: PathBuf, pid_file: Option<PathBuf>) {
@@ -256,63 +407,131 @@ fn stop_on_signal(socket: PathBuf, pid_file: Option<PathBuf>) {
     });
 }
 
-fn serve_one(site: &SiteConfig, stream: UnixStream, any_caller: bool) {
-    let caller = match caller_of(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("a caller without credentials: {e}");
-            return;
+/// Why no request line was read.
+#[derive(Debug, PartialEq, Eq)]
+enum LineError {
+    /// Over the limit before its end: the caller's error, answered.
+    TooLong,
+    /// Not all there within [`REQUEST_DEADLINE`], or the caller hung up.
+    Gone,
+}
+
+/// Reads one line of at most `limit` bytes within `deadline`.
+fn read_line(stream: &UnixStream, limit: u64, deadline: Instant) -> Result<String, LineError> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(LineError::Gone)?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| LineError::Gone)?;
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(LineError::Gone),
+        };
+        if let Some(end) = chunk[..n].iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&chunk[..end]);
+            break;
         }
-    };
+        line.extend_from_slice(&chunk[..n]);
+        if line.len() as u64 >= limit {
+            return Err(LineError::TooLong);
+        }
+    }
+    if line.len() as u64 > limit {
+        return Err(LineError::TooLong);
+    }
+    String::from_utf8(line).map_err(|_| LineError::Gone)
+}
+
+fn serve_one(site: &SiteConfig, stream: &UnixStream, caller: &Caller) {
     // One line, bounded: the JDL it carries may be max_request_bytes, and
     // JSON escaping grows a byte to at most 6 (`\u00XX`).
     let line_limit = site.max_request_bytes.saturating_mul(6) + 64 * 1024;
-    let mut line = String::new();
-    if BufReader::new((&stream).take(line_limit))
-        .read_line(&mut line)
-        .is_err()
-    {
-        return;
-    }
-    let reply = match serde_json::from_str::<ServiceRequest>(&line) {
-        Err(_) if !line.ends_with('\n') && line.len() as u64 >= line_limit => ServiceReply::Refused(format!(
+    let line = read_line(stream, line_limit, Instant::now() + REQUEST_DEADLINE);
+    let reply = match line {
+        Err(LineError::Gone) => {
+            tracing::info!(
+                "uid {} pid {} sent no request within {} s",
+                caller.uid,
+                caller.pid,
+                REQUEST_DEADLINE.as_secs()
+            );
+            return;
+        }
+        Err(LineError::TooLong) => ServiceReply::Refused(format!(
             "request to the node service over {line_limit} bytes (the site's max_request_bytes is {})",
             site.max_request_bytes
         )),
-        Err(e) => ServiceReply::Fault(format!("malformed request to the node service: {e}")),
-        Ok(ServiceRequest::Deploy {
-            request: Request::Jdl { ref path, ref text },
-            ..
-        }) if text.len() as u64 > site.max_request_bytes => ServiceReply::Refused(format!(
-            "{}: is {} bytes, more than the site's limit of {} (max_request_bytes)",
-            path.display(),
-            text.len(),
-            site.max_request_bytes
-        )),
-        Ok(_) if !any_caller && caller.uid != 0 && !under_condor_starter(caller.pid) => {
-            tracing::warn!(
-                "refused uid {} pid {}: not an HTCondor job hook",
-                caller.uid,
-                caller.pid
-            );
-            ServiceReply::Refused(
-                "the SmartDomains node service serves HTCondor job hooks only".into(),
-            )
-        }
-        Ok(request) => handle(site, caller, request),
+        Ok(line) => match serde_json::from_str::<ServiceRequest>(&line) {
+            Err(e) => ServiceReply::Fault(format!("malformed request to the node service: {e}")),
+            Ok(ServiceRequest::Deploy {
+                request: Request::Jdl { ref path, ref text },
+                ..
+            }) if text.len() as u64 > site.max_request_bytes => ServiceReply::Refused(format!(
+                "{}: is {} bytes, more than the site's limit of {} (max_request_bytes)",
+                path.display(),
+                text.len(),
+                site.max_request_bytes
+            )),
+            // The process that connected is the one we checked, or nobody.
+            Ok(_) if !caller.alive() => {
+                tracing::warn!("pid {} exited before its request was served", caller.pid);
+                return;
+            }
+            Ok(request) => handle(site, caller, request),
+        },
     };
     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
     out.push(b'\n');
-    let _ = (&stream).write_all(&out);
+    let _ = (&*stream).write_all(&out);
+}
+
+/// The job a request is for: a starter's own job for a hook (whatever the
+/// hook said), else the job the caller named (root, `--any-caller`).
+fn job_of(caller: &Caller, job: &str, global_id: &str) -> Result<(String, String), ServiceReply> {
+    let Some(starter) = caller.starter else {
+        return Ok((job.to_string(), global_id.to_string()));
+    };
+    match condor::starter_job(starter, caller.uid) {
+        Ok(real) => {
+            if real.job != job || real.global_id != global_id {
+                tracing::warn!(
+                    "pid {} named job {job} ({global_id}); its starter {} runs {} ({}): that one it is",
+                    caller.pid,
+                    starter.pid,
+                    real.job,
+                    real.global_id
+                );
+            }
+            Ok((real.job, real.global_id))
+        }
+        Err(e @ condor::StarterJobError::Forged { .. }) => {
+            tracing::warn!("{e}");
+            Err(ServiceReply::Refused(e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(ServiceReply::Fault(e.to_string()))
+        }
+    }
 }
 
 /// Does what one request asks, for `caller`.
-pub fn handle(site: &SiteConfig, caller: Caller, request: ServiceRequest) -> ServiceReply {
+pub fn handle(site: &SiteConfig, caller: &Caller, request: ServiceRequest) -> ServiceReply {
     let (hook, job, global_id) = match &request {
         ServiceRequest::Deploy { job, global_id, .. } => ("sd-condor-prepare", job, global_id),
         ServiceRequest::Teardown { job, global_id, .. } => ("sd-condor-exit", job, global_id),
     };
-    let (job, global_id) = (job.clone(), global_id.clone());
+    let (job, global_id) = match job_of(caller, job, global_id) {
+        Ok(j) => j,
+        Err(reply) => return reply,
+    };
     let _span = tracing::info_span!("sd", %hook, %job).entered();
     if !valid_job_id(&job) {
         return ServiceReply::Fault(format!("{job:?} is not an HTCondor job id (CLUSTER.PROC)"));
@@ -349,7 +568,7 @@ fn deployment_lock(id: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
 
 fn deploy(
     site: &SiteConfig,
-    caller: Caller,
+    caller: &Caller,
     id: &str,
     request: &Request,
     account: Option<&str>,
@@ -370,11 +589,20 @@ fn deploy(
             return ServiceReply::Refused(message);
         }
     };
-    // A journal already there: a run of the same job whose JOB_EXIT never
-    // came (the node rebooted, the starter died). Its owner's to reuse.
+    // A journal already there: the job asks twice (refused while its
+    // starter lives), or a run of the same job whose JOB_EXIT never came
+    // (the node rebooted, the starter died): its owner's to reuse.
     match Journal::open(&site.state_dir, id) {
         Ok(Some(old)) => {
             let owner = old.facts().uid;
+            if !deployment::orphaned(site).is_ok_and(|o| o.iter().any(|o| o == id))
+                && old.facts().owner_pid.is_some()
+            {
+                tracing::warn!("refused: the job already has its domain {id}");
+                return ServiceReply::Refused(format!(
+                    "this job already has its domain {id} on this node (one per job)"
+                ));
+            }
             if owner != Some(caller.uid) {
                 return ServiceReply::Fault(format!(
                     "deployment {id} already exists for uid {owner:?}: clean it up with `sd cleanup {id}`"
@@ -388,8 +616,13 @@ fn deploy(
         Ok(None) => {}
         Err(e) => return ServiceReply::Fault(e.to_string()),
     }
+    if !caller.alive() {
+        tracing::warn!("pid {} exited before its domain was made", caller.pid);
+        return ServiceReply::Fault(format!("the caller (pid {}) is gone", caller.pid));
+    }
     let started = Instant::now();
-    match Deployment::deploy(site, id, &env, caller.uid, None) {
+    // A hook's domain is its starter's: one per job, reaped when it ends.
+    match Deployment::deploy_owned(site, id, &env, caller.uid, caller.starter) {
         Ok(d) => {
             let boot_secs = started.elapsed().as_secs_f64();
             tracing::info!(
@@ -416,6 +649,14 @@ fn deploy(
             drop(d);
             reply
         }
+        Err(DeployError::Limit(e)) if e.node_full() => {
+            tracing::warn!("node full, the job is held to run elsewhere or later: {e}");
+            ServiceReply::NodeFull(e.to_string())
+        }
+        Err(DeployError::Limit(e)) => {
+            tracing::warn!("refused (over the user's limit): {e}");
+            ServiceReply::Refused(e.to_string())
+        }
         Err(e) if e.fault(&env) == deployment::Fault::User => {
             tracing::warn!("user error (the job is held): the domain did not come up: {e}");
             ServiceReply::Refused(format!("the domain did not come up: {e}"))
@@ -429,7 +670,7 @@ fn deploy(
 
 fn teardown(
     site: &SiteConfig,
-    caller: Caller,
+    caller: &Caller,
     id: &str,
     how: &str,
     succeeded: bool,
@@ -507,11 +748,37 @@ mod tests {
     }
 
     #[test]
-    fn this_test_is_no_condor_starter() {
-        assert!(!under_condor_starter(std::process::id() as i32));
-        assert_eq!(
-            real_uid(std::process::id() as i32),
-            Some(nix::unistd::getuid().as_raw())
-        );
+    fn connection_slots_per_uid_overall_and_roots_reserve() {
+        let slots = Slots::default();
+        let mine: Vec<_> = (0..MAX_CONNECTIONS_PER_UID)
+            .map(|_| slots.take(1000).unwrap())
+            .collect();
+        assert!(slots.take(1000).is_none(), "one user's share is full");
+        let others: Vec<_> = (0..MAX_CONNECTIONS - MAX_CONNECTIONS_PER_UID)
+            .map(|i| slots.take(2000 + i as u32 / 2).unwrap())
+            .collect();
+        assert!(slots.take(5000).is_none(), "all places taken");
+        let root: Vec<_> = (0..ROOT_RESERVE).map(|_| slots.take(0).unwrap()).collect();
+        assert!(slots.take(0).is_none());
+        drop(mine);
+        assert!(slots.take(1000).is_some(), "places come back");
+        drop((others, root));
+        assert_eq!(slots.0.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_request_line_is_bounded_in_size_and_time() {
+        let (a, b) = UnixStream::pair().unwrap();
+        (&b).write_all(b"{\"op\"").unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        assert_eq!(read_line(&a, 1024, deadline), Err(LineError::Gone));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        (&b).write_all(&[b'x'; 4096]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert_eq!(read_line(&a, 1024, deadline), Err(LineError::TooLong));
+        let (a, b) = UnixStream::pair().unwrap();
+        (&b).write_all(b"one line\nnext").unwrap();
+        assert_eq!(read_line(&a, 1024, deadline).as_deref(), Ok("one line"));
     }
 }

@@ -106,6 +106,40 @@ pub struct SiteConfig {
     /// The `lvm:` section: where the bases of `format: lvm` images live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lvm: Option<LvmConfig>,
+    /// The `node_limits:` section: what this node runs at most, for every
+    /// front end.
+    #[serde(skip_serializing_if = "NodeLimits::is_default")]
+    pub node_limits: NodeLimits,
+}
+
+/// The `node_limits:` section. Checked before a deployment makes anything,
+/// under a lock shared by every front end on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NodeLimits {
+    /// Domains on this node at once.
+    pub max_domains: u32,
+    /// Domains of one uid on this node at once.
+    pub max_domains_per_user: u32,
+    /// Host memory no domain may have: domains share MemTotal minus this.
+    pub memory_reserve_mib: u64,
+}
+
+impl Default for NodeLimits {
+    fn default() -> NodeLimits {
+        // Memory is what bounds a node first; the counts bound the rest
+        // (a pool of 16 members of one user, as tests/pool.rs boots, fits).
+        NodeLimits {
+            max_domains: 32,
+            max_domains_per_user: 16,
+            memory_reserve_mib: 1024,
+        }
+    }
+}
+
+impl NodeLimits {
+    fn is_default(&self) -> bool {
+        *self == NodeLimits::default()
+    }
 }
 
 /// The `lvm:` section.
@@ -552,6 +586,15 @@ struct RawSite {
     default_vo: Option<S<String>>,
     save_images: Option<SavePolicy>,
     lvm: Option<RawLvm>,
+    node_limits: Option<RawNodeLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodeLimits {
+    max_domains: Option<S<u32>>,
+    max_domains_per_user: Option<S<u32>>,
+    memory_reserve_mib: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -969,6 +1012,27 @@ impl Builder<'_> {
             DEFAULT_MAX_REQUEST_BYTES,
         )?;
 
+        // What this node runs at most (a reserve of 0 is allowed: a test host).
+        let node_limits = {
+            let d = NodeLimits::default();
+            let l = raw.node_limits.as_ref();
+            NodeLimits {
+                max_domains: self.nonzero(
+                    &l.and_then(|l| l.max_domains.clone()),
+                    "node_limits.max_domains",
+                    d.max_domains,
+                )?,
+                max_domains_per_user: self.nonzero(
+                    &l.and_then(|l| l.max_domains_per_user.clone()),
+                    "node_limits.max_domains_per_user",
+                    d.max_domains_per_user,
+                )?,
+                memory_reserve_mib: l
+                    .and_then(|l| l.memory_reserve_mib)
+                    .unwrap_or(d.memory_reserve_mib),
+            }
+        };
+
         // Where the bases of `lvm` images live.
         let lvm = match &raw.lvm {
             Some(l) => Some(LvmConfig {
@@ -1338,6 +1402,7 @@ impl Builder<'_> {
             default_vo,
             save_images: raw.save_images.unwrap_or(SavePolicy::OnRequest),
             lvm,
+            node_limits,
         })
     }
 }
@@ -1903,6 +1968,30 @@ vos:
         ] {
             assert!(validate_image_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn node_limits_default_and_are_read() {
+        assert_eq!(load(MINIMAL).unwrap().node_limits, NodeLimits::default());
+        let site = load(&format!(
+            "{MINIMAL}node_limits: {{ max_domains: 3, max_domains_per_user: 1, memory_reserve_mib: 0 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            site.node_limits,
+            NodeLimits {
+                max_domains: 3,
+                max_domains_per_user: 1,
+                memory_reserve_mib: 0
+            }
+        );
+        let e = error(&format!("{MINIMAL}node_limits: {{ max_domains: 0 }}\n"));
+        assert!(
+            e.contains("node_limits.max_domains") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = error(&format!("{MINIMAL}node_limits: {{ max_vms: 2 }}\n"));
+        assert!(e.contains("max_vms"), "{e}");
     }
 
     #[test]

@@ -150,9 +150,12 @@ pub fn prolog() -> i32 {
             );
             0
         }
+        // The user's fault (a user-saved image that does not boot, the user's
+        // node_limits) or a full node: the job fails with the reason (sd-exec
+        // prints it); neither drains the node.
         Err(e) if e.fault(&env) == Fault::User => {
-            let message = format!("the domain did not come up: {e}");
-            tracing::warn!("refused (user error, node stays up): {message}");
+            let message = format!("cannot start the domain: {e}");
+            tracing::warn!("refused, node stays up: {message}");
             match write_refusal(&site, &id, job.uid, &message) {
                 Ok(()) => 0,
                 Err(e) => {

@@ -571,3 +571,42 @@ fn a_wrapper_without_its_domain_fails_the_job_with_a_site_fault() {
     assert_eq!(history_attr(&id, "ExitCode"), "125");
     assert_no_leftovers(&id);
 }
+
+#[test]
+fn a_job_gets_one_domain_of_its_own_job_whatever_job_its_hook_names() {
+    let _serial = serial();
+    let dir = JobDir::new("forge");
+    // A plain job (no SDEnvironment: it runs on the host, under its starter)
+    // calls the PREPARE_JOB hook itself, twice, with an ad of another job.
+    dir.write(
+        "forge.sh",
+        "printf 'ClusterId = 999\\nProcId = 0\\nGlobalJobId = \"forged#999.0#1\"\\nSDEnvironment = \"busybox\"\\n' > forged.ad\n\
+         /opt/smartdomains/sd-condor-prepare < forged.ad > first.txt 2>&1; echo first=$?\n\
+         /opt/smartdomains/sd-condor-prepare < forged.ad > second.txt 2>&1; echo second=$?\n\
+         cat first.txt second.txt\n",
+    );
+    let id = dir.submit(
+        "forge",
+        "executable = /bin/sh\ntransfer_executable = false\narguments = forge.sh\n\
+         should_transfer_files = YES\ntransfer_input_files = forge.sh",
+    );
+    wait_gone(&id);
+    let out = text(&dir.read("forge.out"));
+    assert!(
+        out.contains("first=0"),
+        "{out}{}",
+        text(&dir.read("forge.err"))
+    );
+    assert!(
+        out.contains(&format!("SDDeployment = \"condor-{id}-")) && !out.contains("999.0"),
+        "the domain is the real job's ({id}), not the one the hook named: {out}"
+    );
+    assert!(
+        out.contains("second=2") && out.contains("already has its domain"),
+        "one domain per job: {out}"
+    );
+    // No JOB_EXIT tore it down (the job asked for nothing): it goes with
+    // the job's starter.
+    assert_no_leftovers(&id);
+    assert_eq!(journal_of("999.0"), None);
+}

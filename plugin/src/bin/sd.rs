@@ -69,7 +69,9 @@ enum Command {
     },
     /// Undo deployments from their journals (after a crash or a kill).
     ///
-    /// Without ID: every deployment whose `sd run` is gone. Idempotent.
+    /// Without ID: every deployment whose owner is gone (its `sd run`, or
+    /// the condor_starter of its HTCondor job; an owner is its pid and start
+    /// time, so a reused pid is not it). Idempotent.
     Cleanup {
         id: Option<String>,
         /// Every deployment on this host, even those still in use.
