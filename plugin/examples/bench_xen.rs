@@ -52,7 +52,13 @@ fn main() {
     )
     .unwrap();
     let site = SiteConfig::load(&config).expect("site");
-    let env = policy::admit(&site, None, &EnvironmentRequest::default()).expect("admit");
+    let env = policy::admit(
+        &site,
+        &smartdomains::owner::Owner::Root,
+        None,
+        &EnvironmentRequest::default(),
+    )
+    .expect("admit");
     let backend = deployment::backend_for(&site, None).expect("xen backend (run inside dom0)");
 
     // The same guest for xl. xl 4.17 gives the first channel devid 0, which

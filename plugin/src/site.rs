@@ -300,7 +300,7 @@ pub struct VoMembers {
 impl VoMembers {
     pub fn admits(&self, user: &crate::owner::UnixUser) -> bool {
         self.everyone
-            || self.users.iter().any(|u| *u == user.name)
+            || self.users.contains(&user.name)
             || self
                 .unix_groups
                 .iter()
