@@ -1756,11 +1756,8 @@ mod tests {
     struct Tmpfs(PathBuf);
 
     impl Tmpfs {
-        fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("not root: no tmpfs, test skipped");
-                return None;
-            }
+        fn mount(dir: &Path, size: &str) -> Tmpfs {
+            crate::needs_root("mounting a small tmpfs");
             fs::create_dir_all(dir).unwrap();
             nix::mount::mount(
                 Some("tmpfs"),
@@ -1770,7 +1767,7 @@ mod tests {
                 Some(format!("size={size},mode=0700").as_str()),
             )
             .expect("mount tmpfs");
-            Some(Tmpfs(dir.to_path_buf()))
+            Tmpfs(dir.to_path_buf())
         }
     }
 
@@ -1789,9 +1786,7 @@ mod tests {
         let overlay = tmp.path().join("overlay.qcow2");
         qemu_img_create(&overlay, "16M", Some(&base));
         qemu_io_write(&overlay, 0x5a, "4M", "1M");
-        let Some(_fs) = Tmpfs::mount(&tmp.path().join("small"), "2m") else {
-            return;
-        };
+        let _fs = Tmpfs::mount(&tmp.path().join("small"), "2m");
         let store = ImageStore::new(tmp.path().join("small/store"), tmp.path().join("cache"));
         let e = store
             .save(&overlay, "big", meta("demo", None), &no_progress)
@@ -1841,9 +1836,7 @@ mod tests {
         qemu_img_create(&overlay, "4M", Some(&base));
         qemu_io_write(&overlay, 0x5a, "3M", "64k");
         let overlay_before = fs::read(&overlay).unwrap();
-        let Some(_fs) = Tmpfs::mount(&tmp.path().join("small"), "5m") else {
-            return;
-        };
+        let _fs = Tmpfs::mount(&tmp.path().join("small"), "5m");
         let store = ImageStore::new(tmp.path().join("small/store"), tmp.path().join("cache"));
         let e = store
             .save(&overlay, "full", meta("demo", None), &no_progress)
@@ -1950,9 +1943,7 @@ mod tests {
         let m = store
             .save(&base, "big", meta("demo", None), &no_progress)
             .unwrap();
-        let Some(_fs) = Tmpfs::mount(&tmp.path().join("small"), "2m") else {
-            return;
-        };
+        let _fs = Tmpfs::mount(&tmp.path().join("small"), "2m");
         let e = store.open_for_use("big", &no_progress).unwrap_err();
         assert!(
             matches!(e, StoreError::CacheNoSpace { needed, .. } if needed == m.size),

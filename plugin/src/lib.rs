@@ -29,6 +29,17 @@ pub mod storage;
 pub mod storage_lvm;
 pub mod user_files;
 
+/// Fails the calling test unless it runs as root: a root-only test that
+/// returned early would pass without testing anything. The suite runs as
+/// root (scripts/test); `why` says what needs it.
+#[cfg(test)]
+pub(crate) fn needs_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({why}): run it as root, as scripts/test does"
+    );
+}
+
 /// A short stable tag of `bytes` (32-bit FNV-1a), for host-wide names made
 /// from local ones: domain names, volume names, deployment ids. Changing it
 /// renames what running deployments left behind, so it must stay as it is.

@@ -905,10 +905,7 @@ mod tests {
 
     #[test]
     fn a_clone_that_cannot_fit_is_refused_before_writing() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting a small tmpfs needs root");
-            return;
-        }
+        crate::needs_root("mounting a small tmpfs");
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.raw");
         let data: Vec<u8> = (0..(4u32 << 20))
@@ -1067,10 +1064,7 @@ mod tests {
 
     #[test]
     fn loop_device_shows_the_file_and_is_detached() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("not root: no loop devices, test skipped");
-            return;
-        }
+        crate::needs_root("loop devices");
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.raw");
         let data = sparse_raw(&base);

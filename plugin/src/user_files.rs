@@ -243,9 +243,7 @@ mod tests {
 
     #[test]
     fn a_user_reads_with_its_own_groups_not_roots() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // Needs root to act for another user.
-        }
+        crate::needs_root("acting for another user");
         use std::os::unix::fs::chown;
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -380,9 +380,7 @@ mod find_tests {
 
     #[test]
     fn another_users_process_with_the_domains_name_is_not_the_domain() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // needs root to start another user's process
-        }
+        crate::needs_root("starting another user's process");
         let name = format!("sd-impostor-{}", std::process::id());
         let mut theirs = impostor(65534, &name);
         let mut ours = impostor(0, &format!("{name}-ours"));
