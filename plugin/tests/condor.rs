@@ -9,6 +9,8 @@
 //! 4242), so the hooks really run as the job's owner and go through the
 //! node service for everything privileged.
 
+mod common;
+use common::{guest_kernel, repo, text};
 use smartdomains::site::SiteConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,19 +20,8 @@ use std::time::{Duration, Instant};
 const USER: &str = "sdtest";
 const UID: u32 = 4242;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn root() -> PathBuf {
     PathBuf::from(std::env::var("SD_CONDOR_ROOT").unwrap_or_else(|_| "/srv/sd-trixie".into()))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Starts the local pool once (idempotent when it already runs).
@@ -257,13 +248,6 @@ fn assert_no_leftovers(id: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(leftovers(id), Vec::<String>::new());
-}
-
-fn guest_kernel() -> String {
-    std::fs::read_to_string(repo().join("build/images/kernel-release"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 fn host_kernel() -> String {

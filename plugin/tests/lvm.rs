@@ -8,16 +8,11 @@
 //! first run builds build/lvm-test/, about a minute) and the kernel that
 //! images/build fetches.
 
+mod common;
+use common::repo;
 use smartdomains::storage_lvm::{LvmError, LvmThin, LVS_FIELDS};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 #[test]
 fn lvm_thin_snapshots_in_vm() {

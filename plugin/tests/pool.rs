@@ -8,7 +8,9 @@
 //! The tests boot their VMs one test at a time (a lock), so that the
 //! machine's few cores go to one test's domains.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{images, text};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,25 +20,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn images() -> PathBuf {
-    let dir = std::env::var_os("SD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("build/images"));
-    assert!(
-        dir.join("busybox.qcow2").exists(),
-        "no VO images in {}: run scripts/setup first",
-        dir.display()
-    );
-    dir
 }
 
 struct Site {
@@ -160,10 +143,6 @@ impl Site {
         let text = std::fs::read(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         serde_json::from_slice(&text).unwrap()
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn times(record: &serde_json::Value, key: &str) -> Vec<u64> {

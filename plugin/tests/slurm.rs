@@ -6,6 +6,8 @@
 //! Jobs run as `sdtest` (made by scripts/setup, in the demo VOs' groups), so
 //! the hooks really act for another user; `nobody` is in no VO.
 
+mod common;
+use common::{guest_kernel, repo, text};
 use smartdomains::site::SiteConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,13 +15,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const USER: &str = "sdtest";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn bin(name: &str) -> PathBuf {
     // The hooks Slurm runs are the release build that scripts/slurm-local configures.
@@ -53,10 +48,6 @@ fn slurm_conf() -> &'static str {
 fn site() -> SiteConfig {
     SiteConfig::load(&SiteConfig::default_path())
         .expect("the site config the hooks read (scripts/setup writes it)")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// One test at a time: a test drains and resumes the node, and the node
@@ -217,13 +208,6 @@ fn node_state() -> String {
         c
     });
     text(&out.stdout).trim().to_string()
-}
-
-fn guest_kernel() -> String {
-    std::fs::read_to_string(repo().join("build/images/kernel-release"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 #[test]

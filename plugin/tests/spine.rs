@@ -5,29 +5,12 @@
 //! Needs `scripts/setup` to have run (images in build/images, qemu, the
 //! sd-qemu user). Each test has its own state and log directories.
 
+mod common;
+use common::{guest_kernel, images, text};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn images() -> PathBuf {
-    let dir = std::env::var_os("SD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("build/images"));
-    assert!(
-        dir.join("debian-minimal.qcow2").exists(),
-        "no VO images in {}: run scripts/setup first",
-        dir.display()
-    );
-    dir
-}
 
 /// A site of its own for one test: config, state, logs, job files.
 struct Site {
@@ -112,17 +95,6 @@ impl Site {
         }
         found
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn guest_kernel() -> String {
-    std::fs::read_to_string(images().join("kernel-release"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 #[test]

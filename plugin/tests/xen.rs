@@ -11,6 +11,8 @@
 //! Run alone: `cargo test --release --test xen -- --nocapture`.
 #![cfg(feature = "xen")]
 
+mod common;
+use common::{repo, text};
 use smartdomains::hypervisor::xen::{sd_xen, Xen, XenOptions};
 use smartdomains::hypervisor::Hypervisor;
 use smartdomains::site::XenGuestType;
@@ -18,17 +20,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 // ---------------------------------------------------------------- on the host
 
