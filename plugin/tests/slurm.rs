@@ -411,7 +411,7 @@ fn an_unbootable_image_a_user_saved_fails_the_job_not_the_node() {
             dir.path(),
             "jobs/wiped.jdl",
             &[],
-            &["the domain did not come up", "sd-init: FATAL"],
+            &["cannot start the domain", "sd-init: FATAL"],
         )
     });
     let _ = store.remove(&name);
