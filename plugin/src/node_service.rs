@@ -658,8 +658,8 @@ fn deploy(
             ServiceReply::Refused(e.to_string())
         }
         Err(e) if e.fault(&env) == deployment::Fault::User => {
-            tracing::warn!("user error (the job is held): the domain did not come up: {e}");
-            ServiceReply::Refused(format!("the domain did not come up: {e}"))
+            tracing::warn!("user error (the job is held): cannot start the domain: {e}");
+            ServiceReply::Refused(format!("cannot start the domain: {e}"))
         }
         Err(e) => {
             tracing::error!("site fault, the job is held: {e}");
