@@ -58,9 +58,12 @@ pub struct Running {
 }
 
 /// Whether one more domain of `memory_mib` for `uid` (owned by `owner`) fits.
+/// `mem_total_mib` is the memory guests share (MemTotal for QEMU); None where
+/// the host's memory is not theirs (Xen: dom0's MemTotal is dom0's own, and
+/// libxl itself refuses a domain the hypervisor cannot hold).
 pub fn check(
     limits: &NodeLimits,
-    mem_total_mib: u64,
+    mem_total_mib: Option<u64>,
     running: &[Running],
     uid: u32,
     memory_mib: u64,
@@ -82,6 +85,9 @@ pub fn check(
             running: running.len() as u32,
         });
     }
+    let Some(mem_total_mib) = mem_total_mib else {
+        return Ok(());
+    };
     let used: u64 = running.iter().map(|r| r.memory_mib).sum();
     let available = mem_total_mib.saturating_sub(limits.memory_reserve_mib);
     if used + memory_mib > available {
@@ -177,10 +183,10 @@ mod tests {
     #[test]
     fn users_limits_are_theirs_a_full_node_is_nobodys() {
         let l = limits();
-        assert_eq!(check(&l, 8192, &[], 1, 512, None), Ok(()));
+        assert_eq!(check(&l, Some(8192), &[], 1, 512, None), Ok(()));
         let one = [run("a", 1, 512, Some(STARTER))];
         // The same starter (the same job) never gets a second domain.
-        let e = check(&l, 8192, &one, 1, 512, Some(STARTER)).unwrap_err();
+        let e = check(&l, Some(8192), &one, 1, 512, Some(STARTER)).unwrap_err();
         assert_eq!(e, LimitError::OnePerJob("a".into()));
         assert!(!e.node_full());
         // The same pid but another start time is another process.
@@ -188,9 +194,9 @@ mod tests {
             start_time: 78,
             ..STARTER
         };
-        assert_eq!(check(&l, 8192, &one, 1, 512, Some(later)), Ok(()));
+        assert_eq!(check(&l, Some(8192), &one, 1, 512, Some(later)), Ok(()));
         let two = [run("a", 1, 512, None), run("b", 1, 512, None)];
-        let e = check(&l, 8192, &two, 1, 512, None).unwrap_err();
+        let e = check(&l, Some(8192), &two, 1, 512, None).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -203,13 +209,13 @@ mod tests {
             "{e}"
         );
         assert!(!e.node_full());
-        assert_eq!(check(&l, 8192, &two, 2, 512, None), Ok(()));
+        assert_eq!(check(&l, Some(8192), &two, 2, 512, None), Ok(()));
         let three = [
             run("a", 1, 512, None),
             run("b", 2, 512, None),
             run("c", 3, 512, None),
         ];
-        let e = check(&l, 8192, &three, 4, 512, None).unwrap_err();
+        let e = check(&l, Some(8192), &three, 4, 512, None).unwrap_err();
         assert_eq!(e, LimitError::NodeDomains { running: 3 });
         assert!(e.node_full());
     }
@@ -218,8 +224,10 @@ mod tests {
     fn memory_counts_against_memtotal_minus_the_reserve() {
         let l = limits();
         let one = [run("a", 1, 3072, None)];
-        assert_eq!(check(&l, 8192, &one, 2, 4096, None), Ok(()));
-        let e = check(&l, 8192, &one, 2, 4097, None).unwrap_err();
+        assert_eq!(check(&l, Some(8192), &one, 2, 4096, None), Ok(()));
+        // Under Xen the guests' memory is the hypervisor's: not counted here.
+        assert_eq!(check(&l, None, &one, 2, 1 << 30, None), Ok(()));
+        let e = check(&l, Some(8192), &one, 2, 4097, None).unwrap_err();
         assert!(e.node_full());
         let text = e.to_string();
         assert!(

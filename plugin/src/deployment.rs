@@ -241,9 +241,15 @@ impl Deployment {
             // The node's limits, and the journal that makes this deployment
             // count, under one node-wide lock: every front end's deploys race.
             let _admission = capacity::lock(&site.state_dir)?;
+            // Guests share the host's memory under QEMU; under Xen the
+            // hypervisor's, which dom0's MemTotal does not show.
+            let guest_memory = match backend.name() {
+                "xen" => None,
+                _ => Some(capacity::mem_total_mib()?),
+            };
             capacity::check(
                 &site.node_limits,
-                capacity::mem_total_mib()?,
+                guest_memory,
                 &capacity::running(&site.state_dir)?,
                 uid,
                 env.memory_mib,
