@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartdomains::condor::{self, JobAd};
+use sd_batch::condor::{self, JobAd};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = ad.bool("ExitBySignal");
     let _ = ad.job_id();
     let _ = condor::output_files(&ad);
-    if let Some(smartdomains::batch::RequestSpec::Jdl(path)) = ad.request() {
+    if let Some(sd_batch::batch::RequestSpec::Jdl(path)) = ad.request() {
         let _ = condor::jdl_candidates(&ad, &path, Path::new("/scratch"));
     }
 });

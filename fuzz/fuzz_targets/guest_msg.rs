@@ -1,5 +1,5 @@
 //! Agent → host frames, as the host's reader thread in
-//! `plugin/src/guest_link.rs` decodes them: `read_msg::<GuestMsg>` in a loop
+//! `crates/vmm/src/guest_link.rs` decodes them: `read_msg::<GuestMsg>` in a loop
 //! until the first error, which ends the link. The guest is untrusted.
 #![no_main]
 

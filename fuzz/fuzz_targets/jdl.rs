@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartdomains::jdl::JobDescription;
+use sd_languages::jdl::JobDescription;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {

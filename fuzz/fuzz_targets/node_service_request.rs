@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartdomains::node_service::{self, ServiceRequest};
+use sd_batch::node_service::{self, ServiceRequest};
 
 fuzz_target!(|data: &[u8]| {
     // `read_line` stops after the first newline and fails on invalid UTF-8.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smartdomains::site::SiteConfig;
+use sd_site::SiteConfig;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs chrooted in the LVM test VM (Debian 12 + lvm2): builds a thin pool on
 # /dev/vdb with a base thin LV holding an ext4 file system and a marker file,
-# then runs our Rust test (plugin/tests/lvm.rs, guest_roundtrip) against it.
+# then runs our Rust test (crates/cli/tests/lvm.rs, guest_roundtrip) against it.
 set -eu
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL=C LVM_SUPPRESS_FD_WARNINGS=1

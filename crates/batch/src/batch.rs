@@ -1,0 +1,280 @@
+//! What every batch-system front end shares (Slurm in `slurm`, HTCondor in
+//! `condor`): the request a job makes (a JDL file or a catalogue image),
+//! checking it against the site's policy, and running a job's command
+//! inside its domain through the guest link. The lifecycle itself is
+//! `deployment`'s.
+
+use sd_host::owner::Owner;
+use sd_host::user_files::UserFiles;
+use sd_languages::jdl::JobDescription;
+use sd_policy::{self as policy, ResolvedEnvironment};
+use sd_proto::{RunRequest, StdinSource};
+use sd_request::EnvironmentRequest;
+use sd_site::SiteConfig;
+use sd_vmm::deployment::{self, DeployError};
+use sd_vmm::guest_link::{GuestLink, JobOutcome};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A request names a JDL file or an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestSpec {
+    Jdl(PathBuf),
+    Image(String),
+}
+
+impl RequestSpec {
+    pub fn parse(value: &str) -> RequestSpec {
+        let value = value.trim();
+        if value.ends_with(".jdl") || value.contains('/') {
+            RequestSpec::Jdl(PathBuf::from(value))
+        } else {
+            RequestSpec::Image(value.to_string())
+        }
+    }
+}
+
+/// A request with the JDL's text already read (with the user's rights).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// A JDL's text and the path it was read from (for error messages).
+    Jdl { path: PathBuf, text: String },
+    /// A catalogue image name.
+    Image(String),
+}
+
+/// Reads the JDL a request names, as `user`, relative to `work_dir`. The
+/// error is the user's, worded for the user.
+pub fn read_request(
+    spec: &RequestSpec,
+    work_dir: &Path,
+    user: UserFiles,
+    max_bytes: u64,
+) -> Result<Request, String> {
+    match spec {
+        RequestSpec::Image(name) => Ok(Request::Image(name.clone())),
+        RequestSpec::Jdl(path) => {
+            let path = work_dir.join(path);
+            let text = user
+                .read_text(&path, max_bytes, "max_request_bytes")
+                .map_err(|e| e.to_string())?;
+            Ok(Request::Jdl { path, text })
+        }
+    }
+}
+
+/// Parses and admits a request of `owner`. `account` is the job's
+/// accounting name (Slurm account, HTCondor `AcctGroup`; both chosen by the
+/// user): for an image alone, it names the VO if the site knows it as one,
+/// and like a JDL's `VirtualOrganisation` it only picks among the owner's
+/// VOs. The error is the user's, worded for the user.
+pub fn admit(
+    site: &SiteConfig,
+    owner: &Owner,
+    request: &Request,
+    account: Option<&str>,
+) -> Result<ResolvedEnvironment, String> {
+    let (request, vo) = match request {
+        Request::Jdl { path, text } => {
+            let jdl = JobDescription::parse(text, path).map_err(|e| e.to_string())?;
+            (
+                jdl.virtual_environment.clone().unwrap_or_default(),
+                jdl.virtual_organisation.clone(),
+            )
+        }
+        Request::Image(name) => {
+            let vo = account
+                .filter(|a| site.vos.contains_key(*a))
+                .map(str::to_string);
+            (EnvironmentRequest::image_only(name), vo)
+        }
+    };
+    policy::admit(
+        site,
+        owner,
+        vo.as_deref(),
+        &request,
+        &sd_vmm::image_store::ImageStore::of_site(site),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Why a command could not be run in the job's domain.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no deployment {0} on this node")]
+    NoDomain(String),
+    #[error("{0}")]
+    Site(String),
+}
+
+/// Runs `argv` inside deployment `id` with this process's stdin, stdout,
+/// stderr and environment, in `cwd`: [`attach`] then [`run_command`].
+pub fn run_in_domain(
+    site: &SiteConfig,
+    id: &str,
+    argv: Vec<String>,
+    cwd: String,
+    signals: nix::sys::signal::SigSet,
+) -> Result<JobOutcome, RunError> {
+    let link = attach(site, id)?;
+    run_command(&link, argv, cwd, signals)
+}
+
+/// Reaches the agent of deployment `id`.
+pub fn attach(site: &SiteConfig, id: &str) -> Result<GuestLink, RunError> {
+    deployment::attach(site, id, Duration::from_secs(site.boot_timeout_secs)).map_err(|e| match e {
+        DeployError::NoSuchDeployment(_) => RunError::NoDomain(id.to_string()),
+        other => RunError::Site(other.to_string()),
+    })
+}
+
+/// Runs `argv` in the guest with this process's stdin, stdout, stderr and
+/// environment, in `cwd`. A `#!` script on the host (a batch system's
+/// spool or scratch directory) is copied into the guest at the same path
+/// first. `signals` (blocked by the caller with [`block_forwarded_signals`]
+/// before any thread existed) are forwarded to the command.
+pub fn run_command(
+    link: &GuestLink,
+    argv: Vec<String>,
+    cwd: String,
+    signals: nix::sys::signal::SigSet,
+) -> Result<JobOutcome, RunError> {
+    let program = argv
+        .first()
+        .cloned()
+        .ok_or_else(|| RunError::Site("no command".into()))?;
+    if let Some(mut script) = host_script(&program) {
+        link.put_file(&mut script, &program, 0o755)
+            .map_err(|e| RunError::Site(e.to_string()))?;
+    }
+    let env = std::env::vars()
+        .filter(|(k, _)| !k.is_empty() && !k.contains('='))
+        .collect();
+    let request = RunRequest {
+        argv,
+        env,
+        cwd,
+        stdin: StdinSource::Stream,
+    };
+    forward_signals(signals, link.writer());
+    let stdin: Box<dyn Read + Send> = Box::new(std::io::stdin());
+    link.run(
+        request,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+        Some(stdin),
+    )
+    .map_err(|e| RunError::Site(e.to_string()))
+}
+
+/// The program, if it is a `#!` script on the host.
+fn host_script(program: &str) -> Option<std::fs::File> {
+    if !program.starts_with('/') {
+        return None;
+    }
+    let mut f = std::fs::File::open(program).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut magic = [0u8; 2];
+    f.read_exact(&mut magic).ok()?;
+    if &magic != b"#!" {
+        return None;
+    }
+    std::fs::File::open(program).ok()
+}
+
+/// The epilog's end of deployment `id`: graceful shutdown, save per
+/// policy, journal undone, all logged. Ok(false) if there was none.
+pub fn finish_logged(site: &SiteConfig, id: &str, succeeded: bool) -> Result<bool, DeployError> {
+    let started = std::time::Instant::now();
+    let Some(saved) = deployment::finish(site, id, succeeded)? else {
+        return Ok(false);
+    };
+    tracing::info!(
+        "domain {id} shut down and cleaned up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // A failed save is logged (by deployment); the node is fine.
+    if let Some(Ok(m)) = saved {
+        tracing::info!("image {} saved for VO {}", m.name, m.vo);
+    }
+    Ok(true)
+}
+
+/// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2: what `scancel`, srun and
+/// condor_rm send. Block them before any thread exists, so that every
+/// thread inherits the mask.
+pub fn block_forwarded_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    set
+}
+
+/// Those signals go to the command in the guest; its death ends the caller.
+fn forward_signals(set: nix::sys::signal::SigSet, writer: sd_vmm::guest_link::LinkWriter) {
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            tracing::info!("forwarding {} to the guest", sig.as_str());
+            if writer.signal(sig as i32).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Dies of `signal` (as the command in the guest did), so that the batch
+/// system records a signal; returns 128+signal if that fails.
+pub fn die_by(signal: i32) -> i32 {
+    use nix::sys::signal::{
+        raise, signal as set_handler, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal,
+    };
+    if let Ok(sig) = Signal::try_from(signal) {
+        // SAFETY: restoring the default disposition.
+        unsafe {
+            let _ = set_handler(sig, SigHandler::SigDfl);
+        }
+        let mut set = SigSet::empty();
+        set.add(sig);
+        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        let _ = raise(sig);
+    }
+    128 + signal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_a_jdl_or_an_image() {
+        assert_eq!(
+            RequestSpec::parse("jobs/hello.jdl"),
+            RequestSpec::Jdl("jobs/hello.jdl".into())
+        );
+        assert_eq!(
+            RequestSpec::parse("hello.jdl"),
+            RequestSpec::Jdl("hello.jdl".into())
+        );
+        assert_eq!(
+            RequestSpec::parse(" debian-minimal "),
+            RequestSpec::Image("debian-minimal".into())
+        );
+        // A path is a file, never an image: the catalogue decides what images exist.
+        assert_eq!(RequestSpec::parse("../x"), RequestSpec::Jdl("../x".into()));
+    }
+}

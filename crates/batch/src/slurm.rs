@@ -1,0 +1,377 @@
+//! Slurm front end: `sd-prolog`, `sd-exec`, `sd-epilog`.
+//!
+//! The request reaches the prolog as `SPANK_SD_ENV` (our SPANK plugin's
+//! `--sd-env=`) or as `--comment=sd-env:VALUE`; VALUE is a JDL file
+//! (relative to the job's working directory, read with the user's rights)
+//! or a catalogue image name.
+//!
+//! A request the user got wrong (bad JDL, policy) must not drain the node:
+//! the prolog records the refusal, exits 0, and `sd-exec` — the job's own
+//! command — prints it to the job's stderr and fails the job. Only site
+//! faults (hypervisor, disk, config) fail the prolog, and Slurm drains the
+//! node for the admin to look at.
+
+pub use crate::batch::RequestSpec;
+use crate::batch::{self, RunError};
+use sd_host::owner::Owner;
+use sd_host::user_files::UserFiles;
+use sd_policy::ResolvedEnvironment;
+use sd_site::SiteConfig;
+use sd_vmm::deployment::Deployment;
+use sd_vmm::deployment::Fault;
+use sd_vmm::guest_link::JobOutcome;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Prefix of a request carried in `--comment`.
+pub const COMMENT_PREFIX: &str = "sd-env:";
+
+/// Where the request came from in the hooks' environment, if anywhere.
+pub fn requested_environment(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(v) = var("SPANK_SD_ENV").filter(|v| !v.trim().is_empty()) {
+        return Some(v.trim().to_string());
+    }
+    let comment = var("SLURM_JOB_COMMENT")?;
+    let value = comment.trim().strip_prefix(COMMENT_PREFIX)?.trim();
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// The job as the prolog and epilog see it.
+#[derive(Debug, Clone)]
+pub struct SlurmJob {
+    pub id: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub work_dir: PathBuf,
+    pub account: Option<String>,
+}
+
+impl SlurmJob {
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<SlurmJob, String> {
+        let need =
+            |name: &str| var(name).ok_or_else(|| format!("{name} is not set: not run by Slurm?"));
+        let number = |name: &str| -> Result<u32, String> {
+            need(name)?
+                .parse()
+                .map_err(|_| format!("{name} is not a number"))
+        };
+        let id = need("SLURM_JOB_ID")?;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("SLURM_JOB_ID {id:?} is not a job number"));
+        }
+        Ok(SlurmJob {
+            id,
+            uid: number("SLURM_JOB_UID")?,
+            gid: number("SLURM_JOB_GID")?,
+            work_dir: PathBuf::from(var("SLURM_JOB_WORK_DIR").unwrap_or_else(|| "/".into())),
+            account: var("SLURM_JOB_ACCOUNT").filter(|a| !a.is_empty()),
+        })
+    }
+
+    pub fn deployment_id(&self) -> String {
+        deployment_id(&self.id)
+    }
+}
+
+pub fn deployment_id(job_id: &str) -> String {
+    format!("slurm-{job_id}")
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Where a refused request's message waits for the job's `sd-exec`.
+fn refusal_path(site: &SiteConfig, id: &str) -> PathBuf {
+    site.state_dir.join("refused").join(id)
+}
+
+/// Checks the request: JDL read as the user, policy. The error is the
+/// user's, worded for the user.
+pub fn resolve(
+    site: &SiteConfig,
+    job: &SlurmJob,
+    spec: &RequestSpec,
+) -> Result<ResolvedEnvironment, String> {
+    // Who the job's owner is, and its groups, from the user database.
+    let owner = Owner::of_uid(job.uid).map_err(|e| e.to_string())?;
+    let user = UserFiles::of(&owner, job.gid);
+    let request = batch::read_request(spec, &job.work_dir, user, site.max_request_bytes)?;
+    batch::admit(site, &owner, &request, job.account.as_deref())
+}
+
+/// `sd-prolog`. Exit status: 0 (domain up, no request, or request refused),
+/// 1 (site fault: Slurm drains the node).
+pub fn prolog() -> i32 {
+    // The fast path for every job that asks for nothing: no file is touched.
+    let Some(value) = requested_environment(env_var) else {
+        return 0;
+    };
+    let site = match SiteConfig::load(&SiteConfig::default_path()) {
+        Ok(s) => s,
+        Err(e) => return site_fault_before_config("sd-prolog", &e.to_string()),
+    };
+    let job = match SlurmJob::from_env(env_var) {
+        Ok(j) => j,
+        Err(e) => return site_fault_before_config("sd-prolog", &e),
+    };
+    let (_log, _span) = crate::hook_log::init("sd-prolog", &site.log_dir, &job.id);
+    let id = job.deployment_id();
+    tracing::info!(
+        "request {value:?} for uid {} in {}",
+        job.uid,
+        job.work_dir.display()
+    );
+    let env = match resolve(&site, &job, &RequestSpec::parse(&value)) {
+        Ok(env) => env,
+        Err(message) => {
+            tracing::warn!("refused (user error, node stays up): {message}");
+            return match write_refusal(&site, &id, job.uid, &message) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("cannot record the refusal: {e}");
+                    1
+                }
+            };
+        }
+    };
+    let started = Instant::now();
+    match Deployment::deploy(&site, &id, &env, job.uid, None) {
+        Ok(d) => {
+            tracing::info!(
+                "domain {id} up in {:.1} s under {}: image {} ({} MiB, {} vCPU), guest kernel {}",
+                started.elapsed().as_secs_f64(),
+                d.acceleration,
+                env.image.name,
+                env.memory_mib,
+                env.vcpus,
+                d.link.info.kernel_release
+            );
+            0
+        }
+        // The user's fault (a user-saved image that does not boot, the user's
+        // node_limits) or a full node: the job fails with the reason (sd-exec
+        // prints it); neither drains the node.
+        Err(e) if e.fault(&env) == Fault::User => {
+            let message = format!("cannot start the domain: {e}");
+            tracing::warn!("refused, node stays up: {message}");
+            match write_refusal(&site, &id, job.uid, &message) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("cannot record the refusal: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("site fault, failing the prolog: {e}");
+            1
+        }
+    }
+}
+
+/// The refusal is the job's user's to read (its `sd-exec` prints it), and nobody else's.
+fn write_refusal(site: &SiteConfig, id: &str, uid: u32, message: &str) -> std::io::Result<()> {
+    let path = refusal_path(site, id);
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    sd_host::atomic_file::write_for(&path, format!("{message}\n").as_bytes(), uid)
+}
+
+/// Without a site config there is no log directory: syslog and stderr.
+fn site_fault_before_config(hook: &'static str, message: &str) -> i32 {
+    let (_log, _span) = crate::hook_log::init(
+        hook,
+        Path::new("/var/log/smartdomains"),
+        &env_var("SLURM_JOB_ID").unwrap_or_default(),
+    );
+    tracing::error!("site fault: {message}");
+    eprintln!("{hook}: {message}");
+    1
+}
+
+/// `sd-epilog`. Exit status 0 unless something could not be cleaned up
+/// (then the node is drained: it holds leftovers an admin must see).
+pub fn epilog() -> i32 {
+    let Some(value) = requested_environment(env_var) else {
+        return 0;
+    };
+    let site = match SiteConfig::load(&SiteConfig::default_path()) {
+        Ok(s) => s,
+        Err(e) => return site_fault_before_config("sd-epilog", &e.to_string()),
+    };
+    let Some(job_id) = env_var("SLURM_JOB_ID") else {
+        return site_fault_before_config("sd-epilog", "SLURM_JOB_ID is not set: not run by Slurm?");
+    };
+    let (_log, _span) = crate::hook_log::init("sd-epilog", &site.log_dir, &job_id);
+    let id = deployment_id(&job_id);
+    let outcome = job_outcome(&job_id);
+    tracing::info!("job ended: {outcome}");
+    if matches!(std::fs::remove_file(refusal_path(&site, &id)), Ok(())) {
+        tracing::info!("the request {value:?} had been refused; nothing was deployed");
+    }
+    // Slurm's "exit:signal" of the batch script; a cancel leaves 0:0 but is no success.
+    let succeeded = env_var("SLURM_JOB_EXIT_CODE2").as_deref() == Some("0:0")
+        && !outcome.contains("CANCELLED")
+        && !outcome.contains("TIMEOUT");
+    match crate::batch::finish_logged(&site, &id, succeeded) {
+        Ok(true) => 0,
+        Ok(false) => {
+            tracing::info!("no domain to clean up (the prolog refused the request or never ran)");
+            0
+        }
+        Err(e) => {
+            tracing::error!("cleanup failed, the node keeps leftovers: {e}");
+            1
+        }
+    }
+}
+
+/// Exit code, or what `scontrol` says (a cancel or a time limit leave the
+/// code at 0).
+fn job_outcome(job_id: &str) -> String {
+    let code = env_var("SLURM_JOB_EXIT_CODE2").unwrap_or_else(|| "?".into());
+    let scontrol = ["/usr/bin/scontrol", "/usr/local/bin/scontrol"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(scontrol) = scontrol else {
+        return format!("exit code {code}");
+    };
+    let child = std::process::Command::new(scontrol)
+        .args(["show", "job", "-o", job_id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return format!("exit code {code}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    let field = |name: &str| {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "exit code {code}, state {}, reason {}",
+        field("JobState"),
+        field("Reason")
+    )
+}
+
+/// `sd-exec -- CMD ARGS...`: runs the command inside this job's domain.
+/// Returns the command's exit status; a command killed by signal N kills
+/// `sd-exec` with N (the caller is told with `Err`).
+pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
+    if argv.is_empty() {
+        return Err(ExecError::Usage);
+    }
+    // Blocked before any thread exists, so that every thread inherits it.
+    let signals = batch::block_forwarded_signals();
+    let job_id = env_var("SLURM_JOB_ID").ok_or(ExecError::NotInJob)?;
+    let site = SiteConfig::load(&SiteConfig::default_path())
+        .map_err(|e| ExecError::Site(e.to_string()))?;
+    let id = deployment_id(&job_id);
+    if let Ok(message) = std::fs::read_to_string(refusal_path(&site, &id)) {
+        return Err(ExecError::Refused(message.trim().to_string()));
+    }
+    // A batch script lives on the host (Slurm's spool): the guest gets a
+    // copy at the same path (batch::run_in_domain). Programs are the guest's own.
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "/".into());
+    batch::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
+        RunError::NoDomain(_) => ExecError::NoDomain(job_id.clone()),
+        RunError::Site(m) => ExecError::Site(m),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("usage: sd-exec -- COMMAND [ARGS...]")]
+    Usage,
+    #[error("not inside a Slurm job (SLURM_JOB_ID is not set)")]
+    NotInJob,
+    #[error("SmartDomains refused this job's environment request: {0}")]
+    Refused(String),
+    #[error("job {0} has no SmartDomains domain on this node: it asked for none (--sd-env=, or --comment=sd-env:...) or its prolog failed (see the site's sd-hooks.log)")]
+    NoDomain(String),
+    #[error("{0}")]
+    Site(String),
+}
+
+impl ExecError {
+    /// The exit status `sd-exec` gives the job.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExecError::Usage | ExecError::Refused(_) => 2,
+            _ => 125,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn request_from_spank_or_comment() {
+        assert_eq!(requested_environment(vars(&[])), None);
+        assert_eq!(
+            requested_environment(vars(&[("SLURM_JOB_COMMENT", "just a note")])),
+            None
+        );
+        assert_eq!(
+            requested_environment(vars(&[("SLURM_JOB_COMMENT", "sd-env:")])),
+            None
+        );
+        assert_eq!(
+            requested_environment(vars(&[("SLURM_JOB_COMMENT", " sd-env: busybox ")])),
+            Some("busybox".into())
+        );
+        assert_eq!(
+            requested_environment(vars(&[
+                ("SPANK_SD_ENV", "jobs/hello.jdl"),
+                ("SLURM_JOB_COMMENT", "sd-env:x")
+            ])),
+            Some("jobs/hello.jdl".into())
+        );
+    }
+
+    #[test]
+    fn job_context_is_checked() {
+        let ok = SlurmJob::from_env(vars(&[
+            ("SLURM_JOB_ID", "42"),
+            ("SLURM_JOB_UID", "1000"),
+            ("SLURM_JOB_GID", "1000"),
+            ("SLURM_JOB_WORK_DIR", "/home/u"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.deployment_id(), "slurm-42");
+        assert!(SlurmJob::from_env(vars(&[
+            ("SLURM_JOB_ID", "../1"),
+            ("SLURM_JOB_UID", "0"),
+            ("SLURM_JOB_GID", "0")
+        ]))
+        .is_err());
+        assert!(SlurmJob::from_env(vars(&[("SLURM_JOB_ID", "1")])).is_err());
+    }
+}

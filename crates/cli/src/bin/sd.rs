@@ -1,0 +1,788 @@
+//! `sd`: SmartDomains for a person at a terminal.
+
+use clap::{Parser, Subcommand};
+use sd_host::owner::Owner;
+use sd_host::user_files::UserFiles;
+use sd_languages::jdl::JobDescription;
+use sd_policy as policy;
+use sd_site::SiteConfig;
+use sd_vmm::deployment::{self, Deployment, Fault};
+use sd_vmm::guest_link::JobOutcome;
+use sd_vmm::image_store::ImageStore;
+use sd_vmm::journal::Journal;
+use smartdomains::{job, pool};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit status when SmartDomains refuses the request (bad JDL, policy).
+const EXIT_REFUSED: u8 = 2;
+/// Exit status when the site failed (config, hypervisor, disk).
+const EXIT_SITE_FAULT: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "sd",
+    version,
+    about = "Run grid jobs inside the virtual machine their VO asked for",
+    long_about = "SmartDomains boots, for each job, the execution environment its JDL asks for \
+(VO image, memory, vCPUs, disk) as a real virtual machine, checked against the site's policy, \
+runs the job inside it and leaves nothing behind.",
+    after_help = "Examples:\n  sd run jobs/hello.jdl            run a job in its own VM\n  \
+sd check-config /etc/smartdomains/site.yaml\n  sd status                        deployments on this host\n  \
+sd cleanup                       remove what crashed runs left behind\n\n\
+The site config is $SD_CONFIG, else /etc/smartdomains/site.yaml (scripts/setup writes it)."
+)]
+struct Cli {
+    /// Site configuration file.
+    #[arg(long, global = true, env = "SD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log what happens, on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a JDL job in its own VM: prolog, job, epilog in one process.
+    ///
+    /// The job's stdout and stderr arrive here, byte for byte and separate;
+    /// sd's exit status is the job's (128+N if a signal N killed it, 2 if the
+    /// request is refused, 125 if the site failed). InputSandbox paths are
+    /// relative to the JDL's directory; OutputSandbox files land in
+    /// --output-dir. Ctrl-C destroys the VM and cleans up.
+    Run {
+        /// The job description (gLite JDL).
+        jdl: PathBuf,
+        /// Where OutputSandbox, StdOutput and StdError files go.
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+        /// Deployment id (default: run-<pid>-<time>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Check a site config: syntax, unknown keys, values, catalogue files.
+    CheckConfig {
+        /// Default: the --config / $SD_CONFIG / /etc/smartdomains/site.yaml file.
+        file: Option<PathBuf>,
+    },
+    /// Undo deployments from their journals (after a crash or a kill).
+    ///
+    /// Without ID: every deployment whose owner is gone (its `sd run`, or
+    /// the condor_starter of its HTCondor job; an owner is its pid and start
+    /// time, so a reused pid is not it). Idempotent.
+    Cleanup {
+        id: Option<String>,
+        /// Every deployment on this host, even those still in use.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// List the deployments on this host, or the members of pool NAME.
+    Status {
+        /// A pool started with `sd start`: its members, state, memory, uptime.
+        name: Option<String>,
+    },
+    /// Start pool NAME from a description (YAML or SmartFrog .sf): every
+    /// domain in the described order. Returns when every member is up, or
+    /// when everything started has been rolled back after a failure.
+    ///
+    /// A Sequence starts each member once the previous one's agent answers;
+    /// a Compound boots all its members at once. Members are deployments
+    /// `pool-NAME-MEMBER`; they run on after `sd start` returns, until `sd
+    /// terminate NAME`, watched by a monitor process: a member that misses
+    /// sfLivenessFactor beats (one every sfLivenessDelay s) terminates the
+    /// whole pool, in reverse creation order (LOG_DIR/pool-NAME.log says why).
+    Start {
+        name: String,
+        file: PathBuf,
+        #[arg(long = "library", value_name = "FILE")]
+        library: Vec<PathBuf>,
+        /// VO of members without a `vo` attribute (default: the site's default_vo).
+        #[arg(long)]
+        vo: Option<String>,
+    },
+    /// Stop pool NAME: its liveness monitor, then its members in reverse
+    /// creation order, gracefully, then its record. Idempotent: a pool that
+    /// is not there is a success.
+    Terminate { name: String },
+    /// The liveness monitor of pool NAME (`sd start` runs it, detached).
+    #[command(hide = true)]
+    PoolMonitor { name: String },
+    /// Print a description (YAML, or SmartFrog's .sf text) fully resolved:
+    /// templates extended, references followed, defaults filled in.
+    ///
+    /// Nothing is deployed: this is what `sd start` will act on. Library files
+    /// (the site's templates) are read before FILE, later ones overriding.
+    Describe {
+        file: PathBuf,
+        #[arg(long = "library", value_name = "FILE")]
+        library: Vec<PathBuf>,
+    },
+    /// List the image catalogue and the saved images of the store.
+    ///
+    /// A job saves its disk as a new image with `SaveImage = true;` (and
+    /// optionally `SaveAs = "name";`) in its VirtualEnvironment; later jobs of
+    /// the same VO name it as their Image.
+    Images {
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
+    },
+    /// Serve the HTCondor hooks of this node (run as root, on the host).
+    ///
+    /// HTCondor runs its job hooks as the job's owner; they ask this service,
+    /// over a Unix socket, to deploy and tear down the job's domain. It knows
+    /// the caller from the kernel (SO_PEERCRED), serves only processes under a
+    /// condor_starter (unless --any-caller), deploys for the caller's uid and
+    /// tears down only the caller's deployments. Logs go to
+    /// LOG_DIR/sd-hooks.log and syslog. Stops on SIGTERM.
+    NodeService {
+        /// The socket the hooks connect to (bind-mount its directory into
+        /// HTCondor's root, if it has one).
+        #[arg(long, default_value = sd_batch::node_service::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Write our PID here.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Serve any local user, not only HTCondor job hooks.
+        #[arg(long)]
+        any_caller: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesAction {
+    /// Remove a saved image (root, or the user who saved it). Catalogue
+    /// images belong to the site config and are not removed here.
+    Rm { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::NodeService {
+        socket,
+        pid_file,
+        any_caller,
+    } = &cli.command
+    {
+        // Logs like the hooks': the hook log, with the job on every line.
+        let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
+        let code = sd_batch::node_service::serve(&config, socket, pid_file.as_deref(), *any_caller);
+        return ExitCode::from(code as u8);
+    }
+    let level = if cli.verbose { "info" } else { "warn" };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SD_LOG").unwrap_or_else(|_| level.into()),
+        )
+        .with_target(false);
+    // A pool monitor's log is a file read later: its lines carry the time,
+    // and no colours.
+    if matches!(cli.command, Command::PoolMonitor { .. }) {
+        subscriber.with_ansi(false).init();
+    } else {
+        subscriber.without_time().init();
+    }
+    let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file.unwrap_or(config)),
+        Command::Describe { file, library } => describe(&file, &library),
+        command => {
+            let site = match SiteConfig::load(&config) {
+                Ok(s) => s,
+                Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+            };
+            match command {
+                Command::Run {
+                    jdl,
+                    output_dir,
+                    id,
+                } => run(&site, &jdl, &output_dir, id),
+                Command::Cleanup { id, all } => cleanup(&site, id, all),
+                Command::Status { name: None } => status(&site),
+                Command::Status { name: Some(name) } => pool_status(&site, &name),
+                Command::Start {
+                    name,
+                    file,
+                    library,
+                    vo,
+                } => start(&site, &name, &file, &library, vo.as_deref()),
+                Command::Terminate { name } => terminate(&site, &name),
+                Command::PoolMonitor { name } => match pool::run_monitor(&site, &name) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+                },
+                Command::Images { action: None } => images(&site),
+                Command::Images {
+                    action: Some(ImagesAction::Rm { name }),
+                } => remove_image(&site, &name),
+                Command::CheckConfig { .. }
+                | Command::Describe { .. }
+                | Command::NodeService { .. } => unreachable!(),
+            }
+        }
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("sd: {message}");
+    ExitCode::from(code)
+}
+
+fn describe(file: &Path, library: &[PathBuf]) -> ExitCode {
+    match sd_languages::description::resolve_file(file, library) {
+        Ok(resolved) => match serde_saphyr::to_string(&resolved) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(
+                EXIT_SITE_FAULT,
+                &format!("cannot print the description: {e}"),
+            ),
+        },
+        Err(e) => fail(EXIT_REFUSED, &e.to_string()),
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match SiteConfig::load(path) {
+        Ok(site) => {
+            let missing = site.check_files(&sd_vmm::storage_lvm::base_problem);
+            for m in &missing {
+                eprintln!("sd: {m}");
+            }
+            if missing.is_empty() {
+                println!(
+                    "{}: OK ({} images, {} VOs)",
+                    path.display(),
+                    site.images.len(),
+                    site.vos.len()
+                );
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
+
+fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>) -> ExitCode {
+    // Whom we act for: the caller, as the user database knows it (root: any VO).
+    let owner = match Owner::current() {
+        Ok(o) => o,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let files = UserFiles::caller();
+    let tty = std::io::stderr().is_terminal();
+    // Front end → request → policy: all checks before anything is created.
+    let text = match files.read_text(jdl_path, site.max_request_bytes, "max_request_bytes") {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let jdl = match JobDescription::parse(&text, jdl_path) {
+        Ok(j) => j,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let request = jdl.virtual_environment.clone().unwrap_or_default();
+    let env = match policy::admit(
+        site,
+        &owner,
+        jdl.virtual_organisation.as_deref(),
+        &request,
+        &ImageStore::of_site(site),
+    ) {
+        Ok(env) => env,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let id = id.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("run-{}-{}", std::process::id(), t.as_millis())
+    });
+    let jdl_dir = jdl_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let plan = match job::plan(&jdl, jdl_dir, &id) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let inputs = match job::open_inputs(&plan, &files) {
+        Ok(i) => i,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+
+    guard_signals(site.clone(), id.clone());
+    if tty {
+        eprintln!(
+            "sd: booting {} for VO {} ({} MiB, {} vCPU) as deployment {id}",
+            env.image.name, env.vo, env.memory_mib, env.vcpus
+        );
+    }
+    let uid = files.uid;
+    let deployment = match Deployment::deploy(site, &id, &env, uid, Some(std::process::id())) {
+        Ok(d) => d,
+        Err(e) => {
+            let code = match e.fault(&env) {
+                Fault::User => EXIT_REFUSED,
+                Fault::Site => EXIT_SITE_FAULT,
+            };
+            return fail(code, &format!("cannot start the domain: {e}"));
+        }
+    };
+    tracing::info!(
+        "domain {id} up in {:.1} s under {} (guest kernel {})",
+        deployment.boot_time.as_secs_f64(),
+        deployment.acceleration,
+        deployment.link.info.kernel_release
+    );
+    if tty {
+        eprintln!(
+            "sd: {} ready in {:.1} s ({}), running {}",
+            env.hostname,
+            deployment.boot_time.as_secs_f64(),
+            deployment.acceleration,
+            jdl.executable
+        );
+    }
+    let outcome = job::run(
+        &deployment.link,
+        &plan,
+        inputs,
+        &files,
+        output_dir,
+        // Not locked for the whole job: log lines from other threads (the
+        // domain watcher, libxl's logger) write to stderr too.
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    let succeeded = matches!(outcome, Ok(JobOutcome::Exited(0)));
+    let teardown = deployment.teardown(site, succeeded);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let code = if e.is_user_error() {
+                EXIT_REFUSED
+            } else {
+                EXIT_SITE_FAULT
+            };
+            // The link breaks when the guest's agent or kernel dies: the
+            // console log says which.
+            let hint = match e {
+                job::JobError::Link(_) => format!(
+                    " (the guest's console log: {})",
+                    deployment::console_log_path(site, &id).display()
+                ),
+                _ => String::new(),
+            };
+            return fail(code, &format!("job {id}: {e}{hint}"));
+        }
+    };
+    match teardown {
+        Ok(Some(Ok(image))) => eprintln!(
+            "sd: the job's disk is saved as image {:?} ({} MiB, {} MiB compressed): VO {} may now ask for Image = \"{}\"",
+            image.name,
+            image.size >> 20,
+            image.compressed_size >> 20,
+            image.vo,
+            image.name
+        ),
+        Ok(Some(Err(e))) => eprintln!("sd: the job's disk was not saved: {e}"),
+        Ok(None) => {}
+        Err(e) => eprintln!("sd: cleanup of {id} incomplete: {e} (run `sd cleanup {id}`)"),
+    }
+    match outcome {
+        JobOutcome::Exited(code) => ExitCode::from(code as u8),
+        JobOutcome::Killed(signal) => {
+            eprintln!(
+                "sd: job killed by signal {signal} ({})",
+                signal_name(signal)
+            );
+            ExitCode::from((128 + signal) as u8)
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Ctrl-C, SIGTERM, SIGHUP: destroy the domain, clean up, exit 128+N.
+/// The signals are blocked in every thread and taken by one thread that
+/// waits for them, so no cleanup runs inside a signal handler.
+fn guard_signals(site: SiteConfig, id: String) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().expect("block signals");
+    std::thread::spawn(move || {
+        let signal = set.wait().unwrap_or(Signal::SIGTERM);
+        match deployment::interrupt(&site, &id) {
+            Ok(_) => eprintln!(
+                "sd: {}: domain {id} destroyed and cleaned up",
+                signal.as_str()
+            ),
+            Err(e) => eprintln!(
+                "sd: {}: cleanup of {id} failed: {e} (run `sd cleanup {id}`)",
+                signal.as_str()
+            ),
+        }
+        std::process::exit(128 + signal as i32);
+    });
+}
+
+fn cleanup(site: &SiteConfig, id: Option<String>, all: bool) -> ExitCode {
+    let ids = match (id, all) {
+        (Some(id), _) => vec![id],
+        (None, true) => Journal::list(&site.state_dir).unwrap_or_default(),
+        (None, false) => match deployment::orphaned(site) {
+            Ok(ids) => ids,
+            Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+        },
+    };
+    let mut code = ExitCode::SUCCESS;
+    // What a save killed half-way left in the image store.
+    match ImageStore::of_site(site).cleanup_temporaries() {
+        Ok(removed) => {
+            for path in removed {
+                println!("{}: removed (left by an interrupted save)", path.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("sd: image store: {e}");
+            code = ExitCode::from(EXIT_SITE_FAULT);
+        }
+    }
+    for id in ids {
+        match deployment::cleanup(site, &id) {
+            Ok(true) => println!("{id}: cleaned up"),
+            Ok(false) => println!("{id}: nothing to clean"),
+            Err(e) => {
+                eprintln!("sd: {id}: {e}");
+                code = ExitCode::from(EXIT_SITE_FAULT);
+            }
+        }
+    }
+    code
+}
+
+fn images(site: &SiteConfig) -> ExitCode {
+    println!("catalogue ({}):", site.path.display());
+    for (name, image) in &site.images {
+        let vos: Vec<&str> = site
+            .vos
+            .values()
+            .filter(|v| v.images.allows(name))
+            .map(|v| v.name.as_str())
+            .collect();
+        println!(
+            "  {:<20} {:<40} VOs: {}",
+            name,
+            image.description.as_deref().unwrap_or("-"),
+            vos.join(", ")
+        );
+    }
+    println!("VOs:");
+    for vo in site.vos.values() {
+        let limit = |v: Option<u64>, unit: &str| v.map_or("-".into(), |v| format!("{v}{unit}"));
+        println!(
+            "  {:<12} members: {:<36} max memory {}, vCPUs {}, disk {}, store {}",
+            vo.name,
+            vo.members.to_string(),
+            limit(vo.max_memory_mib, " MiB"),
+            limit(vo.max_vcpus.map(u64::from), ""),
+            limit(vo.max_disk_mib, " MiB"),
+            limit(vo.max_store_mib, " MiB"),
+        );
+    }
+    let store = ImageStore::of_site(site);
+    match store.list() {
+        Ok(saved) if saved.is_empty() => {
+            println!("store ({}): no saved images", store.dir().display())
+        }
+        Ok(saved) => {
+            println!("store ({}):", store.dir().display());
+            println!(
+                "  {:<24} {:<10} {:<22} {:<16} {:>9} {:>9}  {:<20}  FROM JOB",
+                "NAME", "VO", "SAVED BY", "BASE", "SIZE", "STORED", "SAVED"
+            );
+            for m in saved {
+                let by = match sd_host::owner::user_name(m.saved_by_uid) {
+                    Some(name) => format!("{name} ({})", m.saved_by_uid),
+                    None => format!("uid {}", m.saved_by_uid),
+                };
+                println!(
+                    "  {:<24} {:<10} {:<22} {:<16} {:>8}M {:>8}M  {:<20}  {}",
+                    m.name,
+                    m.vo,
+                    by,
+                    m.base_image,
+                    m.size >> 20,
+                    m.compressed_size >> 20,
+                    m.created,
+                    m.source_job
+                );
+            }
+        }
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
+    ExitCode::SUCCESS
+}
+
+fn remove_image(site: &SiteConfig, name: &str) -> ExitCode {
+    if site.images.contains_key(name) {
+        return fail(
+            EXIT_REFUSED,
+            &format!(
+                "{name} is a catalogue image: remove it from {}",
+                site.path.display()
+            ),
+        );
+    }
+    let store = ImageStore::of_site(site);
+    let manifest = match store.find(name) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return fail(
+                EXIT_REFUSED,
+                &format!("no saved image {name:?} in {}", store.dir().display()),
+            )
+        }
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    if uid != 0 && uid != manifest.saved_by_uid {
+        return fail(
+            EXIT_REFUSED,
+            &format!(
+                "image {name} was saved by uid {}; only that user or root may remove it",
+                manifest.saved_by_uid
+            ),
+        );
+    }
+    match store.remove(name) {
+        Ok(()) => {
+            println!("{name}: removed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
+}
+
+fn start(
+    site: &SiteConfig,
+    name: &str,
+    file: &Path,
+    library: &[PathBuf],
+    vo: Option<&str>,
+) -> ExitCode {
+    let description = match sd_languages::description::resolve_file(file, library) {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        let n = description.root.domains().len();
+        eprintln!(
+            "sd: starting pool {name}: {n} domain(s) from {}",
+            file.display()
+        );
+    }
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_SITE_FAULT, &format!("cannot find sd itself: {e}")),
+    };
+    match pool::start_monitored(site, name, &description, vo, &program) {
+        Ok(record) => {
+            if tty {
+                for m in &record.members {
+                    eprintln!("sd: {} up ({}, {} MiB)", m.id, m.image, m.memory_mib);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_user_error() => fail(EXIT_REFUSED, &e.to_string()),
+        Err(e) => fail(
+            EXIT_SITE_FAULT,
+            &format!("pool {name} not started (rolled back): {e}"),
+        ),
+    }
+}
+
+fn terminate(site: &SiteConfig, name: &str) -> ExitCode {
+    match pool::terminate(site, name) {
+        Ok(Some(record)) => {
+            for m in record.members.iter().rev() {
+                println!("{}: down", m.id);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("{name}: no such pool, nothing to terminate");
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_user_error() => fail(EXIT_REFUSED, &e.to_string()),
+        Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
+}
+
+fn pool_status(site: &SiteConfig, name: &str) -> ExitCode {
+    let record = match pool::load(site, name) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            // Gone: say how it ended, if this host knows.
+            if let Ok(Some(last)) = pool::load_final(site, name) {
+                let when = last.members.iter().filter_map(|m| m.down_unix_ms).max();
+                println!(
+                    "pool {name}: not running; last {} of {} member(s) from {} ended {} — {}",
+                    last.kind,
+                    last.members.len(),
+                    last.source,
+                    when.map_or("?".into(), |t| format!(
+                        "{}s ago",
+                        pool::now_unix_ms().saturating_sub(t) / 1000
+                    )),
+                    last.terminated_because
+                        .as_deref()
+                        .unwrap_or("by sd terminate")
+                );
+            }
+            return fail(1, &format!("no pool {name:?} on this host"));
+        }
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    };
+    let now = pool::now_unix_ms();
+    let ago = |t: u64| format!("{:.1}s", now.saturating_sub(t) as f64 / 1000.0);
+    println!(
+        "pool {name}: {} of {} member(s), from {}, up {}, stopping {}",
+        record.kind,
+        record.members.len(),
+        record.source,
+        ago(record.started_unix_ms),
+        if record.concurrent_terminate {
+            "concurrently"
+        } else {
+            "in reverse order"
+        }
+    );
+    let liveness = pool::read_liveness(site, name);
+    println!("{}", monitor_line(&record, liveness.as_ref()));
+    if let Some(why) = &record.terminated_because {
+        println!("terminating: {why}");
+    }
+    println!(
+        "{:<40} {:<8} {:<16} {:>8} {:>6} {:>8} {:>10} {:>9} {:>9}",
+        "MEMBER", "STATE", "IMAGE", "MEMORY", "VCPUS", "UPTIME", "LAST BEAT", "MISSED", "EVERY"
+    );
+    let states = pool::member_states(site, &record);
+    for (m, state) in record.members.iter().zip(states) {
+        let uptime = match (state, m.up_unix_ms) {
+            (pool::MemberState::Up, Some(up)) => format!("{}s", now.saturating_sub(up) / 1000),
+            _ => "-".into(),
+        };
+        let beat = liveness
+            .as_ref()
+            .and_then(|l| l.members.iter().find(|b| b.id == m.id));
+        let l = m.liveness();
+        println!(
+            "{:<40} {:<8} {:<16} {:>7}M {:>6} {:>8} {:>10} {:>9} {:>8}s",
+            m.id,
+            format!("{state:?}").to_lowercase(),
+            m.image,
+            m.memory_mib,
+            m.vcpus,
+            uptime,
+            beat.and_then(|b| b.last_beat_unix_ms)
+                .map_or("-".into(), |t| format!("{} ago", ago(t))),
+            beat.map_or("-".into(), |b| format!("{}/{}", b.missed, b.factor)),
+            l.delay_secs
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// Whether a pool's monitor runs, and how fresh its view is.
+fn monitor_line(record: &pool::PoolRecord, liveness: Option<&pool::LivenessReport>) -> String {
+    match record.monitor_pid {
+        None => "monitor: none (liveness not watched)".into(),
+        Some(pid) if !pool::monitor_alive(pid, &record.name) => {
+            format!("monitor: {pid} is GONE: nothing watches this pool (`sd terminate {}` and start it again)", record.name)
+        }
+        Some(pid) => {
+            let missing = liveness
+                .map(|l| l.members.iter().filter(|b| b.missed > 0).count())
+                .unwrap_or(0);
+            let written = liveness.map_or("no report yet".into(), |l| {
+                format!(
+                    "report {:.1}s old",
+                    pool::now_unix_ms().saturating_sub(l.written_unix_ms) as f64 / 1000.0
+                )
+            });
+            format!("monitor: {pid} running, {written}, {missing} member(s) missing beats")
+        }
+    }
+}
+
+fn status(site: &SiteConfig) -> ExitCode {
+    let ids = Journal::list(&site.state_dir).unwrap_or_default();
+    if ids.is_empty() {
+        println!(
+            "no deployments on this host (state directory {})",
+            site.state_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "{:<32} {:<8} {:<6} {:<16} {:>8} {:>6} {:>8}",
+        "ID", "BACKEND", "ACCEL", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
+    );
+    for id in ids {
+        let Ok(Some(j)) = Journal::open(&site.state_dir, &id) else {
+            continue;
+        };
+        let f = j.facts();
+        let env = f.environment.as_ref();
+        println!(
+            "{:<32} {:<8} {:<6} {:<16} {:>7}M {:>6} {:>7}s",
+            id,
+            f.backend.as_deref().unwrap_or("-"),
+            f.acceleration.as_deref().unwrap_or("-"),
+            env.map_or("-", |e| e.image.name.as_str()),
+            env.map_or(0, |e| e.memory_mib),
+            env.map_or(0, |e| e.vcpus),
+            now.saturating_sub(j.data().created_unix)
+        );
+    }
+    for name in pool::list(site) {
+        let Ok(Some(record)) = pool::load(site, &name) else {
+            continue;
+        };
+        let states = pool::member_states(site, &record);
+        let up = states
+            .iter()
+            .filter(|s| **s == pool::MemberState::Up)
+            .count();
+        let memory: u64 = record.members.iter().map(|m| m.memory_mib).sum();
+        println!(
+            "pool {name}: {} {up}/{} up, {memory}M, up {}s; {} (`sd status {name}` for its members)",
+            record.kind,
+            record.members.len(),
+            pool::now_unix_ms().saturating_sub(record.started_unix_ms) / 1000,
+            monitor_line(&record, pool::read_liveness(site, &name).as_ref())
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,6 @@
+//! SmartDomains' user side: the `sd` command's jobs (`job`: `sd run`) and
+//! pools (`pool`: `sd start`, `sd terminate`, after SmartFrog). The
+//! crates below it are in the README's "Architecture".
+
+pub mod job;
+pub mod pool;

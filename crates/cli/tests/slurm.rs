@@ -1,0 +1,527 @@
+//! Slurm integration, against a real one-node Slurm (`scripts/slurm-local`,
+//! started here if it is not running) configured with our Prolog, Epilog
+//! and SPANK plugin, and the site config the hooks read
+//! (/etc/smartdomains/site.yaml, written by scripts/setup).
+//!
+//! Jobs run as `sdtest` (made by scripts/setup, in the demo VOs' groups), so
+//! the hooks really act for another user; `nobody` is in no VO.
+
+mod common;
+use common::{guest_kernel, repo, text};
+use sd_site::SiteConfig;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const USER: &str = "sdtest";
+
+fn bin(name: &str) -> PathBuf {
+    // The hooks Slurm runs are the release build that scripts/slurm-local configures.
+    repo().join("target/release").join(name)
+}
+
+/// SLURM_CONF of the running local cluster.
+fn slurm_conf() -> &'static str {
+    static CONF: OnceLock<String> = OnceLock::new();
+    CONF.get_or_init(|| {
+        if let Ok(c) = std::env::var("SLURM_CONF") {
+            return c;
+        }
+        let out = Command::new(repo().join("scripts/slurm-local"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/slurm-local start failed: {}",
+            text(&out.stderr)
+        );
+        let line = text(&out.stdout);
+        line.trim()
+            .strip_prefix("export SLURM_CONF=")
+            .expect("export line")
+            .to_string()
+    })
+}
+
+fn site() -> SiteConfig {
+    SiteConfig::load(&SiteConfig::default_path())
+        .expect("the site config the hooks read (scripts/setup writes it)")
+}
+
+/// One test at a time: a test drains and resumes the node, and the node
+/// has two CPUs for the two-job test.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn slurm(cmd: &str) -> Command {
+    let mut c = Command::new(cmd);
+    c.env("SLURM_CONF", slurm_conf());
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// A working directory any user can use, with the job files in it.
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("sd-slurm-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    for f in ["hello.jdl", "hello.sh"] {
+        std::fs::copy(repo().join("jobs").join(f), dir.path().join("jobs").join(f)).unwrap();
+    }
+    dir
+}
+
+fn sbatch(dir: &Path, args: &[&str]) -> String {
+    sbatch_as(USER, dir, args)
+}
+
+fn sbatch_as(user: &str, dir: &Path, args: &[&str]) -> String {
+    let mut c = slurm("sbatch");
+    c.current_dir(dir)
+        .args([
+            "--parsable",
+            "--uid",
+            user,
+            "-o",
+            "job-%j.out",
+            "-e",
+            "job-%j.err",
+        ])
+        .args(args);
+    text(&run(c).stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn job_field(id: &str, field: &str) -> String {
+    let out = slurm("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix(field)
+                .and_then(|v| v.strip_prefix('='))
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the job is over, epilog included.
+fn wait_done(id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let state = job_field(id, "JobState");
+        if matches!(
+            state.as_str(),
+            "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY"
+        ) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "job {id} still {state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_state(id: &str, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while job_field(id, "JobState") != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never {wanted}: {}",
+            job_field(id, "JobState")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn output(dir: &Path, id: &str) -> (String, String) {
+    let read = |ext: &str| {
+        std::fs::read_to_string(dir.join(format!("job-{id}.{ext}"))).unwrap_or_default()
+    };
+    (read("out"), read("err"))
+}
+
+/// What a job's deployment could leave on this node.
+fn leftovers(id: &str) -> Vec<String> {
+    let site = site();
+    let dep = format!("slurm-{id}");
+    let mut found = vec![];
+    for p in [
+        site.state_dir.join("journal").join(format!("{dep}.json")),
+        site.state_dir.join("run").join(&dep),
+        site.state_dir.join("refused").join(&dep),
+    ] {
+        if p.exists() {
+            found.push(p.display().to_string());
+        }
+    }
+    let name = format!("guest=sd-{dep}-");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if text(&cmdline).contains(&name) {
+                found.push(format!(
+                    "QEMU process {}",
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The epilog finishes shortly after the job's state says it is over.
+fn assert_no_leftovers(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leftovers(id).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(leftovers(id), Vec::<String>::new());
+}
+
+fn node_state() -> String {
+    let out = run({
+        let mut c = slurm("sinfo");
+        c.args(["-h", "-o", "%T"]);
+        c
+    });
+    text(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn batch_script_and_srun_run_inside_the_guest() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--sd-env=jobs/hello.jdl",
+            "--wrap",
+            "echo kernel=$(uname -r) host=$(hostname); cat /etc/sd-image; id -u",
+        ],
+    );
+    assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
+    let (out, err) = output(dir.path(), &id);
+    assert!(
+        out.contains(&format!("kernel={}", guest_kernel())),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("host=hello-vm"),
+        "the JDL's hostname: {out}{err}"
+    );
+    assert!(out.contains("name=debian-minimal"), "{out}{err}");
+    assert_no_leftovers(&id);
+
+    // As the user itself: `srun --uid` from root cannot wait in the queue.
+    let srun = run({
+        let mut c = slurm("runuser");
+        c.current_dir(dir.path()).args([
+            "-u",
+            USER,
+            "--",
+            "srun",
+            "--sd-env=busybox",
+            "uname",
+            "-r",
+        ]);
+        c
+    });
+    assert_eq!(text(&srun.stdout).trim(), guest_kernel());
+}
+
+#[test]
+fn exit_code_from_the_guest_is_the_jobs() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &["--sd-env=busybox", "--wrap", "echo in-guest; exit 3"],
+    );
+    assert_eq!(wait_done(&id), "FAILED");
+    assert_eq!(job_field(&id, "ExitCode"), "3:0");
+    assert!(output(dir.path(), &id).0.contains("in-guest"));
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn two_jobs_at_once_get_their_own_domains() {
+    let _serial = serial();
+    let dir = workdir();
+    let script = "echo $SLURM_JOB_ID > /root/mine; sleep 6; echo seen: $(cat /root/mine)";
+    let a = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", script]);
+    let b = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", script]);
+    // Both domains exist at the same time.
+    let site = site();
+    let journal = |id: &str| {
+        site.state_dir
+            .join("journal")
+            .join(format!("slurm-{id}.json"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !(journal(&a).exists() && journal(&b).exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "the two jobs never ran at the same time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in [&a, &b] {
+        assert_eq!(wait_done(id), "COMPLETED");
+        let (out, err) = output(dir.path(), id);
+        assert_eq!(out.trim(), format!("seen: {id}"), "{err}");
+        assert_no_leftovers(id);
+    }
+}
+
+/// Submits, as `user`, a job whose request (`spec`, an `--sd-env=` value)
+/// SmartDomains refuses: the job fails without running, its stderr says
+/// `reasons`, nothing is left, and the node stays in service.
+fn assert_refused_and_node_up(
+    user: &str,
+    dir: &Path,
+    spec: &str,
+    extra: &[&str],
+    reasons: &[&str],
+) {
+    let sd_env = format!("--sd-env={spec}");
+    let mut args = vec![sd_env.as_str()];
+    args.extend_from_slice(extra);
+    args.extend(["--wrap", "echo should-not-run"]);
+    let id = sbatch_as(user, dir, &args);
+    let state = wait_done(&id);
+    let (out, err) = output(dir, &id);
+    assert_eq!(state, "FAILED", "{spec}: {out}{err}");
+    assert!(!out.contains("should-not-run"), "{spec}: {out}");
+    for reason in reasons {
+        assert!(
+            err.contains(reason),
+            "{spec}: {reason:?} in the job's stderr: {err}"
+        );
+    }
+    assert_no_leftovers(&id);
+    let state = node_state();
+    assert!(
+        state == "idle" || state == "mixed" || state == "allocated",
+        "node state {state}"
+    );
+}
+
+#[test]
+fn forbidden_image_fails_the_job_and_keeps_the_node() {
+    let _serial = serial();
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("jobs/forbidden.jdl"),
+        "[ Executable = \"/bin/true\"; VirtualOrganisation = \"atlas\";\n  VirtualEnvironment = [ Image = \"busybox\"; ]; ]\n",
+    )
+    .unwrap();
+    assert_refused_and_node_up(
+        USER,
+        dir.path(),
+        "jobs/forbidden.jdl",
+        &[],
+        &["atlas", "busybox"],
+    );
+}
+
+/// VO membership is the site's (site.yaml's unix_groups, the user
+/// database), never the request's: `nobody` naming the demo VO is refused,
+/// with the reason in the job's stderr, and the node stays up.
+#[test]
+fn a_vo_the_owner_is_not_a_member_of_is_refused() {
+    let _serial = serial();
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("jobs/claims-demo.jdl"),
+        "[ Executable = \"/bin/true\"; VirtualOrganisation = \"demo\";\n  VirtualEnvironment = [ Image = \"busybox\"; ]; ]\n",
+    )
+    .unwrap();
+    // By the JDL, and by a bare image with the VO's name as Slurm account.
+    for spec in ["jobs/claims-demo.jdl", "busybox"] {
+        assert_refused_and_node_up(
+            "nobody",
+            dir.path(),
+            spec,
+            &["--account=demo"],
+            &["user nobody (uid 65534) is not a member of VO \"demo\""],
+        );
+    }
+}
+
+/// An image a user saved is the user's: one that cannot boot (here its
+/// disk is all zeros, as after a job wiped its own disk and saved it) fails
+/// the jobs that name it, with the guest's reason, and the node stays up.
+#[test]
+fn an_unbootable_image_a_user_saved_fails_the_job_not_the_node() {
+    use sd_vmm::image_store::{DiskToSave, ImageStore, SaveMeta};
+    let _serial = serial();
+    let dir = workdir();
+    let name = format!("wiped-{}", std::process::id());
+    let zeros = dir.path().join("zeros.raw");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let store = ImageStore::of_site(&site());
+    let disk = DiskToSave {
+        path: zeros,
+        format: sd_site::DiskFormat::Raw,
+        allocated: None,
+        backing: None,
+    };
+    let meta = SaveMeta {
+        source_job: "slurm-test".into(),
+        vo: "demo".into(),
+        base_image: "busybox".into(),
+        saved_by_uid: 4242,
+        vo_quota_bytes: None,
+    };
+    store.save_disk(&disk, &name, meta, &|_, _| {}).unwrap();
+    std::fs::write(
+        dir.path().join("jobs/wiped.jdl"),
+        format!("[ Executable = \"/bin/true\"; VirtualEnvironment = [ Image = \"{name}\"; ]; ]\n"),
+    )
+    .unwrap();
+    let refused = std::panic::catch_unwind(|| {
+        assert_refused_and_node_up(
+            USER,
+            dir.path(),
+            "jobs/wiped.jdl",
+            &[],
+            &["cannot start the domain", "sd-init: FATAL"],
+        )
+    });
+    let _ = store.remove(&name);
+    if let Err(panic) = refused {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn scancel_of_a_running_job_cleans_up() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &["--sd-env=busybox", "--wrap", "echo started; sleep 300"],
+    );
+    wait_state(&id, "RUNNING");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !output(dir.path(), &id).0.contains("started") {
+        assert!(Instant::now() < deadline, "the job never printed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run({
+        let mut c = slurm("scancel");
+        c.arg(&id);
+        c
+    });
+    assert_eq!(wait_done(&id), "CANCELLED");
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn prolog_killed_mid_boot_then_epilog_cleans_up() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", "true"]);
+    // Wait until the prolog has started QEMU, then SIGKILL the prolog.
+    let site = site();
+    let run_dir = site.state_dir.join("run").join(format!("slurm-{id}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run_dir.join("qmp.sock").exists() {
+        assert!(Instant::now() < deadline, "the prolog never started QEMU");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prolog = prolog_of(&id).expect("the job's sd-prolog process");
+    nix::sys::signal::kill(prolog, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // A killed prolog is a failed prolog: Slurm runs the epilog, requeues
+    // and holds the batch job, and drains the node.
+    assert_no_leftovers(&id);
+    let _ = slurm("scancel").arg(&id).status();
+    let node = text(
+        &run({
+            let mut c = slurm("sinfo");
+            c.args(["-h", "-o", "%n"]);
+            c
+        })
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    run({
+        let mut c = slurm("scontrol");
+        c.args(["update", &format!("nodename={node}"), "state=resume"]);
+        c
+    });
+}
+
+/// The sd-prolog process working for job `id`.
+fn prolog_of(id: &str) -> Option<nix::unistd::Pid> {
+    let wanted = format!("SLURM_JOB_ID={id}");
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let mine = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+        (comm.trim() == "sd-prolog" && mine).then(|| nix::unistd::Pid::from_raw(pid))
+    })
+}
+
+#[test]
+fn job_without_a_request_is_untouched() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &["--wrap", "uname -r; echo SPANK=${SPANK_SD_ENV:-none}"],
+    );
+    assert_eq!(wait_done(&id), "COMPLETED");
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout)
+        .trim()
+        .to_string();
+    let (out, _) = output(dir.path(), &id);
+    assert_eq!(out, format!("{host}\nSPANK=none\n"));
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn comment_request_without_the_plugin_option() {
+    let _serial = serial();
+    let dir = workdir();
+    let sd_exec = bin("sd-exec");
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--comment=sd-env:busybox",
+            "--wrap",
+            &format!("{} -- cat /etc/sd-image", sd_exec.display()),
+        ],
+    );
+    assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
+    assert!(output(dir.path(), &id).0.contains("name=busybox"));
+    assert_no_leftovers(&id);
+}

@@ -1,0 +1,711 @@
+//! The life of one domain on this host: deploy (prolog), reach (exec),
+//! tear down (epilog), and clean up after a crash.
+//!
+//! Every step that creates something records it in the journal first and
+//! runs under [`step_lock`], so that a signal handler which takes the lock
+//! sees a journal that covers everything that exists.
+
+use crate::capacity;
+use crate::guest_link::{GuestLink, LinkError};
+use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
+use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
+use crate::image_store::{self, DiskToSave, ImageStore, Manifest, SaveMeta};
+use crate::journal::{Journal, JournalError, Resource};
+use crate::storage::{self, JobDisk, StorageError};
+use sd_host::peer::ProcessStamp;
+use sd_policy::ResolvedEnvironment;
+use sd_site::{Acceleration, Backend, DiskFormat, SiteConfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("{error}{} — console log: {console}", guest_said(last_words))]
+    Link {
+        error: LinkError,
+        console: String,
+        /// The boot's own `sd-init:` lines from the console, last few.
+        last_words: Vec<String>,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend {0} is not available on this host: {1}")]
+    BackendUnavailable(String, String),
+    #[error("no deployment {0:?} on this host")]
+    NoSuchDeployment(String),
+    #[error(transparent)]
+    Store(#[from] crate::image_store::StoreError),
+    /// Over a user's limit, or the node is full (`LimitError::node_full`):
+    /// nothing was made.
+    #[error(transparent)]
+    Limit(#[from] crate::capacity::LimitError),
+}
+
+fn guest_said(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; the guest said: {}", lines.join(" | "))
+    }
+}
+
+/// Whose fault a failure is. It decides what the batch system is told: a
+/// user's fault fails the job with the reason and the node stays in
+/// service; a site's fault takes the node out (Slurm drains it) for the admin.
+pub use sd_site::Fault;
+
+impl DeployError {
+    /// A guest that does not come up is the fault of whoever made its image:
+    /// the site's for a catalogue image, the user's for one a job saved (its
+    /// job may have wiped its own disk). Everything else here is the site's.
+    pub fn fault(&self, env: &ResolvedEnvironment) -> Fault {
+        match self {
+            // A user's own limit is the user's; a full node is nobody's
+            // fault, and must not take the node out of service either.
+            DeployError::Limit(_) => Fault::User,
+            DeployError::Link { error, .. } if env.from_store && error.is_guest_side() => {
+                Fault::User
+            }
+            _ => Fault::Site,
+        }
+    }
+}
+
+/// The last `sd-init:` lines of a console log (the initramfs says why it
+/// gave up there), escaped: the guest is not trusted to write our logs.
+fn last_words(console_log: &Path) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(console_log) else {
+        return vec![];
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+    let mut bytes = Vec::new();
+    let _ = f.take(TAIL).read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.find("sd-init:").map(|i| &l[i..]))
+        .map(|l| {
+            let l: String = l.chars().take(200).collect();
+            l.escape_debug().to_string()
+        })
+        .collect();
+    let keep = lines.len().saturating_sub(3);
+    lines.drain(..keep);
+    lines
+}
+
+/// Held while a resource is recorded and created, and by whoever cleans up
+/// on a signal: cleanup then never races a half-made step.
+pub fn step_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The backend a site's config chooses, or the one a journal names.
+pub fn backend_for(
+    site: &SiteConfig,
+    name: Option<&str>,
+) -> Result<Box<dyn Hypervisor>, DeployError> {
+    let wanted = match name {
+        Some("qemu") => Backend::Qemu,
+        Some("xen") => Backend::Xen,
+        Some(other) => {
+            return Err(DeployError::BackendUnavailable(
+                other.into(),
+                "unknown backend".into(),
+            ))
+        }
+        None => site.backend,
+    };
+    let wanted = match wanted {
+        // Auto: Xen where we are its dom0, QEMU everywhere else.
+        Backend::Auto if cfg!(feature = "xen") && xen_unavailable_because().is_none() => {
+            Backend::Xen
+        }
+        Backend::Auto => Backend::Qemu,
+        other => other,
+    };
+    match wanted {
+        Backend::Auto | Backend::Qemu => Ok(Box::new(Qemu::new(QemuOptions {
+            binary: site.qemu.binary.clone(),
+            accel: match site.acceleration {
+                Acceleration::Auto => AccelChoice::Auto,
+                Acceleration::Kvm => AccelChoice::Kvm,
+                Acceleration::Tcg => AccelChoice::Tcg,
+            },
+            run_as: site.qemu.run_as.clone(),
+            sandbox: site.qemu.sandbox,
+            cache_dir: site.state_dir.clone(),
+        }))),
+        Backend::Xen => xen_backend(site),
+    }
+}
+
+#[cfg(feature = "xen")]
+fn xen_unavailable_because() -> Option<String> {
+    crate::hypervisor::xen::Xen::unavailable_because()
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_unavailable_because() -> Option<String> {
+    Some("this SmartDomains was built without the Xen backend (cargo feature `xen`)".into())
+}
+
+#[cfg(feature = "xen")]
+fn xen_backend(site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
+    use crate::hypervisor::xen::{Xen, XenOptions};
+    if let Some(why) = xen_unavailable_because() {
+        return Err(DeployError::BackendUnavailable("xen".into(), why));
+    }
+    Ok(Box::new(Xen::new(XenOptions {
+        guest_type: site.xen.guest_type,
+        pvh_cpuid: site.xen.pvh_cpuid.clone(),
+    })))
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_backend(_site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
+    Err(DeployError::BackendUnavailable(
+        "xen".into(),
+        xen_unavailable_because().unwrap(),
+    ))
+}
+
+/// Name of the hypervisor domain of deployment `id`.
+pub fn domain_name(site: &SiteConfig, id: &str) -> String {
+    // Ids are unique within one state directory; the hypervisor's names are
+    // host-wide. A tag of the state directory keeps two sites on one host
+    // (a test's and the real one) from ever touching each other's domains.
+    let tag = sd_host::name_tag(site.state_dir.as_os_str().as_encoded_bytes());
+    format!("sd-{id}-{tag:08x}")
+}
+
+fn run_dir(site: &SiteConfig, id: &str) -> PathBuf {
+    site.state_dir.join("run").join(id)
+}
+
+pub fn console_log_path(site: &SiteConfig, id: &str) -> PathBuf {
+    site.log_dir.join(format!("{id}.console.log"))
+}
+
+/// A running domain with its agent answering.
+pub struct Deployment {
+    pub id: String,
+    journal: Journal,
+    backend: Box<dyn Hypervisor>,
+    pub link: GuestLink,
+    pub acceleration: String,
+    pub boot_time: Duration,
+}
+
+impl Deployment {
+    /// Creates the job's disk, boots the domain, waits for its agent.
+    /// On failure everything made so far is undone before returning.
+    pub fn deploy(
+        site: &SiteConfig,
+        id: &str,
+        env: &ResolvedEnvironment,
+        uid: u32,
+        owner_pid: Option<u32>,
+    ) -> Result<Deployment, DeployError> {
+        let owner = owner_pid.and_then(|p| ProcessStamp::of(p as i32));
+        Deployment::deploy_owned(site, id, env, uid, owner)
+    }
+
+    /// [`Deployment::deploy`] for a deployment that lives only as long as
+    /// `owner` (an HTCondor job's starter): one per owner, reaped once it
+    /// is gone.
+    pub fn deploy_owned(
+        site: &SiteConfig,
+        id: &str,
+        env: &ResolvedEnvironment,
+        uid: u32,
+        owner: Option<ProcessStamp>,
+    ) -> Result<Deployment, DeployError> {
+        let backend = backend_for(site, None)?;
+        let journal = {
+            // The node's limits, and the journal that makes this deployment
+            // count, under one node-wide lock: every front end's deploys race.
+            let _admission = capacity::lock(&site.state_dir)?;
+            // Guests share the host's memory under QEMU; under Xen the
+            // hypervisor's, which dom0's MemTotal does not show.
+            let guest_memory = match backend.name() {
+                "xen" => None,
+                _ => Some(capacity::mem_total_mib()?),
+            };
+            capacity::check(
+                &site.node_limits,
+                guest_memory,
+                &capacity::running(&site.state_dir)?,
+                uid,
+                env.memory_mib,
+                owner,
+            )?;
+            let _step = step_lock();
+            let mut j = Journal::create(&site.state_dir, id)?;
+            j.update_facts(|f| {
+                f.backend = Some(backend.name().to_string());
+                f.uid = Some(uid);
+                f.owner_pid = owner.map(|o| o.pid as u32);
+                f.owner_start_time = owner.map(|o| o.start_time);
+                f.environment = Some(env.clone());
+            })?;
+            j
+        };
+        let mut partial = Partial {
+            journal: Some(journal),
+            site,
+            backend: Some(backend),
+        };
+        let (link, acceleration, boot_time) = partial.boot(id, env)?;
+        let (journal, backend) = partial.disarm();
+        watch_domain(site, &link, backend.name(), id)?;
+        Ok(Deployment {
+            id: id.to_string(),
+            journal,
+            backend,
+            link,
+            acceleration,
+            boot_time,
+        })
+    }
+
+    /// Graceful end: the agent unmounts and powers off; if the domain is not
+    /// gone within the site's shutdown timeout it is destroyed. The disk is
+    /// saved as a new image when the request (and the site's `save_images`)
+    /// say so; then every journal entry is undone.
+    pub fn teardown(
+        self,
+        site: &SiteConfig,
+        job_succeeded: bool,
+    ) -> Result<SaveOutcome, DeployError> {
+        let clean = power_off(site, self.backend.as_ref(), &self.id, self.link);
+        let saved = save_if_wanted(site, &self.journal, clean, job_succeeded);
+        let _step = step_lock();
+        undo(site, self.journal)?;
+        Ok(saved)
+    }
+}
+
+/// What became of a save: None when none was wanted.
+pub type SaveOutcome = Option<Result<Manifest, String>>;
+
+/// Asks the agent to power the domain off and waits for it, up to the
+/// site's shutdown timeout; whatever is left is destroyed by `undo`. True
+/// if the guest stopped by itself (its file system was unmounted cleanly).
+fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) -> bool {
+    let name = domain_name(site, id);
+    let timeout = Duration::from_secs(site.shutdown_timeout_secs);
+    if let Err(e) = link.power_off() {
+        // The agent is gone: the hypervisor may still ask the guest kernel.
+        tracing::warn!("agent of {name} did not power off ({e})");
+        if !matches!(backend.request_shutdown(&name), Ok(true)) {
+            return false;
+        }
+    }
+    let stopped = backend.wait_stopped(&name, timeout);
+    if !stopped {
+        tracing::warn!(
+            "domain {name} did not power off in {} s; destroying it",
+            timeout.as_secs()
+        );
+    }
+    stopped
+}
+
+/// Keeps the job's disk as a new image in the store, if its resolved
+/// environment (in the journal) says so. The domain is down by now.
+fn save_if_wanted(
+    site: &SiteConfig,
+    journal: &Journal,
+    clean: bool,
+    job_succeeded: bool,
+) -> SaveOutcome {
+    let env = journal.facts().environment.as_ref()?;
+    if !env.save_image {
+        return None;
+    }
+    if env.save_only_on_success && !job_succeeded {
+        tracing::info!("the job failed: its disk is not saved (save_images: on_success)");
+        return None;
+    }
+    if !clean {
+        let e = "the domain did not shut down cleanly; its disk is not saved";
+        tracing::error!("{e}");
+        return Some(Err(e.into()));
+    }
+    let id = journal.id();
+    let name = match &env.save_as {
+        Some(n) => n.clone(),
+        None => format!("{}-{id}", env.vo).to_ascii_lowercase(),
+    };
+    let meta = SaveMeta {
+        source_job: id.to_string(),
+        vo: env.vo.clone(),
+        base_image: env.catalogue_image.clone(),
+        saved_by_uid: journal.facts().uid.unwrap_or(0),
+        vo_quota_bytes: env.store_quota_bytes,
+    };
+    let disk = match journal.undo_order().find_map(JobDisk::from_resource) {
+        // A thin snapshot: read as raw; its data is what the pool gave it.
+        Some(JobDisk::Lvm { vg, thin_pool, lv }) => {
+            match storage::lvm_volume_allocated(&vg, &thin_pool, &lv) {
+                Ok(allocated) => DiskToSave {
+                    path: crate::storage_lvm::device_path(&vg, &lv),
+                    format: DiskFormat::Raw,
+                    allocated: Some(allocated),
+                    backing: None,
+                },
+                Err(e) => {
+                    let e = format!("the disk could not be saved as {name}: {e}");
+                    tracing::error!("{e}");
+                    return Some(Err(e));
+                }
+            }
+        }
+        _ => {
+            let format = if env.image.format == DiskFormat::Raw {
+                DiskFormat::Raw
+            } else {
+                DiskFormat::Qcow2
+            };
+            let (path, format) = storage::job_disk(&run_dir(site, id), format);
+            let backing = journal.facts().disk_backing.clone();
+            if format == DiskFormat::Qcow2 && backing.is_none() {
+                let e = format!(
+                    "the disk could not be saved as {name}: its base was not recorded \
+                     (a deployment of an older version), and its own header is not trusted"
+                );
+                tracing::error!("{e}");
+                return Some(Err(e));
+            }
+            DiskToSave {
+                path,
+                format,
+                allocated: None,
+                backing,
+            }
+        }
+    };
+    let started = Instant::now();
+    let progress = image_store::progress(&format!("saving {name}"));
+    let result = ImageStore::of_site(site).save_disk(&disk, &name, meta, &*progress);
+    match &result {
+        Ok(m) => tracing::info!(
+            "saved the disk as image {name} ({} MiB, {} MiB compressed) in {:.1} s",
+            m.size >> 20,
+            m.compressed_size >> 20,
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => tracing::error!("the disk could not be saved as {name}: {e}"),
+    }
+    Some(result.map_err(|e| e.to_string()))
+}
+
+/// Reaches the agent of a running deployment again (`sd-exec`). Waits up to
+/// `timeout` for the link: one client at a time is served.
+pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLink, DeployError> {
+    let journal = Journal::open(&site.state_dir, id)?
+        .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
+    let facts = journal.facts();
+    let socket = facts
+        .agent_socket
+        .clone()
+        .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
+    let hostname = facts
+        .environment
+        .as_ref()
+        .map(|e| e.hostname.as_str())
+        .unwrap_or("sd-guest")
+        .to_string();
+    let backend = backend_for(site, facts.backend.as_deref())?;
+    let name = domain_name(site, id);
+    let console = facts
+        .console_log
+        .clone()
+        .unwrap_or_default()
+        .display()
+        .to_string();
+    let link = GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
+        .map_err(|error| DeployError::Link {
+            error,
+            console,
+            last_words: vec![],
+        })?;
+    watch_domain(site, &link, backend.name(), id)?;
+    Ok(link)
+}
+
+/// A link that ends when its domain does (see [`GuestLink::watch`]), for
+/// backends whose channel does not close by itself.
+fn watch_domain(
+    site: &SiteConfig,
+    link: &GuestLink,
+    backend: &str,
+    id: &str,
+) -> Result<(), DeployError> {
+    let watcher = backend_for(site, Some(backend))?;
+    if !watcher.link_outlives_domain() {
+        return Ok(());
+    }
+    let name = domain_name(site, id);
+    // Once here, so that the backend knows the domain before its thread asks.
+    watcher.is_running(&name);
+    link.watch(Duration::from_secs(1), move || watcher.is_running(&name));
+    Ok(())
+}
+
+/// Graceful end of a deployment known only by its id (`sd-epilog`): power
+/// off through the agent if it answers, save the disk if wanted, undo the
+/// journal. None if there was no such deployment.
+pub fn finish(
+    site: &SiteConfig,
+    id: &str,
+    job_succeeded: bool,
+) -> Result<Option<SaveOutcome>, DeployError> {
+    let Some(journal) = Journal::open(&site.state_dir, id)? else {
+        return Ok(None);
+    };
+    let backend = backend_for(site, journal.facts().backend.as_deref())?;
+    let mut clean = false;
+    if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(site, id)) {
+        match attach(site, id, Duration::from_secs(5)) {
+            Ok(link) => clean = power_off(site, backend.as_ref(), id, link),
+            Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
+        }
+    }
+    let saved = save_if_wanted(site, &journal, clean, job_succeeded);
+    let _step = step_lock();
+    undo(site, journal)?;
+    Ok(Some(saved))
+}
+
+/// A deployment under construction: dropped on error → undone.
+struct Partial<'a> {
+    journal: Option<Journal>,
+    site: &'a SiteConfig,
+    backend: Option<Box<dyn Hypervisor>>,
+}
+
+impl Partial<'_> {
+    fn boot(
+        &mut self,
+        id: &str,
+        env: &ResolvedEnvironment,
+    ) -> Result<(GuestLink, String, Duration), DeployError> {
+        let started = Instant::now();
+        let site = self.site;
+        let backend = self.backend.as_ref().unwrap();
+        let journal = self.journal.as_mut().unwrap();
+        let dir = run_dir(site, id);
+        let job_disk = JobDisk::for_image(&env.image, &dir, &site.state_dir, id)?;
+        let console_log = console_log_path(site, id);
+        {
+            let _step = step_lock();
+            journal.record(Resource::Directory { path: dir.clone() })?;
+            std::fs::create_dir_all(&dir)?;
+            // The job's disk and sockets are nobody else's business.
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            std::fs::create_dir_all(&site.log_dir)?;
+        }
+        {
+            let _step = step_lock();
+            // Recorded first: a crash while it is made leaves it to cleanup.
+            journal.record(job_disk.resource())?;
+            match &job_disk {
+                JobDisk::Lvm { lv, .. } => {
+                    let base = env
+                        .image
+                        .lvm
+                        .as_ref()
+                        .ok_or_else(|| StorageError::NoLvmBase(env.image.name.clone()))?;
+                    storage::create_lvm_job_disk(base, lv, env.disk_mib)?;
+                }
+                JobDisk::File { path, .. } => {
+                    // A saved image is decompressed (once, verified) into the store's cache.
+                    let base = if env.from_store {
+                        ImageStore::of_site(site).open_for_use(
+                            &env.image.name,
+                            &*image_store::progress(&format!("decompressing {}", env.image.name)),
+                        )?
+                    } else {
+                        env.image.disk.clone()
+                    };
+                    if env.image.format == DiskFormat::Qcow2 {
+                        journal.update_facts(|f| f.disk_backing = Some(base.clone()))?;
+                    }
+                    storage::create_job_disk(&base, env.image.format, path, env.disk_mib)?;
+                }
+            }
+        }
+        let spec = DomainSpec {
+            name: domain_name(site, id),
+            kernel: env.image.kernel.clone(),
+            initrd: env.image.initrd.clone(),
+            cmdline: format!(
+                "console={} panic=-1 quiet loglevel=3 sd.root={}{}",
+                backend.console_device(),
+                backend.disk_device(),
+                backend
+                    .agent_device()
+                    .map(|d| format!(" sd.agent={d}"))
+                    .unwrap_or_default()
+            ),
+            memory_mib: env.memory_mib,
+            vcpus: env.vcpus,
+            disk: job_disk.path(),
+            disk_format: job_disk.format().qemu_format(),
+            run_dir: dir,
+            console_log: console_log.clone(),
+        };
+        let booted = {
+            let _step = step_lock();
+            let booted = backend.boot(&spec, journal)?;
+            journal.update_facts(|f| {
+                f.agent_socket = Some(booted.agent_socket.clone());
+                f.control_socket = booted.control_socket.clone();
+                f.acceleration = Some(booted.acceleration.clone());
+                f.console_log = Some(console_log.clone());
+            })?;
+            booted
+        };
+        grant_agent_access(&spec.run_dir, &booted.agent_socket, env_uid(journal))?;
+        let alive = || backend.is_running(&spec.name);
+        let timeout = Duration::from_secs(site.boot_timeout_secs);
+        let connect = if backend.agent_device().is_some() {
+            GuestLink::connect_when_ready
+        } else {
+            GuestLink::connect
+        };
+        let link =
+            connect(&booted.agent_socket, &env.hostname, timeout, &alive).map_err(|error| {
+                DeployError::Link {
+                    error,
+                    console: console_log.display().to_string(),
+                    last_words: last_words(&console_log),
+                }
+            })?;
+        Ok((link, booted.acceleration, started.elapsed()))
+    }
+
+    fn disarm(&mut self) -> (Journal, Box<dyn Hypervisor>) {
+        (self.journal.take().unwrap(), self.backend.take().unwrap())
+    }
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            let _step = step_lock();
+            if let Err(e) = undo(self.site, journal) {
+                tracing::error!("cleanup after a failed deployment: {e}");
+            }
+        }
+    }
+}
+
+fn env_uid(journal: &Journal) -> Option<u32> {
+    journal.facts().uid
+}
+
+/// The job's user reaches its domain's agent (sd-exec runs as that user):
+/// the run directory becomes traversable, the agent socket the user's.
+/// The control socket stays root's.
+fn grant_agent_access(
+    run_dir: &Path,
+    agent_socket: &Path,
+    uid: Option<u32>,
+) -> Result<(), DeployError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(uid) = uid.filter(|&u| u != nix::unistd::geteuid().as_raw()) else {
+        return Ok(());
+    };
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711))?;
+    std::os::unix::fs::chown(agent_socket, Some(uid), None)?;
+    std::fs::set_permissions(agent_socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Undoes a journal's entries in reverse order, then drops the journal.
+/// Idempotent: what is already gone is skipped.
+fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
+    for resource in journal.undo_order() {
+        match resource {
+            Resource::Domain { backend, name } => {
+                backend_for(site, Some(backend))?.destroy(name)?
+            }
+            Resource::File { path } => remove(std::fs::remove_file(path))?,
+            Resource::Directory { path } => remove(std::fs::remove_dir_all(path))?,
+            Resource::LvmVolume { vg, thin_pool, lv } => {
+                storage::remove_lvm_volume(vg, thin_pool, lv)?
+            }
+        }
+    }
+    journal.remove()?;
+    Ok(())
+}
+
+/// A removal whose target is already gone is a success.
+fn remove(result: std::io::Result<()>) -> Result<(), DeployError> {
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Crash path: undoes deployment `id` from its journal alone (no agent).
+/// Returns false if there was nothing to clean.
+pub fn cleanup(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    let _step = step_lock();
+    cleanup_unlocked(site, id)
+}
+
+/// For a signal handler: stops every further deployment step of this
+/// process (the step lock is taken and never given back), then undoes `id`.
+/// The caller exits afterwards.
+pub fn interrupt(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    std::mem::forget(step_lock());
+    cleanup_unlocked(site, id)
+}
+
+fn cleanup_unlocked(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
+    match Journal::open(&site.state_dir, id)? {
+        Some(journal) => undo(site, journal).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Deployments whose owning process (an `sd run`, an HTCondor job's
+/// starter) is gone: safe to clean. An owner recorded with its start time
+/// is gone too when its pid now names a later process.
+pub fn orphaned(site: &SiteConfig) -> Result<Vec<String>, DeployError> {
+    let mut out = vec![];
+    for id in Journal::list(&site.state_dir)? {
+        if let Some(j) = Journal::open(&site.state_dir, &id)? {
+            let f = j.facts();
+            let gone = match (f.owner_pid, f.owner_start_time) {
+                (Some(pid), Some(start_time)) => !ProcessStamp {
+                    pid: pid as i32,
+                    start_time,
+                }
+                .alive(),
+                (Some(pid), None) => !Path::new(&format!("/proc/{pid}")).exists(),
+                (None, _) => false,
+            };
+            if gone {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}

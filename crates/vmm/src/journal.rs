@@ -1,0 +1,357 @@
+//! The journal of one deployment: every resource it is about to create, in
+//! order, written to disk *before* the resource exists.
+//!
+//! Cleanup reads the journal and undoes its entries in reverse order; each
+//! undo tolerates a resource that was never made or is already gone, so
+//! cleanup is idempotent and correct after a crash at any point. The file is
+//! replaced atomically (write to a temporary name, fsync, rename), so a crash
+//! never leaves a half-written journal.
+
+use sd_host::atomic_file::Readers;
+use sd_policy::ResolvedEnvironment;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Something on the host that a deployment creates and cleanup removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resource {
+    /// A directory of the deployment's own (removed with its contents).
+    Directory { path: PathBuf },
+    /// A file: an overlay disk, a socket, a pid file.
+    File { path: PathBuf },
+    /// A hypervisor domain, found again by its name (a QEMU process whose
+    /// `-name` is this, or a Xen domain of that name).
+    Domain { backend: String, name: String },
+    /// An LVM thin volume `vg/lv` of pool `thin_pool`: the job's disk, a
+    /// snapshot of an `lvm` image's base (removed with `lvremove`).
+    LvmVolume {
+        vg: String,
+        thin_pool: String,
+        lv: String,
+    },
+}
+
+/// What a front end needs to reach a running deployment again (sd-exec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Unix socket of the guest agent's channel.
+    pub agent_socket: Option<PathBuf>,
+    /// Hypervisor control socket (QMP).
+    pub control_socket: Option<PathBuf>,
+    pub backend: Option<String>,
+    /// `kvm` or `tcg`.
+    pub acceleration: Option<String>,
+    pub console_log: Option<PathBuf>,
+    /// The resolved request, as admitted by policy: what the teardown saves
+    /// and `sd status` shows.
+    pub environment: Option<ResolvedEnvironment>,
+    /// User the deployment acts for.
+    pub uid: Option<u32>,
+    /// The process that owns the deployment (an `sd run`, an HTCondor job's
+    /// `condor_starter`); when it is gone the deployment is an orphan that
+    /// `sd cleanup` and the node service remove. None for deployments owned
+    /// by a batch system's epilog (Slurm).
+    pub owner_pid: Option<u32>,
+    /// The qcow2 base the job's qcow2 overlay was made on: a save reads
+    /// this, not what the overlay's header (which QEMU can write) names.
+    pub disk_backing: Option<PathBuf>,
+    /// The owner's start time (field 22 of /proc/PID/stat): a later process
+    /// with the same pid is not the owner. None in older journals.
+    #[serde(default)]
+    pub owner_start_time: Option<u64>,
+}
+
+/// The journal format this build writes and reads. A change that would
+/// make an older reader misread a journal bumps it.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalData {
+    /// [`FORMAT_VERSION`] of the writer (journals before it was written are 1).
+    #[serde(default = "first_version")]
+    pub version: u32,
+    pub id: String,
+    pub created_unix: u64,
+    pub resources: Vec<Resource>,
+    pub facts: Facts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "journal {path} is of format {found}, this sd reads format {FORMAT_VERSION}: \
+         clean it up with the sd that wrote it (a newer one?), not this one"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error("a deployment named {0:?} already exists (clean it up with `sd cleanup {0}`)")]
+    Exists(String),
+    #[error("deployment id {0:?} is not valid: use letters, digits, '.', '_' and '-'")]
+    BadId(String),
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// An open journal, owned by the process that deploys.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    data: JournalData,
+}
+
+/// Where the journals of a state directory live.
+pub fn journal_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal")
+}
+
+fn journal_path(state_dir: &Path, id: &str) -> PathBuf {
+    journal_dir(state_dir).join(format!("{id}.json"))
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl Journal {
+    /// Starts the journal of a new deployment; refuses an id already in use.
+    pub fn create(state_dir: &Path, id: &str) -> Result<Journal, JournalError> {
+        if !valid_id(id) {
+            return Err(JournalError::BadId(id.to_string()));
+        }
+        let dir = journal_dir(state_dir);
+        fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = journal_path(state_dir, id);
+        if path.exists() {
+            return Err(JournalError::Exists(id.to_string()));
+        }
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let journal = Journal {
+            path,
+            data: JournalData {
+                version: FORMAT_VERSION,
+                id: id.to_string(),
+                created_unix,
+                resources: vec![],
+                facts: Facts::default(),
+            },
+        };
+        journal.persist()?;
+        Ok(journal)
+    }
+
+    pub fn open(state_dir: &Path, id: &str) -> Result<Option<Journal>, JournalError> {
+        if !valid_id(id) {
+            return Err(JournalError::BadId(id.to_string()));
+        }
+        let path = journal_path(state_dir, id);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(JournalError::Io { path, source }),
+        };
+        let corrupt = |source| JournalError::Corrupt {
+            path: path.clone(),
+            source,
+        };
+        // The version first: a newer format is refused as such, not misread.
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default = "first_version")]
+            version: u32,
+        }
+        let Version { version } = serde_json::from_slice(&text).map_err(corrupt)?;
+        if version != FORMAT_VERSION {
+            return Err(JournalError::Version {
+                path,
+                found: version,
+            });
+        }
+        let data = serde_json::from_slice(&text).map_err(corrupt)?;
+        Ok(Some(Journal { path, data }))
+    }
+
+    /// Ids of every deployment that has a journal.
+    pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
+        let dir = journal_dir(state_dir);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(JournalError::Io { path: dir, source }),
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.data.id
+    }
+
+    pub fn data(&self) -> &JournalData {
+        &self.data
+    }
+
+    pub fn facts(&self) -> &Facts {
+        &self.data.facts
+    }
+
+    /// Records a resource *before* the caller creates it.
+    pub fn record(&mut self, resource: Resource) -> Result<(), JournalError> {
+        if !self.data.resources.contains(&resource) {
+            self.data.resources.push(resource);
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    pub fn update_facts(&mut self, f: impl FnOnce(&mut Facts)) -> Result<(), JournalError> {
+        f(&mut self.data.facts);
+        self.persist()
+    }
+
+    /// Resources in the order they must be undone.
+    pub fn undo_order(&self) -> impl Iterator<Item = &Resource> {
+        self.data.resources.iter().rev()
+    }
+
+    /// Drops the journal once everything in it is undone.
+    pub fn remove(self) -> Result<(), JournalError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(JournalError::Io {
+                path: self.path,
+                source,
+            }),
+        }
+    }
+
+    fn persist(&self) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
+        // The deployment's user reads it (sd-exec finds its agent there) but
+        // may not change it: root undoes what it lists.
+        let readers = match self.data.facts.uid.filter(|&u| u != 0) {
+            Some(uid) => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                Ok(Some(user)) => Readers::Group(user.gid.as_raw()),
+                _ => Readers::Root,
+            },
+            None => Readers::Root,
+        };
+        sd_host::atomic_file::write_readable(&self.path, &text, readers).map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_of_another_format_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), "job-v").unwrap();
+        let path = j.path.clone();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        std::fs::write(&path, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        let e = Journal::open(dir.path(), "job-v").unwrap_err();
+        assert!(matches!(e, JournalError::Version { found: 2, .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("is of format 2, this sd reads format 1"),
+            "{e}"
+        );
+        // A journal written before the version existed is format 1.
+        std::fs::write(&path, text.replace("\"version\": 1,", "")).unwrap();
+        assert!(Journal::open(dir.path(), "job-v").unwrap().is_some());
+    }
+
+    #[test]
+    fn records_survive_a_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), "job-1").unwrap();
+        j.record(Resource::Directory { path: "/x".into() }).unwrap();
+        j.record(Resource::File {
+            path: "/x/disk".into(),
+        })
+        .unwrap();
+        j.record(Resource::File {
+            path: "/x/disk".into(),
+        })
+        .unwrap();
+        j.update_facts(|f| f.backend = Some("qemu".into())).unwrap();
+        let again = Journal::open(dir.path(), "job-1").unwrap().unwrap();
+        assert_eq!(again.data(), j.data());
+        let order: Vec<_> = again.undo_order().cloned().collect();
+        assert_eq!(
+            order,
+            vec![
+                Resource::File {
+                    path: "/x/disk".into()
+                },
+                Resource::Directory { path: "/x".into() }
+            ]
+        );
+        assert_eq!(
+            Journal::list(dir.path()).unwrap(),
+            vec!["job-1".to_string()]
+        );
+        again.remove().unwrap();
+        assert!(Journal::open(dir.path(), "job-1").unwrap().is_none());
+        assert!(Journal::list(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_are_checked_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Journal::create(dir.path(), "../etc"),
+            Err(JournalError::BadId(_))
+        ));
+        assert!(matches!(
+            Journal::create(dir.path(), ""),
+            Err(JournalError::BadId(_))
+        ));
+        Journal::create(dir.path(), "a").unwrap();
+        assert!(matches!(
+            Journal::create(dir.path(), "a"),
+            Err(JournalError::Exists(_))
+        ));
+    }
+}

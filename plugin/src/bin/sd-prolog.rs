@@ -1,7 +1,0 @@
-//! `sd-prolog`: Slurm `Prolog=`. Boots the job's domain on this node when
-//! the job asked for one (`--sd-env=` or `--comment=sd-env:`). Logs to
-//! LOG_DIR/sd-hooks.log and syslog; see `smartdomains::slurm`.
-
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(smartdomains::slurm::prolog() as u8)
-}
