@@ -4,15 +4,17 @@
 //! inside its domain through the guest link. The lifecycle itself is
 //! `deployment`'s.
 
+use crate::parse_jail::{self, ParseFailure};
 use sd_host::owner::Owner;
 use sd_host::user_files::UserFiles;
-use sd_languages::jdl::JobDescription;
-use sd_policy::{self as policy, ResolvedEnvironment};
+use sd_policy::{self as policy, PolicyError, ResolvedEnvironment};
 use sd_proto::{RunRequest, StdinSource};
-use sd_request::EnvironmentRequest;
+use sd_request::{EnvironmentRequest, JobRequest};
 use sd_site::SiteConfig;
-use sd_vmm::deployment::{self, DeployError};
+use sd_site::{Blame, Fault};
+use sd_vmm::deployment::{self, DeployError, Deployment};
 use sd_vmm::guest_link::{GuestLink, JobOutcome};
+use sd_vmm::image_store::ImageStore;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,40 +67,62 @@ pub fn read_request(
     }
 }
 
-/// Parses and admits a request of `owner`. `account` is the job's
-/// accounting name (Slurm account, HTCondor `AcctGroup`; both chosen by the
-/// user): for an image alone, it names the VO if the site knows it as one,
-/// and like a JDL's `VirtualOrganisation` it only picks among the owner's
-/// VOs. The error is the user's, worded for the user.
+/// Why a request was not admitted: whose fault it is decides what the
+/// batch system is told (a user's refusal never drains a node).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Parse(#[from] ParseFailure),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+impl Blame for Refusal {
+    fn fault(&self) -> Fault {
+        match self {
+            Refusal::Parse(e) => e.fault(),
+            Refusal::Policy(e) => e.fault(),
+        }
+    }
+}
+
+/// Parses and admits a request of `owner`. A JDL is parsed by
+/// `sd-parse-request` with the owner's rights ([`parse_jail`]), never here.
+/// `account` is the job's accounting name (Slurm account, HTCondor
+/// `AcctGroup`; both chosen by the user): for an image alone, it names the
+/// VO if the site knows it as one, and like a JDL's `VirtualOrganisation`
+/// it only picks among the owner's VOs.
 pub fn admit(
     site: &SiteConfig,
     owner: &Owner,
     request: &Request,
     account: Option<&str>,
-) -> Result<ResolvedEnvironment, String> {
-    let (request, vo) = match request {
-        Request::Jdl { path, text } => {
-            let jdl = JobDescription::parse(text, path).map_err(|e| e.to_string())?;
-            (
-                jdl.virtual_environment.clone().unwrap_or_default(),
-                jdl.virtual_organisation.clone(),
-            )
-        }
-        Request::Image(name) => {
-            let vo = account
+) -> Result<ResolvedEnvironment, Refusal> {
+    let request = match request {
+        Request::Jdl { path, text } => parse_jail::parse_jdl(owner, path, text)?,
+        Request::Image(name) => JobRequest {
+            vo: account
                 .filter(|a| site.vos.contains_key(*a))
-                .map(str::to_string);
-            (EnvironmentRequest::image_only(name), vo)
-        }
+                .map(str::to_string),
+            environment: EnvironmentRequest::image_only(name),
+        },
     };
+    admit_parsed(site, owner, &request).map_err(Refusal::Policy)
+}
+
+/// Admits a request already parsed (by `sd run`, as its own user).
+pub fn admit_parsed(
+    site: &SiteConfig,
+    owner: &Owner,
+    request: &JobRequest,
+) -> Result<ResolvedEnvironment, PolicyError> {
     policy::admit(
         site,
         owner,
-        vo.as_deref(),
-        &request,
-        &sd_vmm::image_store::ImageStore::of_site(site),
+        request.vo.as_deref(),
+        &request.environment,
+        &ImageStore::of_site(site),
     )
-    .map_err(|e| e.to_string())
 }
 
 /// Why a command could not be run in the job's domain.
@@ -185,6 +209,82 @@ fn host_script(program: &str) -> Option<std::fs::File> {
         return None;
     }
     std::fs::File::open(program).ok()
+}
+
+/// Why a job got no domain, by who has to act; every front end tells its
+/// batch system by this (Slurm: refusal file or drain; HTCondor: hold
+/// reasons; `sd run`: exit status).
+#[derive(Debug, thiserror::Error)]
+pub enum BootFailure {
+    /// The user's: the request, the user's own limit, a saved image of
+    /// theirs that does not boot. The node stays in service.
+    #[error("{0}")]
+    Refused(String),
+    /// Nobody's: the node is full now; the job may run later or elsewhere.
+    #[error("{0}")]
+    NodeFull(String),
+    /// The site's: the admin must look (Slurm drains the node).
+    #[error("{0}")]
+    Site(String),
+}
+
+impl BootFailure {
+    pub fn fault(&self) -> Fault {
+        match self {
+            BootFailure::Refused(_) | BootFailure::NodeFull(_) => Fault::User,
+            BootFailure::Site(_) => Fault::Site,
+        }
+    }
+}
+
+impl From<Refusal> for BootFailure {
+    fn from(e: Refusal) -> Self {
+        match e.fault() {
+            Fault::User => BootFailure::Refused(e.to_string()),
+            Fault::Site => BootFailure::Site(e.to_string()),
+        }
+    }
+}
+
+/// The one boot path of every front end: deploys `env` as `id` for `uid`
+/// (owned by `owner`: the process whose end tears it down), logs how it
+/// went, and words a failure by whose it is.
+pub fn boot(
+    site: &SiteConfig,
+    id: &str,
+    env: &ResolvedEnvironment,
+    uid: u32,
+    owner: Option<sd_host::peer::ProcessStamp>,
+) -> Result<Deployment, BootFailure> {
+    let started = std::time::Instant::now();
+    match Deployment::deploy_owned(site, id, env, uid, owner) {
+        Ok(d) => {
+            tracing::info!(
+                "domain {id} up in {:.1} s under {}: image {} ({} MiB, {} vCPU), guest kernel {}",
+                started.elapsed().as_secs_f64(),
+                d.acceleration,
+                env.image.name,
+                env.memory_mib,
+                env.vcpus,
+                d.link.info.kernel_release
+            );
+            Ok(d)
+        }
+        Err(DeployError::Limit(e)) if e.node_full() => {
+            tracing::warn!("node full, the job may run later or elsewhere: {e}");
+            Err(BootFailure::NodeFull(e.to_string()))
+        }
+        Err(e) if e.fault(env) == Fault::User => {
+            tracing::warn!("refused, the node stays up: cannot start the domain: {e}");
+            Err(BootFailure::Refused(format!(
+                "cannot start the domain: {e}"
+            )))
+        }
+        Err(e) => {
+            tracing::error!("site fault: cannot start the domain: {e}");
+            Err(BootFailure::Site(format!("cannot start the domain: {e}")))
+        }
+    }
 }
 
 /// The epilog's end of deployment `id`: graceful shutdown, save per

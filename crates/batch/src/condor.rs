@@ -19,7 +19,7 @@
 use crate::batch::{self, RequestSpec, RunError};
 use crate::node_service::{self, ServiceReply, ServiceRequest};
 use sd_host::user_files::UserFiles;
-use sd_site::SiteConfig;
+use sd_site::{ExitCode, SiteConfig};
 use sd_vmm::guest_link::JobOutcome;
 use std::collections::HashMap;
 use std::io::Read;
@@ -27,14 +27,12 @@ use std::path::PathBuf;
 
 /// The job ad attribute that carries the request.
 pub const ATTRIBUTE: &str = "SDEnvironment";
-/// PREPARE_JOB's exit status for a request the user got wrong.
-pub const EXIT_REFUSED: i32 = 2;
-/// PREPARE_JOB's exit status for a fault of the site.
-pub const EXIT_SITE_FAULT: i32 = 1;
-/// PREPARE_JOB's exit status when the node has no room now: nobody's
-/// fault; a SYSTEM_PERIODIC_RELEASE on HoldReasonSubCode 3 lets the job
-/// match again (scripts/condor-local has one). Holding does not drain the node.
-pub const EXIT_NODE_FULL: i32 = 3;
+/// PREPARE_JOB's exit statuses (HTCondor's HoldReasonSubCode): the
+/// user's, the site's, a full node (scripts/condor-local releases those).
+/// Holding never drains the node.
+pub const EXIT_REFUSED: i32 = ExitCode::REFUSED;
+pub const EXIT_SITE_FAULT: i32 = ExitCode::HOOK_SITE;
+pub const EXIT_NODE_FULL: i32 = ExitCode::NODE_FULL;
 
 /// A job ad as the hooks get it: `Name = value` lines (names are
 /// case-insensitive; values are ClassAd expressions, kept as text).
@@ -215,7 +213,7 @@ pub fn prepare() -> i32 {
         Err(e) => hold(
             EXIT_SITE_FAULT,
             &fault_message(&format!(
-                "the node service does not answer on {}: {e} (is `sd node-service` running?)",
+                "the node service does not answer on {}: {e} (is `sd-node-service` running?)",
                 socket.display()
             )),
         ),

@@ -7,4 +7,5 @@ pub mod batch;
 pub mod condor;
 pub mod hook_log;
 pub mod node_service;
+pub mod parse_jail;
 pub mod slurm;

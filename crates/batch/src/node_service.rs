@@ -30,12 +30,12 @@
 //! one uid; root has [`ROOT_RESERVE`] more. Connections over that are
 //! answered "busy" and closed at once.
 
-use crate::batch::{self, Request};
+use crate::batch::{self, BootFailure, Request};
 use crate::condor;
 use sd_host::peer::{Peer, ProcessStamp};
 use sd_site::SiteConfig;
-use sd_vmm::deployment::{self, DeployError, Deployment};
-use sd_vmm::journal::Journal;
+use sd_vmm::deployment;
+use sd_vmm::status;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -228,12 +228,12 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// `sd node-service`: serves until SIGTERM/SIGINT. Returns an exit status.
+/// `sd-node-service`: serves until SIGTERM/SIGINT. Returns an exit status.
 pub fn serve(config: &Path, socket: &Path, pid_file: Option<&Path>, any_caller: bool) -> i32 {
     let site = match SiteConfig::load(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("sd node-service: {e}");
+            eprintln!("sd-node-service: {e}");
             return 125;
         }
     };
@@ -247,7 +247,7 @@ pub fn serve(config: &Path, socket: &Path, pid_file: Option<&Path>, any_caller: 
         Err(e) => {
             tracing::error!("cannot listen on {}: {e}", socket.display());
             eprintln!(
-                "sd node-service: cannot listen on {}: {e}",
+                "sd-node-service: cannot listen on {}: {e}",
                 socket.display()
             );
             return 125;
@@ -584,19 +584,20 @@ fn deploy(
     };
     let env = match batch::admit(site, &owner, request, account) {
         Ok(env) => env,
-        Err(message) => {
-            tracing::warn!("refused (user error, the job is held): {message}");
-            return ServiceReply::Refused(message);
+        Err(e) => {
+            let reply = failure_reply(BootFailure::from(e));
+            tracing::warn!("not admitted, the job is held: {reply:?}");
+            return reply;
         }
     };
     // A journal already there: the job asks twice (refused while its
     // starter lives), or a run of the same job whose JOB_EXIT never came
     // (the node rebooted, the starter died): its owner's to reuse.
-    match Journal::open(&site.state_dir, id) {
+    match status::of(site, id) {
         Ok(Some(old)) => {
-            let owner = old.facts().uid;
+            let owner = old.uid;
             if !deployment::orphaned(site).is_ok_and(|o| o.iter().any(|o| o == id))
-                && old.facts().owner_pid.is_some()
+                && old.owner_pid.is_some()
             {
                 tracing::warn!("refused: the job already has its domain {id}");
                 return ServiceReply::Refused(format!(
@@ -622,49 +623,32 @@ fn deploy(
     }
     let started = Instant::now();
     // A hook's domain is its starter's: one per job, reaped when it ends.
-    match Deployment::deploy_owned(site, id, &env, caller.uid, caller.starter) {
+    match batch::boot(site, id, &env, caller.uid, caller.starter) {
         Ok(d) => {
             let boot_secs = started.elapsed().as_secs_f64();
-            tracing::info!(
-                "domain {id} up in {boot_secs:.1} s under {}: image {} ({} MiB, {} vCPU), guest kernel {}",
-                d.acceleration,
-                env.image.name,
-                env.memory_mib,
-                env.vcpus,
-                d.link.info.kernel_release
-            );
-            let journal = Journal::open(&site.state_dir, id).ok().flatten();
-            let backend = journal
-                .and_then(|j| j.facts().backend.clone())
-                .unwrap_or_else(|| "qemu".into());
             // Dropping the deployment closes our link: the agent serves one
             // client at a time, and the next is the job's wrapper.
             let reply = ServiceReply::Deployed {
                 deployment: id.to_string(),
                 domain: deployment::domain_name(site, id),
-                backend,
+                backend: d.backend_name().to_string(),
                 acceleration: d.acceleration.clone(),
                 boot_secs,
             };
             drop(d);
             reply
         }
-        Err(DeployError::Limit(e)) if e.node_full() => {
-            tracing::warn!("node full, the job is held to run elsewhere or later: {e}");
-            ServiceReply::NodeFull(e.to_string())
-        }
-        Err(DeployError::Limit(e)) => {
-            tracing::warn!("refused (over the user's limit): {e}");
-            ServiceReply::Refused(e.to_string())
-        }
-        Err(e) if e.fault(&env) == deployment::Fault::User => {
-            tracing::warn!("user error (the job is held): cannot start the domain: {e}");
-            ServiceReply::Refused(format!("cannot start the domain: {e}"))
-        }
-        Err(e) => {
-            tracing::error!("site fault, the job is held: {e}");
-            ServiceReply::Fault(e.to_string())
-        }
+        Err(e) => failure_reply(e),
+    }
+}
+
+/// What the hook is told: a refusal holds the job with the user's reason,
+/// a full node lets it run elsewhere, a fault holds it for the admin.
+fn failure_reply(e: BootFailure) -> ServiceReply {
+    match e {
+        BootFailure::Refused(m) => ServiceReply::Refused(m),
+        BootFailure::NodeFull(m) => ServiceReply::NodeFull(m),
+        BootFailure::Site(m) => ServiceReply::Fault(m),
     }
 }
 
@@ -677,9 +661,9 @@ fn teardown(
     outcome: &str,
 ) -> ServiceReply {
     tracing::info!("job ended ({how}): {outcome}");
-    match Journal::open(&site.state_dir, id) {
-        Ok(Some(j)) => {
-            let owner = j.facts().uid;
+    match status::of(site, id) {
+        Ok(Some(d)) => {
+            let owner = d.uid;
             if caller.uid != 0 && owner != Some(caller.uid) {
                 tracing::warn!(
                     "uid {} may not tear down {id} (owner {owner:?})",
@@ -722,14 +706,14 @@ mod tests {
         assert!(!valid_job_id(".0"));
         let a = deployment_id("12.0", 4242, "vm#12.0#1795550000");
         assert!(
-            a.starts_with("condor-12.0-") && sd_vmm::journal::valid_id(&a),
+            a.starts_with("condor-12.0-") && sd_vmm::status::valid_id(&a),
             "{a}"
         );
         assert_eq!(a, deployment_id("12.0", 4242, "vm#12.0#1795550000"));
         assert_ne!(a, deployment_id("12.0", 4243, "vm#12.0#1795550000"));
         assert_ne!(a, deployment_id("12.0", 4242, "other#12.0#1795550000"));
         let longest = deployment_id("999999999999.999999999999", u32::MAX, "x");
-        assert!(sd_vmm::journal::valid_id(&longest), "{longest}");
+        assert!(sd_vmm::status::valid_id(&longest), "{longest}");
     }
 
     #[test]

@@ -12,13 +12,11 @@
 //! node for the admin to look at.
 
 pub use crate::batch::RequestSpec;
-use crate::batch::{self, RunError};
+use crate::batch::{self, BootFailure, RunError};
 use sd_host::owner::Owner;
 use sd_host::user_files::UserFiles;
 use sd_policy::ResolvedEnvironment;
-use sd_site::SiteConfig;
-use sd_vmm::deployment::Deployment;
-use sd_vmm::deployment::Fault;
+use sd_site::{ExitCode, SiteConfig};
 use sd_vmm::guest_link::JobOutcome;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -87,22 +85,29 @@ fn refusal_path(site: &SiteConfig, id: &str) -> PathBuf {
     site.state_dir.join("refused").join(id)
 }
 
-/// Checks the request: JDL read as the user, policy. The error is the
-/// user's, worded for the user.
+/// Checks the request: JDL read as the user, parsed with the user's
+/// rights, policy.
 pub fn resolve(
     site: &SiteConfig,
     job: &SlurmJob,
     spec: &RequestSpec,
-) -> Result<ResolvedEnvironment, String> {
+) -> Result<ResolvedEnvironment, BootFailure> {
     // Who the job's owner is, and its groups, from the user database.
-    let owner = Owner::of_uid(job.uid).map_err(|e| e.to_string())?;
+    let owner = Owner::of_uid(job.uid).map_err(|e| BootFailure::Refused(e.to_string()))?;
     let user = UserFiles::of(&owner, job.gid);
-    let request = batch::read_request(spec, &job.work_dir, user, site.max_request_bytes)?;
-    batch::admit(site, &owner, &request, job.account.as_deref())
+    let request = batch::read_request(spec, &job.work_dir, user, site.max_request_bytes)
+        .map_err(BootFailure::Refused)?;
+    Ok(batch::admit(
+        site,
+        &owner,
+        &request,
+        job.account.as_deref(),
+    )?)
 }
 
-/// `sd-prolog`. Exit status: 0 (domain up, no request, or request refused),
-/// 1 (site fault: Slurm drains the node).
+/// `sd-prolog`. Exit status: 0 (domain up, no request, or request refused:
+/// the job fails with the reason, which `sd-exec` prints), 1 (site fault:
+/// Slurm drains the node).
 pub fn prolog() -> i32 {
     // The fast path for every job that asks for nothing: no file is touched.
     let Some(value) = requested_environment(env_var) else {
@@ -123,50 +128,24 @@ pub fn prolog() -> i32 {
         job.uid,
         job.work_dir.display()
     );
-    let env = match resolve(&site, &job, &RequestSpec::parse(&value)) {
-        Ok(env) => env,
-        Err(message) => {
-            tracing::warn!("refused (user error, node stays up): {message}");
-            return match write_refusal(&site, &id, job.uid, &message) {
-                Ok(()) => 0,
+    let booted = resolve(&site, &job, &RequestSpec::parse(&value))
+        .and_then(|env| batch::boot(&site, &id, &env, job.uid, None));
+    match booted {
+        Ok(_) => ExitCode::HOOK_OK,
+        Err(e @ BootFailure::Site(_)) => {
+            tracing::error!("site fault, failing the prolog (Slurm drains the node): {e}");
+            ExitCode::HOOK_SITE
+        }
+        // The user's (or a full node): the job fails with the reason.
+        Err(e) => {
+            tracing::warn!("refused, the node stays up: {e}");
+            match write_refusal(&site, &id, job.uid, &e.to_string()) {
+                Ok(()) => ExitCode::HOOK_OK,
                 Err(e) => {
                     tracing::error!("cannot record the refusal: {e}");
-                    1
-                }
-            };
-        }
-    };
-    let started = Instant::now();
-    match Deployment::deploy(&site, &id, &env, job.uid, None) {
-        Ok(d) => {
-            tracing::info!(
-                "domain {id} up in {:.1} s under {}: image {} ({} MiB, {} vCPU), guest kernel {}",
-                started.elapsed().as_secs_f64(),
-                d.acceleration,
-                env.image.name,
-                env.memory_mib,
-                env.vcpus,
-                d.link.info.kernel_release
-            );
-            0
-        }
-        // The user's fault (a user-saved image that does not boot, the user's
-        // node_limits) or a full node: the job fails with the reason (sd-exec
-        // prints it); neither drains the node.
-        Err(e) if e.fault(&env) == Fault::User => {
-            let message = format!("cannot start the domain: {e}");
-            tracing::warn!("refused, node stays up: {message}");
-            match write_refusal(&site, &id, job.uid, &message) {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!("cannot record the refusal: {e}");
-                    1
+                    ExitCode::HOOK_SITE
                 }
             }
-        }
-        Err(e) => {
-            tracing::error!("site fault, failing the prolog: {e}");
-            1
         }
     }
 }
@@ -187,7 +166,7 @@ fn site_fault_before_config(hook: &'static str, message: &str) -> i32 {
     );
     tracing::error!("site fault: {message}");
     eprintln!("{hook}: {message}");
-    1
+    ExitCode::HOOK_SITE
 }
 
 /// `sd-epilog`. Exit status 0 unless something could not be cleaned up
@@ -215,14 +194,14 @@ pub fn epilog() -> i32 {
         && !outcome.contains("CANCELLED")
         && !outcome.contains("TIMEOUT");
     match crate::batch::finish_logged(&site, &id, succeeded) {
-        Ok(true) => 0,
+        Ok(true) => ExitCode::HOOK_OK,
         Ok(false) => {
             tracing::info!("no domain to clean up (the prolog refused the request or never ran)");
-            0
+            ExitCode::HOOK_OK
         }
         Err(e) => {
             tracing::error!("cleanup failed, the node keeps leftovers: {e}");
-            1
+            ExitCode::HOOK_SITE
         }
     }
 }
@@ -313,8 +292,8 @@ impl ExecError {
     /// The exit status `sd-exec` gives the job.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExecError::Usage | ExecError::Refused(_) => 2,
-            _ => 125,
+            ExecError::Usage | ExecError::Refused(_) => ExitCode::REFUSED,
+            _ => ExitCode::SITE,
         }
     }
 }

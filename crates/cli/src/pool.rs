@@ -65,7 +65,8 @@ use sd_site::Blame;
 use sd_site::SiteConfig;
 use sd_vmm::deployment::{self, DeployError, Deployment, Fault};
 use sd_vmm::guest_link::GuestLink;
-use sd_vmm::journal::{self, JournalError};
+use sd_vmm::journal::JournalError;
+use sd_vmm::status;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -264,7 +265,7 @@ pub fn monitor_log_path(site: &SiteConfig, name: &str) -> PathBuf {
 /// A pool name makes deployment ids `pool-NAME-MEMBER`: journal-id rules,
 /// shorter, so that member names fit.
 pub fn valid_name(name: &str) -> bool {
-    name.len() <= 40 && journal::valid_id(name)
+    name.len() <= 40 && status::valid_id(name)
 }
 
 fn record_error(path: &Path, message: impl ToString) -> PoolError {
@@ -448,7 +449,7 @@ fn walk(
 ) -> Result<Option<Node>, PoolError> {
     if c.kind == Kind::Domain {
         let id = member_id(name, c);
-        if !journal::valid_id(&id) || plans.iter().any(|p| p.id == id) {
+        if !status::valid_id(&id) || plans.iter().any(|p| p.id == id) {
             return Err(PoolError::BadMemberId {
                 path: c.path.clone(),
                 id,
@@ -1247,13 +1248,10 @@ pub fn member_states(site: &SiteConfig, record: &PoolRecord) -> Vec<MemberState>
             if m.down_unix_ms.is_some() {
                 return MemberState::Down;
             }
-            let journal = match journal::Journal::open(&site.state_dir, &m.id) {
-                Ok(Some(j)) => j,
+            let running = match status::of(site, &m.id) {
+                Ok(Some(s)) => s.is_running(site),
                 _ => return MemberState::Dead,
             };
-            let running = deployment::backend_for(site, journal.facts().backend.as_deref())
-                .map(|b| b.is_running(&deployment::domain_name(site, &m.id)))
-                .unwrap_or(false);
             match (m.up_unix_ms, running) {
                 (None, _) => MemberState::Booting,
                 (Some(_), true) => MemberState::Up,
@@ -1324,7 +1322,7 @@ mod tests {
         .unwrap();
         let ids: Vec<String> = d.root.domains().iter().map(|m| member_id("p", m)).collect();
         assert_eq!(ids, ["pool-p-db", "pool-p-inner.w1"]);
-        assert!(ids.iter().all(|i| journal::valid_id(i)));
+        assert!(ids.iter().all(|i| status::valid_id(i)));
         assert!(terminates_concurrently(&d.root));
         let (req, vo) = request_of(d.root.domains()[0]).unwrap();
         assert_eq!(req.image.as_deref(), Some("busybox"));

@@ -72,7 +72,7 @@ impl Site {
     }
 }
 
-/// `sd node-service` on the site's own socket, stopped when dropped.
+/// `sd-node-service` on the site's own socket, stopped when dropped.
 struct Service {
     child: Child,
     socket: PathBuf,
@@ -81,9 +81,10 @@ struct Service {
 impl Service {
     fn start(site: &Site, args: &[&str]) -> Service {
         let socket = site.path("node.sock");
-        let child = site
-            .sd()
-            .args(["node-service", "--socket"])
+        let child = Command::new(common::workspace_bin("sd-node-service"))
+            .arg("--config")
+            .arg(site.path("site.yaml"))
+            .arg("--socket")
             .arg(&socket)
             .args(args)
             .stdin(Stdio::null())

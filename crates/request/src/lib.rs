@@ -3,11 +3,27 @@
 //!
 //! Every field is optional: what the job leaves out, the site's defaults and
 //! the image's defaults fill in (see `policy`).
+//!
+//! These types are also what crosses from the request parser, which runs
+//! with the user's rights (`sd-parse-request`), to the root side that
+//! admits it: plain data, checked field by field by serde.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// What a job asks for and for which VO: everything admission reads of a
+/// job's description.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// The VO the job names (`VirtualOrganisation`), if any; it only picks
+    /// among the owner's VOs.
+    pub vo: Option<String>,
+    pub environment: EnvironmentRequest,
+}
 
 /// The `VirtualEnvironment = [ ... ]` record of a JDL, or an image name alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EnvironmentRequest {
     /// Catalogue name of the VO image (never a path).
     pub image: Option<String>,

@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// A fixed, fake location: paths in snapshots do not depend on the checkout.

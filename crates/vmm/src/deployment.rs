@@ -209,6 +209,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The backend it runs under (`qemu`, `xen`).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
     /// Creates the job's disk, boots the domain, waits for its agent.
     /// On failure everything made so far is undone before returning.
     pub fn deploy(

@@ -13,5 +13,6 @@ pub mod guest_link;
 pub mod hypervisor;
 pub mod image_store;
 pub mod journal;
+pub mod status;
 pub mod storage;
 pub mod storage_lvm;

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
              status; any other job is exec'd as it is. Configure with\n\
              USER_JOB_WRAPPER = /path/sd-condor-wrapper."
         );
-        return ExitCode::from(2);
+        return ExitCode::from(sd_site::ExitCode::REFUSED as u8);
     }
     let plan = match condor::wrapper_plan() {
         Ok(p) => p,
@@ -48,15 +48,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The site failed the job: exit status 125, as `sd run` and `sd-exec`.
-const EXIT_SITE_FAULT: u8 = 125;
-
 /// A fault: on the job's stderr, in HTCondor's wrapper error file, and
-/// [`EXIT_SITE_FAULT`].
+/// [`ExitCode::SITE`].
 fn fail(message: &str) -> ExitCode {
     if let Some(path) = std::env::var_os("_CONDOR_WRAPPER_ERROR_FILE") {
         let _ = std::fs::write(path, format!("{message}\n"));
     }
     eprintln!("sd-condor-wrapper: {message}");
-    ExitCode::from(EXIT_SITE_FAULT)
+    ExitCode::from(sd_site::ExitCode::SITE as u8)
 }

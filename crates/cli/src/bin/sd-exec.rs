@@ -22,7 +22,7 @@ fn main() -> ExitCode {
                  A job asks for a domain with `--sd-env=JDL|IMAGE` (SPANK plugin) or\n\
                  `--comment=sd-env:JDL|IMAGE`."
             );
-            return ExitCode::from(2);
+            return ExitCode::from(sd_site::ExitCode::REFUSED as u8);
         }
         Some(_) => {}
     }

@@ -1,24 +1,25 @@
 //! `sd`: SmartDomains for a person at a terminal.
 
 use clap::{Parser, Subcommand};
+use sd_batch::batch;
 use sd_host::owner::Owner;
 use sd_host::user_files::UserFiles;
 use sd_languages::jdl::JobDescription;
-use sd_policy as policy;
+use sd_request::JobRequest;
 use sd_site::SiteConfig;
-use sd_vmm::deployment::{self, Deployment, Fault};
+use sd_vmm::deployment;
 use sd_vmm::guest_link::JobOutcome;
 use sd_vmm::image_store::ImageStore;
-use sd_vmm::journal::Journal;
+use sd_vmm::status;
 use smartdomains::{job, pool};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Exit status when SmartDomains refuses the request (bad JDL, policy).
-const EXIT_REFUSED: u8 = 2;
-/// Exit status when the site failed (config, hypervisor, disk).
-const EXIT_SITE_FAULT: u8 = 125;
+/// Exit statuses: the request refused (bad JDL, policy), the site failed
+/// (config, hypervisor, disk). One table for every command: sd_site::ExitCode.
+const EXIT_REFUSED: u8 = sd_site::ExitCode::REFUSED as u8;
+const EXIT_SITE_FAULT: u8 = sd_site::ExitCode::SITE as u8;
 
 #[derive(Parser)]
 #[command(
@@ -129,26 +130,6 @@ enum Command {
         #[command(subcommand)]
         action: Option<ImagesAction>,
     },
-    /// Serve the HTCondor hooks of this node (run as root, on the host).
-    ///
-    /// HTCondor runs its job hooks as the job's owner; they ask this service,
-    /// over a Unix socket, to deploy and tear down the job's domain. It knows
-    /// the caller from the kernel (SO_PEERCRED), serves only processes under a
-    /// condor_starter (unless --any-caller), deploys for the caller's uid and
-    /// tears down only the caller's deployments. Logs go to
-    /// LOG_DIR/sd-hooks.log and syslog. Stops on SIGTERM.
-    NodeService {
-        /// The socket the hooks connect to (bind-mount its directory into
-        /// HTCondor's root, if it has one).
-        #[arg(long, default_value = sd_batch::node_service::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Write our PID here.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Serve any local user, not only HTCondor job hooks.
-        #[arg(long)]
-        any_caller: bool,
-    },
 }
 
 #[derive(Subcommand)]
@@ -160,17 +141,6 @@ enum ImagesAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::NodeService {
-        socket,
-        pid_file,
-        any_caller,
-    } = &cli.command
-    {
-        // Logs like the hooks': the hook log, with the job on every line.
-        let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
-        let code = sd_batch::node_service::serve(&config, socket, pid_file.as_deref(), *any_caller);
-        return ExitCode::from(code as u8);
-    }
     let level = if cli.verbose { "info" } else { "warn" };
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -218,9 +188,7 @@ fn main() -> ExitCode {
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
                 } => remove_image(&site, &name),
-                Command::CheckConfig { .. }
-                | Command::Describe { .. }
-                | Command::NodeService { .. } => unreachable!(),
+                Command::CheckConfig { .. } | Command::Describe { .. } => unreachable!(),
             }
         }
     }
@@ -287,14 +255,11 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         Ok(j) => j,
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
     };
-    let request = jdl.virtual_environment.clone().unwrap_or_default();
-    let env = match policy::admit(
-        site,
-        &owner,
-        jdl.virtual_organisation.as_deref(),
-        &request,
-        &ImageStore::of_site(site),
-    ) {
+    let request = JobRequest {
+        vo: jdl.virtual_organisation.clone(),
+        environment: jdl.virtual_environment.clone().unwrap_or_default(),
+    };
+    let env = match batch::admit_parsed(site, &owner, &request) {
         Ok(env) => env,
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
     };
@@ -325,22 +290,11 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         );
     }
     let uid = files.uid;
-    let deployment = match Deployment::deploy(site, &id, &env, uid, Some(std::process::id())) {
+    let me = sd_host::peer::ProcessStamp::of(std::process::id() as i32);
+    let deployment = match batch::boot(site, &id, &env, uid, me) {
         Ok(d) => d,
-        Err(e) => {
-            let code = match e.fault(&env) {
-                Fault::User => EXIT_REFUSED,
-                Fault::Site => EXIT_SITE_FAULT,
-            };
-            return fail(code, &format!("cannot start the domain: {e}"));
-        }
+        Err(e) => return fail(sd_site::ExitCode::of(e.fault()) as u8, &e.to_string()),
     };
-    tracing::info!(
-        "domain {id} up in {:.1} s under {} (guest kernel {})",
-        deployment.boot_time.as_secs_f64(),
-        deployment.acceleration,
-        deployment.link.info.kernel_release
-    );
     if tty {
         eprintln!(
             "sd: {} ready in {:.1} s ({}), running {}",
@@ -443,7 +397,7 @@ fn guard_signals(site: SiteConfig, id: String) {
 fn cleanup(site: &SiteConfig, id: Option<String>, all: bool) -> ExitCode {
     let ids = match (id, all) {
         (Some(id), _) => vec![id],
-        (None, true) => Journal::list(&site.state_dir).unwrap_or_default(),
+        (None, true) => status::list(site).unwrap_or_default(),
         (None, false) => match deployment::orphaned(site) {
             Ok(ids) => ids,
             Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
@@ -733,7 +687,7 @@ fn monitor_line(record: &pool::PoolRecord, liveness: Option<&pool::LivenessRepor
 }
 
 fn status(site: &SiteConfig) -> ExitCode {
-    let ids = Journal::list(&site.state_dir).unwrap_or_default();
+    let ids = status::list(site).unwrap_or_default();
     if ids.is_empty() {
         println!(
             "no deployments on this host (state directory {})",
@@ -741,19 +695,14 @@ fn status(site: &SiteConfig) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     println!(
         "{:<32} {:<8} {:<6} {:<16} {:>8} {:>6} {:>8}",
         "ID", "BACKEND", "ACCEL", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
     );
     for id in ids {
-        let Ok(Some(j)) = Journal::open(&site.state_dir, &id) else {
+        let Ok(Some(f)) = status::of(site, &id) else {
             continue;
         };
-        let f = j.facts();
         let env = f.environment.as_ref();
         println!(
             "{:<32} {:<8} {:<6} {:<16} {:>7}M {:>6} {:>7}s",
@@ -763,7 +712,7 @@ fn status(site: &SiteConfig) -> ExitCode {
             env.map_or("-", |e| e.image.name.as_str()),
             env.map_or(0, |e| e.memory_mib),
             env.map_or(0, |e| e.vcpus),
-            now.saturating_sub(j.data().created_unix)
+            f.uptime_secs()
         );
     }
     for name in pool::list(site) {
