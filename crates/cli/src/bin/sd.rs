@@ -65,9 +65,17 @@ enum Command {
         id: Option<String>,
     },
     /// Check a site config: syntax, unknown keys, values, catalogue files.
+    ///
+    /// With --print KEY, prints one value of the loaded config instead, with
+    /// defaults filled in and paths absolute: for scripts (`sd check-config
+    /// --print state_dir`, `--print qemu.binary`, `--print vos.demo.max_memory_mib`).
     CheckConfig {
         /// Default: the --config / $SD_CONFIG / /etc/smartdomains/site.yaml file.
         file: Option<PathBuf>,
+        /// A dotted key of the resolved config; a value that is no single
+        /// string or number prints as JSON.
+        #[arg(long, value_name = "KEY")]
+        print: Option<String>,
     },
     /// Undo deployments from their journals (after a crash or a kill).
     ///
@@ -157,7 +165,10 @@ fn main() -> ExitCode {
     }
     let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
     match cli.command {
-        Command::CheckConfig { file } => check_config(&file.unwrap_or(config)),
+        Command::CheckConfig { file, print } => match print {
+            Some(key) => print_config_value(&file.unwrap_or(config), &key),
+            None => check_config(&file.unwrap_or(config)),
+        },
         Command::Describe { file, library } => describe(&file, &library),
         command => {
             let site = match SiteConfig::load(&config) {
@@ -213,6 +224,34 @@ fn describe(file: &Path, library: &[PathBuf]) -> ExitCode {
         },
         Err(e) => fail(EXIT_REFUSED, &e.to_string()),
     }
+}
+
+/// `sd check-config --print KEY`: the value at the dotted KEY of the
+/// resolved config (what SmartDomains itself uses, defaults included).
+fn print_config_value(path: &Path, key: &str) -> ExitCode {
+    let site = match SiteConfig::load(path) {
+        Ok(s) => s,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let mut value = match serde_json::to_value(&site) {
+        Ok(v) => v,
+        Err(e) => return fail(EXIT_SITE_FAULT, &e.to_string()),
+    };
+    for part in key.split('.') {
+        let Some(next) = value.get_mut(part).map(std::mem::take) else {
+            return fail(
+                EXIT_REFUSED,
+                &format!("{}: no key {key:?} in the resolved config", path.display()),
+            );
+        };
+        value = next;
+    }
+    match value {
+        serde_json::Value::String(s) => println!("{s}"),
+        serde_json::Value::Null => println!(),
+        other => println!("{other}"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn check_config(path: &Path) -> ExitCode {
