@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = ad.bool("ExitBySignal");
     let _ = ad.job_id();
     let _ = condor::output_files(&ad);
-    if let Some(sd_batch::batch::RequestSpec::Jdl(path)) = ad.request() {
+    if let Some(sd_batch::frontend::RequestSpec::Jdl(path)) = ad.request() {
         let _ = condor::jdl_candidates(&ad, &path, Path::new("/scratch"));
     }
 });

@@ -16,7 +16,7 @@
 //! hold reason. JOB_EXIT always asks for a teardown, whatever the job's end
 //! (exit, evict, remove, hold): the journal says what exists.
 
-use crate::batch::{self, RequestSpec, RunError};
+use crate::frontend::{self, RequestSpec, RunError};
 use crate::node_service::{self, ServiceReply, ServiceRequest};
 use sd_host::user_files::UserFiles;
 use sd_site::{ExitCode, SiteConfig};
@@ -249,9 +249,9 @@ pub fn jdl_candidates(ad: &JobAd, path: &std::path::Path, cwd: &std::path::Path)
     out
 }
 
-fn read_request(ad: &JobAd, spec: &RequestSpec) -> Result<batch::Request, String> {
+fn read_request(ad: &JobAd, spec: &RequestSpec) -> Result<frontend::Request, String> {
     let RequestSpec::Jdl(path) = spec else {
-        return batch::read_request(
+        return frontend::read_request(
             spec,
             std::path::Path::new("/"),
             UserFiles::caller(),
@@ -267,7 +267,7 @@ fn read_request(ad: &JobAd, spec: &RequestSpec) -> Result<batch::Request, String
     match found {
         // The hook runs as the job's owner; the node service applies the
         // site's own limit to what it is sent.
-        Some(p) => batch::read_request(
+        Some(p) => frontend::read_request(
             &RequestSpec::Jdl(p),
             &cwd,
             UserFiles::caller(),
@@ -422,14 +422,14 @@ pub fn run_wrapped(
         &ad.string("GlobalJobId").unwrap_or_default(),
     );
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let link = batch::attach(&site, &id).map_err(|e| run_error(job, &id, e))?;
+    let link = frontend::attach(&site, &id).map_err(|e| run_error(job, &id, e))?;
     let scratch = std::env::var_os("_CONDOR_SCRATCH_DIR").map(PathBuf::from);
     let in_scratch = scratch.as_deref() == Some(cwd.as_path());
     if in_scratch {
         copy_in(&link, &cwd, &cwd, 0)
             .map_err(|e| fault_message(&format!("input files into the guest: {e}")))?;
     }
-    let outcome = batch::run_command(&link, argv, cwd.display().to_string(), signals)
+    let outcome = frontend::run_command(&link, argv, cwd.display().to_string(), signals)
         .map_err(|e| run_error(job, &id, e))?;
     if in_scratch {
         for name in output_files(ad) {

@@ -30,8 +30,8 @@
 //! one uid; root has [`ROOT_RESERVE`] more. Connections over that are
 //! answered "busy" and closed at once.
 
-use crate::batch::{self, BootFailure, Request};
 use crate::condor;
+use crate::frontend::{self, BootFailure, Request};
 use sd_host::peer::{Peer, ProcessStamp};
 use sd_site::SiteConfig;
 use sd_vmm::deployment;
@@ -582,7 +582,7 @@ fn deploy(
         Ok(o) => o,
         Err(e) => return ServiceReply::Refused(e.to_string()),
     };
-    let env = match batch::admit(site, &owner, request, account) {
+    let env = match frontend::admit(site, &owner, request, account) {
         Ok(env) => env,
         Err(e) => {
             let reply = failure_reply(BootFailure::from(e));
@@ -623,7 +623,7 @@ fn deploy(
     }
     let started = Instant::now();
     // A hook's domain is its starter's: one per job, reaped when it ends.
-    match batch::boot(site, id, &env, caller.uid, caller.starter) {
+    match frontend::boot(site, id, &env, caller.uid, caller.starter) {
         Ok(d) => {
             let boot_secs = started.elapsed().as_secs_f64();
             // Dropping the deployment closes our link: the agent serves one
@@ -681,7 +681,7 @@ fn teardown(
         }
         Err(e) => return ServiceReply::Fault(e.to_string()),
     }
-    match crate::batch::finish_logged(site, id, succeeded) {
+    match crate::frontend::finish_logged(site, id, succeeded) {
         Ok(found) => ServiceReply::Finished { found },
         Err(e) => {
             tracing::error!("cleanup failed, the node keeps leftovers: {e}");

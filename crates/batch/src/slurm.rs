@@ -11,8 +11,8 @@
 //! faults (hypervisor, disk, config) fail the prolog, and Slurm drains the
 //! node for the admin to look at.
 
-pub use crate::batch::RequestSpec;
-use crate::batch::{self, BootFailure, RunError};
+pub use crate::frontend::RequestSpec;
+use crate::frontend::{self, BootFailure, RunError};
 use sd_host::owner::Owner;
 use sd_host::user_files::UserFiles;
 use sd_policy::ResolvedEnvironment;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 pub const COMMENT_PREFIX: &str = "sd-env:";
 
 /// Where the request came from in the hooks' environment, if anywhere.
-pub fn requested_environment(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+pub fn requested_sd_env(var: impl Fn(&str) -> Option<String>) -> Option<String> {
     if let Some(v) = var("SPANK_SD_ENV").filter(|v| !v.trim().is_empty()) {
         return Some(v.trim().to_string());
     }
@@ -95,9 +95,9 @@ pub fn resolve(
     // Who the job's owner is, and its groups, from the user database.
     let owner = Owner::of_uid(job.uid).map_err(|e| BootFailure::Refused(e.to_string()))?;
     let user = UserFiles::of(&owner, job.gid);
-    let request = batch::read_request(spec, &job.work_dir, user, site.max_request_bytes)
+    let request = frontend::read_request(spec, &job.work_dir, user, site.max_request_bytes)
         .map_err(BootFailure::Refused)?;
-    Ok(batch::admit(
+    Ok(frontend::admit(
         site,
         &owner,
         &request,
@@ -110,7 +110,7 @@ pub fn resolve(
 /// Slurm drains the node).
 pub fn prolog() -> i32 {
     // The fast path for every job that asks for nothing: no file is touched.
-    let Some(value) = requested_environment(env_var) else {
+    let Some(value) = requested_sd_env(env_var) else {
         return 0;
     };
     let site = match SiteConfig::load(&SiteConfig::default_path()) {
@@ -129,7 +129,7 @@ pub fn prolog() -> i32 {
         job.work_dir.display()
     );
     let booted = resolve(&site, &job, &RequestSpec::parse(&value))
-        .and_then(|env| batch::boot(&site, &id, &env, job.uid, None));
+        .and_then(|env| frontend::boot(&site, &id, &env, job.uid, None));
     match booted {
         Ok(_) => ExitCode::HOOK_OK,
         Err(e @ BootFailure::Site(_)) => {
@@ -172,7 +172,7 @@ fn site_fault_before_config(hook: &'static str, message: &str) -> i32 {
 /// `sd-epilog`. Exit status 0 unless something could not be cleaned up
 /// (then the node is drained: it holds leftovers an admin must see).
 pub fn epilog() -> i32 {
-    let Some(value) = requested_environment(env_var) else {
+    let Some(value) = requested_sd_env(env_var) else {
         return 0;
     };
     let site = match SiteConfig::load(&SiteConfig::default_path()) {
@@ -193,7 +193,7 @@ pub fn epilog() -> i32 {
     let succeeded = env_var("SLURM_JOB_EXIT_CODE2").as_deref() == Some("0:0")
         && !outcome.contains("CANCELLED")
         && !outcome.contains("TIMEOUT");
-    match crate::batch::finish_logged(&site, &id, succeeded) {
+    match crate::frontend::finish_logged(&site, &id, succeeded) {
         Ok(true) => ExitCode::HOOK_OK,
         Ok(false) => {
             tracing::info!("no domain to clean up (the prolog refused the request or never ran)");
@@ -255,7 +255,7 @@ pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
         return Err(ExecError::Usage);
     }
     // Blocked before any thread exists, so that every thread inherits it.
-    let signals = batch::block_forwarded_signals();
+    let signals = frontend::block_forwarded_signals();
     let job_id = env_var("SLURM_JOB_ID").ok_or(ExecError::NotInJob)?;
     let site = SiteConfig::load(&SiteConfig::default_path())
         .map_err(|e| ExecError::Site(e.to_string()))?;
@@ -264,11 +264,11 @@ pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
         return Err(ExecError::Refused(message.trim().to_string()));
     }
     // A batch script lives on the host (Slurm's spool): the guest gets a
-    // copy at the same path (batch::run_in_domain). Programs are the guest's own.
+    // copy at the same path (frontend::run_in_domain). Programs are the guest's own.
     let cwd = std::env::current_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_else(|_| "/".into());
-    batch::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
+    frontend::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
         RunError::NoDomain(_) => ExecError::NoDomain(job_id.clone()),
         RunError::Site(m) => ExecError::Site(m),
     })
@@ -313,21 +313,21 @@ mod tests {
 
     #[test]
     fn request_from_spank_or_comment() {
-        assert_eq!(requested_environment(vars(&[])), None);
+        assert_eq!(requested_sd_env(vars(&[])), None);
         assert_eq!(
-            requested_environment(vars(&[("SLURM_JOB_COMMENT", "just a note")])),
+            requested_sd_env(vars(&[("SLURM_JOB_COMMENT", "just a note")])),
             None
         );
         assert_eq!(
-            requested_environment(vars(&[("SLURM_JOB_COMMENT", "sd-env:")])),
+            requested_sd_env(vars(&[("SLURM_JOB_COMMENT", "sd-env:")])),
             None
         );
         assert_eq!(
-            requested_environment(vars(&[("SLURM_JOB_COMMENT", " sd-env: busybox ")])),
+            requested_sd_env(vars(&[("SLURM_JOB_COMMENT", " sd-env: busybox ")])),
             Some("busybox".into())
         );
         assert_eq!(
-            requested_environment(vars(&[
+            requested_sd_env(vars(&[
                 ("SPANK_SD_ENV", "jobs/hello.jdl"),
                 ("SLURM_JOB_COMMENT", "sd-env:x")
             ])),

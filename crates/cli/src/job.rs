@@ -100,7 +100,7 @@ pub fn plan(jdl: &JobDescription, jdl_dir: &Path, job_id: &str) -> Result<JobPla
         ("HOME".to_string(), "/root".to_string()),
         ("SD_JOB_ID".to_string(), job_id.to_string()),
     ];
-    env.extend(jdl.environment.iter().cloned());
+    env.extend(jdl.process_environment.iter().cloned());
     let stdin = match &jdl.std_input {
         Some(name) => StdinSource::File(plain_name("StdInput", name)?),
         None => StdinSource::Null,

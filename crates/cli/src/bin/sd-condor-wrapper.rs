@@ -36,11 +36,11 @@ fn main() -> ExitCode {
             fail(&format!("cannot execute {}: {e}", args[0]))
         }
         WrapperPlan::InDomain { job, ad } => {
-            let signals = sd_batch::batch::block_forwarded_signals();
+            let signals = sd_batch::frontend::block_forwarded_signals();
             match condor::run_wrapped(&job, &ad, args, signals) {
                 Ok(JobOutcome::Exited(code)) => ExitCode::from(code as u8),
                 Ok(JobOutcome::Killed(signal)) => {
-                    ExitCode::from(sd_batch::batch::die_by(signal) as u8)
+                    ExitCode::from(sd_batch::frontend::die_by(signal) as u8)
                 }
                 Err(message) => fail(&message),
             }

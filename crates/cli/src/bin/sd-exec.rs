@@ -38,5 +38,5 @@ fn main() -> ExitCode {
 
 /// Dies of the same signal as the command, so that Slurm records a signal.
 fn die_by(signal: i32) -> ExitCode {
-    ExitCode::from(sd_batch::batch::die_by(signal) as u8)
+    ExitCode::from(sd_batch::frontend::die_by(signal) as u8)
 }

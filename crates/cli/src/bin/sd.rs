@@ -1,7 +1,7 @@
 //! `sd`: SmartDomains for a person at a terminal.
 
 use clap::{Parser, Subcommand};
-use sd_batch::batch;
+use sd_batch::frontend;
 use sd_host::owner::Owner;
 use sd_host::user_files::UserFiles;
 use sd_languages::jdl::JobDescription;
@@ -298,7 +298,7 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
         vo: jdl.virtual_organisation.clone(),
         environment: jdl.virtual_environment.clone().unwrap_or_default(),
     };
-    let env = match batch::admit_parsed(site, &owner, &request) {
+    let env = match frontend::admit_parsed(site, &owner, &request) {
         Ok(env) => env,
         Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
     };
@@ -330,7 +330,7 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     }
     let uid = files.uid;
     let me = sd_host::peer::ProcessStamp::of(std::process::id() as i32);
-    let deployment = match batch::boot(site, &id, &env, uid, me) {
+    let deployment = match frontend::boot(site, &id, &env, uid, me) {
         Ok(d) => d,
         Err(e) => return fail(sd_site::ExitCode::of(e.fault()) as u8, &e.to_string()),
     };

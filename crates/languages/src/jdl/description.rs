@@ -20,7 +20,7 @@ pub struct JobDescription {
     /// of strings taken one argument each.
     pub arguments: Vec<String>,
     /// `Environment = {"NAME=value", ...}`, in order.
-    pub environment: Vec<(String, String)>,
+    pub process_environment: Vec<(String, String)>,
     pub std_input: Option<String>,
     pub std_output: Option<String>,
     pub std_error: Option<String>,
@@ -64,7 +64,7 @@ impl JobDescription {
             match attr.name.to_ascii_lowercase().as_str() {
                 "executable" => executable = Some(check.non_empty_string("Executable", value)?),
                 "arguments" => job.arguments = check.arguments(value)?,
-                "environment" => job.environment = check.environment(value)?,
+                "environment" => job.process_environment = check.environment(value)?,
                 "stdinput" => job.std_input = Some(check.non_empty_string("StdInput", value)?),
                 "stdoutput" => job.std_output = Some(check.non_empty_string("StdOutput", value)?),
                 "stderror" => job.std_error = Some(check.non_empty_string("StdError", value)?),
@@ -497,11 +497,11 @@ mod tests {
         let j = with(r#"Environment = {"A=1", "B_2=x y", "_C=a=b", "EMPTY="};"#);
         let expected = [("A", "1"), ("B_2", "x y"), ("_C", "a=b"), ("EMPTY", "")];
         assert_eq!(
-            j.environment,
+            j.process_environment,
             expected.map(|(n, v)| (n.to_string(), v.to_string()))
         );
         assert_eq!(
-            with(r#"Environment = "A=1";"#).environment,
+            with(r#"Environment = "A=1";"#).process_environment,
             [("A".to_string(), "1".to_string())]
         );
         for bad in ["NOEQUALS", "1A=x", "=x", "A-B=x", "A B=x"] {
