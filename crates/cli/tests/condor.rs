@@ -42,8 +42,7 @@ fn pool() {
 
 /// One test at a time: the node has two cores, and the two-job test needs both.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = common::serial();
     pool();
     guard
 }

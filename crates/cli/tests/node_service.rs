@@ -18,43 +18,30 @@ const USER: u32 = 4242;
 
 /// The ns_last_pid test and the 1100 connections must not overlap with
 /// each other's forks and fds.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::serial;
 
 /// A site of its own (the catalogue's files need not exist: nothing boots).
-struct Site {
-    dir: tempfile::TempDir,
-}
+struct Site(common::TestSite);
 
 impl Site {
     fn new() -> Site {
-        let dir = tempfile::Builder::new()
-            .prefix("sd-node-service-")
-            .tempdir()
-            .unwrap();
+        let site = common::TestSite::new(
+            "sd-node-service-",
+            "image_dir: {dir}\n\
+             images:\n  busybox: { disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }\n\
+             vos:\n  demo: { images: [busybox] }\ndefault_vo: demo\n",
+        );
         // The callers run as USER: they must reach the socket.
         std::fs::set_permissions(
-            dir.path(),
+            site.dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("site.yaml"),
-            format!(
-                "state_dir: {d}/state\nlog_dir: {d}/log\nimage_dir: {d}\n\
-                 images:\n  busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
-                 vos:\n  demo: {{ images: [busybox] }}\ndefault_vo: demo\n"
-            ),
-        )
-        .unwrap();
-        Site { dir }
+        Site(site)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.0.path(rel)
     }
 
     fn config(&self) -> sd_site::SiteConfig {
@@ -253,7 +240,7 @@ fn a_caller_whose_pid_a_starter_takes_after_connect_is_not_served() {
     let _serial = serial();
     let site = Site::new();
     let service = Service::start(&site, &[]);
-    let starter = fake_starter_binary(site.dir.path(), "/bin/sleep");
+    let starter = fake_starter_binary(site.0.dir.path(), "/bin/sleep");
     let addr = sockaddr(&service.socket);
     for attempt in 0..10 {
         // A process of USER under no starter connects and exits; its socket
@@ -311,7 +298,7 @@ fn under_fake_starter(site: &Site, job_ad: &str, command: &str) -> std::process:
     let execute = site.path("execute");
     std::fs::create_dir_all(&execute).unwrap();
     std::fs::write(site.path("job.ad"), job_ad).unwrap();
-    let sh = fake_starter_binary(site.dir.path(), "/bin/sh");
+    let sh = fake_starter_binary(site.0.dir.path(), "/bin/sh");
     // `; true`: the shell must not exec the command (it is the starter).
     let script = format!(
         "d={execute}/dir_$$; mkdir \"$d\" && cp {ad} \"$d/.job.ad\" && chown {USER}:{USER} \"$d\" && cd \"$d\" \

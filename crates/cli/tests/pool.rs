@@ -12,19 +12,12 @@ mod common;
 use common::{images, text};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// One test's VMs at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+// One test's VMs at a time.
+use common::serial;
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Site {
-    dir: tempfile::TempDir,
-}
+struct Site(common::TestSite);
 
 impl Site {
     fn new() -> Site {
@@ -33,30 +26,24 @@ impl Site {
 
     /// A site whose config has `extra` (acceleration, boot timeout).
     fn with(extra: &str) -> Site {
-        let dir = tempfile::Builder::new()
-            .prefix("sd-pool-")
-            .tempdir()
-            .unwrap();
         let config = format!(
-            "state_dir: {dir}/state\nlog_dir: {dir}/log\nimage_dir: {images}\n\
+            "image_dir: {images}\n\
              backend: qemu\n{extra}\
              qemu:\n  run_as: sd-qemu\n  sandbox: true\n\
              default_vo: demo\n\
              defaults: {{ image: busybox, memory_mib: 256, vcpus: 1, disk_mib: 1024, hostname: sd-guest }}\n\
              images:\n\
              \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
-             \x20 broken: {{ disk: {dir}/missing.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+             \x20 broken: {{ disk: {{dir}}/missing.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
              vos:\n\
              \x20 demo: {{ images: [busybox, broken], max_memory_mib: 512, max_vcpus: 2, max_disk_mib: 4096 }}\n",
-            dir = dir.path().display(),
             images = images().display(),
         );
-        std::fs::write(dir.path().join("site.yaml"), config).unwrap();
-        Site { dir }
+        Site(common::TestSite::new("sd-pool-", &config))
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.0.path(rel)
     }
 
     fn sd(&self, args: &[&str]) -> Output {
@@ -83,7 +70,7 @@ impl Site {
                 found.extend(entries.flatten().map(|e| e.path().display().to_string()));
             }
         }
-        let marker = self.dir.path().display().to_string();
+        let marker = self.0.dir.path().display().to_string();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
                 let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
@@ -99,7 +86,7 @@ impl Site {
     /// Pid of the QEMU process of deployment `id` of this site (found by its
     /// `-name guest=sd-ID-TAG,`).
     fn qemu_of(&self, id: &str) -> Option<i32> {
-        let marker = self.dir.path().display().to_string();
+        let marker = self.0.dir.path().display().to_string();
         let wanted = format!("guest=sd-{id}-");
         std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;

@@ -52,10 +52,7 @@ fn site() -> SiteConfig {
 
 /// One test at a time: a test drains and resumes the node, and the node
 /// has two CPUs for the two-job test.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::serial;
 
 fn slurm(cmd: &str) -> Command {
     let mut c = Command::new(cmd);

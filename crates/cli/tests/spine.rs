@@ -13,39 +13,32 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A site of its own for one test: config, state, logs, job files.
-struct Site {
-    dir: tempfile::TempDir,
-}
+struct Site(common::TestSite);
 
 impl Site {
     fn new() -> Site {
-        let dir = tempfile::Builder::new()
-            .prefix("sd-spine-")
-            .tempdir()
-            .unwrap();
         let config = format!(
-            "state_dir: {dir}/state\nlog_dir: {dir}/log\nimage_dir: {images}\n\
+            "image_dir: {images}\n\
              backend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
              qemu:\n  run_as: sd-qemu\n  sandbox: true\n\
              defaults: {{ image: debian-minimal, memory_mib: 256, vcpus: 1, disk_mib: 1024, hostname: sd-guest }}\n\
              images:\n\
              \x20 debian-minimal: {{ disk: debian-minimal.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
              \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
-             \x20 busybox-raw: {{ disk: {dir}/busybox.raw, format: raw, kernel: vmlinuz, initrd: initrd.img }}\n\
+             \x20 busybox-raw: {{ disk: {{dir}}/busybox.raw, format: raw, kernel: vmlinuz, initrd: initrd.img }}\n\
              vos:\n\
              \x20 demo: {{ images: [debian-minimal, busybox, busybox-raw], max_memory_mib: 1024, max_vcpus: 2, max_disk_mib: 4096 }}\n\
              \x20 atlas: {{ images: [busybox], max_memory_mib: 512, max_vcpus: 1, max_disk_mib: 2048 }}\n",
-            dir = dir.path().display(),
             images = images().display(),
         );
-        std::fs::write(dir.path().join("site.yaml"), config).unwrap();
-        std::fs::create_dir(dir.path().join("job")).unwrap();
-        std::fs::create_dir(dir.path().join("out")).unwrap();
-        Site { dir }
+        let site = common::TestSite::new("sd-spine-", &config);
+        std::fs::create_dir(site.path("job")).unwrap();
+        std::fs::create_dir(site.path("out")).unwrap();
+        Site(site)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.0.path(rel)
     }
 
     /// Writes a JDL (and returns its path) in the job directory.
@@ -81,7 +74,7 @@ impl Site {
                 found.extend(entries.flatten().map(|e| e.path().display().to_string()));
             }
         }
-        let marker = self.dir.path().display().to_string();
+        let marker = self.0.dir.path().display().to_string();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
                 let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");

@@ -58,3 +58,38 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// One test at a time in this test binary: the tests share the node's
+/// hypervisor, batch system or a socket, and must not see each other's
+/// forks and file descriptors. A failed test does not poison the next.
+#[allow(dead_code)]
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A site of its own for one test, in a fresh directory: its state and log
+/// directories are in there, and `site.yaml` is written from `yaml` with
+/// `{dir}` replaced by the directory (the rest: catalogue, VOs, backend).
+#[allow(dead_code)]
+pub struct TestSite {
+    pub dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl TestSite {
+    pub fn new(prefix: &str, yaml: &str) -> TestSite {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let config = format!(
+            "state_dir: {d}/state\nlog_dir: {d}/log\n{}",
+            yaml.replace("{dir}", &d)
+        );
+        std::fs::write(dir.path().join("site.yaml"), config).unwrap();
+        TestSite { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
