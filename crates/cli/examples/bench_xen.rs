@@ -6,7 +6,7 @@
 //! - create → agent up: ours (`Deployment::deploy`, through libxl, until the
 //!   agent answered its Hello) vs `xl create` until the agent's start-up
 //!   line ("serving on /dev/hvc1") is in the guest's console log;
-//! - destroy: ours (`Hypervisor::destroy`, libxl) vs `xl destroy`.
+//! - destroy: ours (`Domain::destroy`, libxl) vs `xl destroy`.
 //!
 //! Prints medians and ratios (ours / xl; < 1 means ours is faster).
 
@@ -97,7 +97,12 @@ fn main() {
         let up = t.elapsed().as_secs_f64();
         let name = deployment::domain_name(&site, &id);
         let t = Instant::now();
-        backend.destroy(&name).expect("destroy");
+        backend
+            .find(&name)
+            .expect("find")
+            .expect("the domain")
+            .destroy()
+            .expect("destroy");
         let down = t.elapsed().as_secs_f64();
         drop(dep);
         deployment::cleanup(&site, &id).expect("cleanup");

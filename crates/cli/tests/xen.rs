@@ -14,8 +14,9 @@
 mod common;
 use common::{repo, text};
 use sd_site::XenGuestType;
-use sd_vmm::hypervisor::xen::{sd_xen, Xen, XenOptions};
-use sd_vmm::hypervisor::Hypervisor;
+use sd_vmm::hypervisor::xen::{sd_xen, Xen, XenGuestKind, XenOptions};
+use sd_vmm::hypervisor::{Domain, Hypervisor};
+use std::sync::Arc;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -306,11 +307,18 @@ impl Site {
         }
     }
 
-    fn xen(&self) -> Xen {
-        Xen::new(XenOptions {
-            guest_type: self.guest_type,
+    /// The running domain of the test's deployment, through our backend.
+    fn domain(&self) -> Arc<dyn Domain> {
+        let xen = Xen::new(XenOptions {
+            guest_type: match self.guest_type {
+                XenGuestType::Pv => XenGuestKind::Pv,
+                XenGuestType::Pvh => XenGuestKind::Pvh,
+            },
             pvh_cpuid: "host,rdtscp=0".into(),
-        })
+        });
+        xen.find(&self.xen_domain_name())
+            .unwrap()
+            .expect("the domain")
     }
 
     /// Journals and run directories left in the state directory.
@@ -623,7 +631,7 @@ fn dom0_memory_target_change_is_seen_by_the_guest() {
             seen.extend_from_slice(&buf[..n]);
         }
         let name = site.xen_domain_name();
-        site.xen().set_memory_target(&name, 192).unwrap();
+        site.domain().set_memory_target(192).unwrap();
         let libxl = sd_xen::Libxl::open().unwrap();
         let domid = libxl.domid_of(&name).unwrap().expect("the domain");
         assert_eq!(
@@ -701,8 +709,8 @@ fn dom0_pause_stops_the_guest_until_unpaused() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let name = site.xen_domain_name();
-        let xen = site.xen();
-        xen.pause(&name, true).unwrap();
+        let domain = site.domain();
+        domain.pause(true).unwrap();
         let domid = sd_xen::Libxl::open()
             .unwrap()
             .domid_of(&name)
@@ -724,7 +732,7 @@ fn dom0_pause_stops_the_guest_until_unpaused() {
             at_pause,
             "the job ticked while its domain was paused"
         );
-        xen.pause(&name, false).unwrap();
+        domain.pause(false).unwrap();
         let status = child.wait().unwrap();
         reader.join().unwrap();
         println!("ticks before the pause: {at_pause}, in all: {}", ticks());

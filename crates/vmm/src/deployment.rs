@@ -7,16 +7,19 @@
 
 use crate::capacity;
 use crate::guest_link::{GuestLink, LinkError};
-use crate::hypervisor::qemu::{AccelChoice, Qemu, QemuOptions};
-use crate::hypervisor::{DomainSpec, Hypervisor, HypervisorError};
+use crate::hypervisor::qemu::{AccelChoice, QemuOptions};
+use crate::hypervisor::{
+    self, Domain, DomainSpec, Hypervisor, HypervisorConfig, HypervisorError, XenGuestKind,
+    XenOptions,
+};
 use crate::image_store::{self, DiskToSave, ImageStore, Manifest, SaveMeta};
 use crate::journal::{Journal, JournalError, Resource};
 use crate::storage::{self, JobDisk, StorageError};
 use sd_host::peer::ProcessStamp;
 use sd_policy::ResolvedEnvironment;
-use sd_site::{Acceleration, Backend, DiskFormat, SiteConfig};
+use sd_site::{Acceleration, Backend, DiskFormat, SiteConfig, XenGuestType};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +39,6 @@ pub enum DeployError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("backend {0} is not available on this host: {1}")]
-    BackendUnavailable(String, String),
     #[error("no deployment {0:?} on this host")]
     NoSuchDeployment(String),
     #[error(transparent)]
@@ -116,27 +117,18 @@ pub fn backend_for(
     site: &SiteConfig,
     name: Option<&str>,
 ) -> Result<Box<dyn Hypervisor>, DeployError> {
-    let wanted = match name {
-        Some("qemu") => Backend::Qemu,
-        Some("xen") => Backend::Xen,
-        Some(other) => {
-            return Err(DeployError::BackendUnavailable(
-                other.into(),
-                "unknown backend".into(),
-            ))
-        }
-        None => site.backend,
-    };
-    let wanted = match wanted {
-        // Auto: Xen where we are its dom0, QEMU everywhere else.
-        Backend::Auto if cfg!(feature = "xen") && xen_unavailable_because().is_none() => {
-            Backend::Xen
-        }
-        Backend::Auto => Backend::Qemu,
-        other => other,
-    };
-    match wanted {
-        Backend::Auto | Backend::Qemu => Ok(Box::new(Qemu::new(QemuOptions {
+    let name = name.or(match site.backend {
+        Backend::Auto => None,
+        Backend::Qemu => Some("qemu"),
+        Backend::Xen => Some("xen"),
+    });
+    Ok(hypervisor::open(name, &hypervisor_config(site))?)
+}
+
+/// What the backends need of the site's config, and nothing more.
+fn hypervisor_config(site: &SiteConfig) -> HypervisorConfig {
+    HypervisorConfig {
+        qemu: QemuOptions {
             binary: site.qemu.binary.clone(),
             accel: match site.acceleration {
                 Acceleration::Auto => AccelChoice::Auto,
@@ -146,39 +138,32 @@ pub fn backend_for(
             run_as: site.qemu.run_as.clone(),
             sandbox: site.qemu.sandbox,
             cache_dir: site.state_dir.clone(),
-        }))),
-        Backend::Xen => xen_backend(site),
+        },
+        xen: XenOptions {
+            guest_type: match site.xen.guest_type {
+                XenGuestType::Pv => XenGuestKind::Pv,
+                XenGuestType::Pvh => XenGuestKind::Pvh,
+            },
+            pvh_cpuid: site.xen.pvh_cpuid.clone(),
+        },
     }
 }
 
-#[cfg(feature = "xen")]
-fn xen_unavailable_because() -> Option<String> {
-    crate::hypervisor::xen::Xen::unavailable_because()
+/// The domain of deployment `id` under `backend` (the journal's), if the
+/// hypervisor has it.
+fn find_domain(
+    site: &SiteConfig,
+    backend: &dyn Hypervisor,
+    id: &str,
+) -> Result<Option<Arc<dyn Domain>>, DeployError> {
+    Ok(backend.find(&domain_name(site, id))?)
 }
 
-#[cfg(not(feature = "xen"))]
-fn xen_unavailable_because() -> Option<String> {
-    Some("this SmartDomains was built without the Xen backend (cargo feature `xen`)".into())
-}
-
-#[cfg(feature = "xen")]
-fn xen_backend(site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
-    use crate::hypervisor::xen::{Xen, XenOptions};
-    if let Some(why) = xen_unavailable_because() {
-        return Err(DeployError::BackendUnavailable("xen".into(), why));
-    }
-    Ok(Box::new(Xen::new(XenOptions {
-        guest_type: site.xen.guest_type,
-        pvh_cpuid: site.xen.pvh_cpuid.clone(),
-    })))
-}
-
-#[cfg(not(feature = "xen"))]
-fn xen_backend(_site: &SiteConfig) -> Result<Box<dyn Hypervisor>, DeployError> {
-    Err(DeployError::BackendUnavailable(
-        "xen".into(),
-        xen_unavailable_because().unwrap(),
-    ))
+/// Whether the domain of deployment `id` runs now.
+pub fn domain_running(site: &SiteConfig, backend: Option<&str>, id: &str) -> bool {
+    backend_for(site, backend)
+        .and_then(|b| find_domain(site, b.as_ref(), id))
+        .is_ok_and(|d| d.is_some_and(|d| d.is_running()))
 }
 
 /// Name of the hypervisor domain of deployment `id`.
@@ -203,6 +188,7 @@ pub struct Deployment {
     pub id: String,
     journal: Journal,
     backend: Box<dyn Hypervisor>,
+    domain: Arc<dyn Domain>,
     pub link: GuestLink,
     pub acceleration: String,
     pub boot_time: Duration,
@@ -272,15 +258,16 @@ impl Deployment {
             site,
             backend: Some(backend),
         };
-        let (link, acceleration, boot_time) = partial.boot(id, env)?;
+        let (link, booted, boot_time) = partial.boot(id, env)?;
         let (journal, backend) = partial.disarm();
-        watch_domain(site, &link, backend.name(), id)?;
+        watch_domain(&link, backend.as_ref(), &booted.domain);
         Ok(Deployment {
             id: id.to_string(),
             journal,
             backend,
+            domain: booted.domain,
             link,
-            acceleration,
+            acceleration: booted.acceleration,
             boot_time,
         })
     }
@@ -294,7 +281,7 @@ impl Deployment {
         site: &SiteConfig,
         job_succeeded: bool,
     ) -> Result<SaveOutcome, DeployError> {
-        let clean = power_off(site, self.backend.as_ref(), &self.id, self.link);
+        let clean = power_off(site, self.domain.as_ref(), self.link);
         let saved = save_if_wanted(site, &self.journal, clean, job_succeeded);
         let _step = step_lock();
         undo(site, self.journal)?;
@@ -308,17 +295,17 @@ pub type SaveOutcome = Option<Result<Manifest, String>>;
 /// Asks the agent to power the domain off and waits for it, up to the
 /// site's shutdown timeout; whatever is left is destroyed by `undo`. True
 /// if the guest stopped by itself (its file system was unmounted cleanly).
-fn power_off(site: &SiteConfig, backend: &dyn Hypervisor, id: &str, link: GuestLink) -> bool {
-    let name = domain_name(site, id);
+fn power_off(site: &SiteConfig, domain: &dyn Domain, link: GuestLink) -> bool {
+    let name = domain.name();
     let timeout = Duration::from_secs(site.shutdown_timeout_secs);
     if let Err(e) = link.power_off() {
         // The agent is gone: the hypervisor may still ask the guest kernel.
         tracing::warn!("agent of {name} did not power off ({e})");
-        if !matches!(backend.request_shutdown(&name), Ok(true)) {
+        if !matches!(domain.request_shutdown(), Ok(true)) {
             return false;
         }
     }
-    let stopped = backend.wait_stopped(&name, timeout);
+    let stopped = domain.wait_stopped(timeout);
     if !stopped {
         tracing::warn!(
             "domain {name} did not power off in {} s; destroying it",
@@ -434,40 +421,35 @@ pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLin
         .unwrap_or("sd-guest")
         .to_string();
     let backend = backend_for(site, facts.backend.as_deref())?;
-    let name = domain_name(site, id);
+    let domain = find_domain(site, backend.as_ref(), id)?;
     let console = facts
         .console_log
         .clone()
         .unwrap_or_default()
         .display()
         .to_string();
-    let link = GuestLink::connect(&socket, &hostname, timeout, &|| backend.is_running(&name))
-        .map_err(|error| DeployError::Link {
-            error,
-            console,
-            last_words: vec![],
+    let alive = || domain.as_ref().is_some_and(|d| d.is_running());
+    let link =
+        GuestLink::connect(&socket, &hostname, timeout, &alive).map_err(|error| {
+            DeployError::Link {
+                error,
+                console,
+                last_words: vec![],
+            }
         })?;
-    watch_domain(site, &link, backend.name(), id)?;
+    if let Some(domain) = &domain {
+        watch_domain(&link, backend.as_ref(), domain);
+    }
     Ok(link)
 }
 
 /// A link that ends when its domain does (see [`GuestLink::watch`]), for
 /// backends whose channel does not close by itself.
-fn watch_domain(
-    site: &SiteConfig,
-    link: &GuestLink,
-    backend: &str,
-    id: &str,
-) -> Result<(), DeployError> {
-    let watcher = backend_for(site, Some(backend))?;
-    if !watcher.link_outlives_domain() {
-        return Ok(());
+fn watch_domain(link: &GuestLink, backend: &dyn Hypervisor, domain: &Arc<dyn Domain>) {
+    if backend.link_outlives_domain() {
+        let domain = domain.clone();
+        link.watch(Duration::from_secs(1), move || domain.is_running());
     }
-    let name = domain_name(site, id);
-    // Once here, so that the backend knows the domain before its thread asks.
-    watcher.is_running(&name);
-    link.watch(Duration::from_secs(1), move || watcher.is_running(&name));
-    Ok(())
 }
 
 /// Graceful end of a deployment known only by its id (`sd-epilog`): power
@@ -483,9 +465,10 @@ pub fn finish(
     };
     let backend = backend_for(site, journal.facts().backend.as_deref())?;
     let mut clean = false;
-    if journal.facts().agent_socket.is_some() && backend.is_running(&domain_name(site, id)) {
+    let domain = find_domain(site, backend.as_ref(), id)?.filter(|d| d.is_running());
+    if let (Some(domain), Some(_)) = (domain, &journal.facts().agent_socket) {
         match attach(site, id, Duration::from_secs(5)) {
-            Ok(link) => clean = power_off(site, backend.as_ref(), id, link),
+            Ok(link) => clean = power_off(site, domain.as_ref(), link),
             Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
         }
     }
@@ -507,7 +490,7 @@ impl Partial<'_> {
         &mut self,
         id: &str,
         env: &ResolvedEnvironment,
-    ) -> Result<(GuestLink, String, Duration), DeployError> {
+    ) -> Result<(GuestLink, hypervisor::Booted, Duration), DeployError> {
         let started = Instant::now();
         let site = self.site;
         let backend = self.backend.as_ref().unwrap();
@@ -575,7 +558,12 @@ impl Partial<'_> {
         };
         let booted = {
             let _step = step_lock();
-            let booted = backend.boot(&spec, journal)?;
+            // Recorded first, by name: a crash during create leaves it to cleanup.
+            journal.record(Resource::Domain {
+                backend: backend.name().into(),
+                name: spec.name.clone(),
+            })?;
+            let booted = backend.create(&spec)?;
             journal.update_facts(|f| {
                 f.agent_socket = Some(booted.agent_socket.clone());
                 f.control_socket = booted.control_socket.clone();
@@ -585,7 +573,7 @@ impl Partial<'_> {
             booted
         };
         grant_agent_access(&spec.run_dir, &booted.agent_socket, env_uid(journal))?;
-        let alive = || backend.is_running(&spec.name);
+        let alive = || booted.domain.is_running();
         let timeout = Duration::from_secs(site.boot_timeout_secs);
         let connect = if backend.agent_device().is_some() {
             GuestLink::connect_when_ready
@@ -600,7 +588,7 @@ impl Partial<'_> {
                     last_words: last_words(&console_log),
                 }
             })?;
-        Ok((link, booted.acceleration, started.elapsed()))
+        Ok((link, booted, started.elapsed()))
     }
 
     fn disarm(&mut self) -> (Journal, Box<dyn Hypervisor>) {
@@ -647,7 +635,9 @@ fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
     for resource in journal.undo_order() {
         match resource {
             Resource::Domain { backend, name } => {
-                backend_for(site, Some(backend))?.destroy(name)?
+                if let Some(domain) = backend_for(site, Some(backend))?.find(name)? {
+                    domain.destroy()?
+                }
             }
             Resource::File { path } => remove(std::fs::remove_file(path))?,
             Resource::Directory { path } => remove(std::fs::remove_dir_all(path))?,

@@ -2,7 +2,7 @@
 //! node service: read from the journals, never changed here. Front ends see
 //! this, not the journal's own records.
 
-use crate::deployment::{backend_for, domain_name};
+use crate::deployment::domain_running;
 use crate::journal::{Journal, JournalError};
 use sd_policy::ResolvedEnvironment;
 use sd_site::SiteConfig;
@@ -27,9 +27,7 @@ pub struct DeploymentStatus {
 impl DeploymentStatus {
     /// Whether its domain runs now (asks the hypervisor).
     pub fn is_running(&self, site: &SiteConfig) -> bool {
-        backend_for(site, self.backend.as_deref())
-            .map(|b| b.is_running(&domain_name(site, &self.id)))
-            .unwrap_or(false)
+        domain_running(site, self.backend.as_deref(), &self.id)
     }
 
     pub fn uptime_secs(&self) -> u64 {

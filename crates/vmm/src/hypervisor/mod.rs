@@ -1,19 +1,21 @@
-//! Hypervisor backends behind one trait.
+//! Hypervisor backends behind two traits: a [`Hypervisor`] creates and
+//! finds domains, a [`Domain`] is one of them with its verbs.
 //!
-//! A backend gets a fully resolved [`DomainSpec`] (storage is already
-//! prepared above it, in `storage`) and turns it into a running domain whose
-//! guest agent is reachable on a Unix socket. Everything a backend creates on
-//! the host goes into the journal before it exists, so that
-//! [`Hypervisor::destroy`] can find it again after any crash.
+//! A backend gets a fully resolved [`DomainSpec`] (storage and journal are
+//! handled above it, in `deployment`) and turns it into a running domain
+//! whose guest agent is reachable on a Unix socket. It imports neither the
+//! site's config nor the journal: it gets a spec and its own options, and
+//! [`open`] is the one place that knows which backends were built in.
 
 pub mod kvm_probe;
+mod procs;
 pub mod qemu;
 #[cfg(feature = "xen")]
 pub mod xen;
 
-use crate::journal::{Journal, JournalError};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A domain, ready for any backend. Built by `deployment` from the admitted
 /// request; every string in it has been validated there.
@@ -36,9 +38,9 @@ pub struct DomainSpec {
     pub console_log: PathBuf,
 }
 
-/// What a booted domain offers to the layers above.
-#[derive(Debug, Clone)]
+/// What a created domain offers to the layers above.
 pub struct Booted {
+    pub domain: Arc<dyn Domain>,
     /// Unix socket on which the guest agent's channel is served.
     pub agent_socket: PathBuf,
     pub control_socket: Option<PathBuf>,
@@ -48,8 +50,6 @@ pub struct Booted {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
     #[error("cannot start {program}: {source} (is it installed? scripts/setup installs it)")]
     Spawn {
         program: String,
@@ -59,15 +59,90 @@ pub enum HypervisorError {
     StartFailed { detail: String },
     #[error("hypervisor control: {0}")]
     Control(String),
+    /// libxl or libxenctrl, with its own error code kept.
+    #[cfg(feature = "xen")]
+    #[error(transparent)]
+    Xen(#[from] sd_xen::XenError),
     #[error("the {backend} backend does not support {what}")]
     Unsupported {
         backend: &'static str,
         what: &'static str,
     },
+    #[error("backend {backend} is not available on this host: {why}")]
+    Unavailable { backend: String, why: String },
+    #[error("unknown backend {0:?} (a journal of another SmartDomains?): the backends are qemu and xen")]
+    UnknownBackend(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// The options of every backend, from the site's config.
+#[derive(Debug, Clone)]
+pub struct HypervisorConfig {
+    pub qemu: qemu::QemuOptions,
+    pub xen: XenOptions,
+}
+
+/// Xen's options (plain data, so that a build without Xen can carry them).
+#[derive(Debug, Clone)]
+pub struct XenOptions {
+    pub guest_type: XenGuestKind,
+    /// `cpuid =` policy of PVH guests (`host,rdtscp=0`).
+    pub pvh_cpuid: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XenGuestKind {
+    Pv,
+    Pvh,
+}
+
+/// The backend named `name` (`qemu`, `xen`), or for None the best this
+/// host has: Xen where we are its dom0, QEMU everywhere else. The one
+/// place that knows which backends this build has.
+pub fn open(
+    name: Option<&str>,
+    config: &HypervisorConfig,
+) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    let name = match name {
+        Some(n) => n,
+        None if xen_unavailable_because().is_none() => "xen",
+        None => "qemu",
+    };
+    match name {
+        "qemu" => Ok(Box::new(qemu::Qemu::new(config.qemu.clone()))),
+        "xen" => match xen_unavailable_because() {
+            Some(why) => Err(HypervisorError::Unavailable {
+                backend: "xen".into(),
+                why,
+            }),
+            None => open_xen(config),
+        },
+        other => Err(HypervisorError::UnknownBackend(other.into())),
+    }
+}
+
+#[cfg(feature = "xen")]
+fn xen_unavailable_because() -> Option<String> {
+    xen::Xen::unavailable_because()
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_unavailable_because() -> Option<String> {
+    Some("this SmartDomains was built without the Xen backend (cargo feature `xen`)".into())
+}
+
+#[cfg(feature = "xen")]
+fn open_xen(config: &HypervisorConfig) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    Ok(Box::new(xen::Xen::new(config.xen.clone())))
+}
+
+#[cfg(not(feature = "xen"))]
+fn open_xen(_config: &HypervisorConfig) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    unreachable!("xen_unavailable_because is always Some without the feature")
+}
+
+/// A backend: makes domains and finds them again.
 pub trait Hypervisor: Send + Sync {
     /// Short name recorded in journals (`qemu`, `xen`).
     fn name(&self) -> &'static str;
@@ -92,48 +167,87 @@ pub trait Hypervisor: Send + Sync {
     }
 
     /// Starts the domain. Returns once the hypervisor runs it; the guest
-    /// agent may still be booting.
-    fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError>;
+    /// agent may still be booting. The caller has journaled the domain
+    /// (by its name) before this is called.
+    fn create(&self, spec: &DomainSpec) -> Result<Booted, HypervisorError>;
 
-    /// Is the domain of this name still there?
-    fn is_running(&self, name: &str) -> bool;
+    /// The domain of this name, if the hypervisor has it (running, or
+    /// stopped but not yet destroyed).
+    fn find(&self, name: &str) -> Result<Option<Arc<dyn Domain>>, HypervisorError>;
+}
+
+/// One domain of a backend, and what can be done to it.
+pub trait Domain: Send + Sync {
+    fn name(&self) -> &str;
+
+    fn backend(&self) -> &'static str;
+
+    /// Does the domain still run?
+    fn is_running(&self) -> bool;
 
     /// Waits up to `timeout` for the domain to stop by itself (after the
     /// agent powered it off). True if it stopped.
-    fn wait_stopped(&self, name: &str, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.is_running(name) {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
+    fn wait_stopped(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || !self.is_running())
     }
 
     /// Asks the guest to shut down through the hypervisor (used when its
     /// agent does not answer). False if the backend has no such request.
-    fn request_shutdown(&self, _name: &str) -> Result<bool, HypervisorError> {
+    fn request_shutdown(&self) -> Result<bool, HypervisorError> {
         Ok(false)
-    }
-
-    /// Changes the memory the guest may use while it runs (balloon target).
-    fn set_memory_target(&self, _name: &str, _mib: u64) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported {
-            backend: self.name(),
-            what: "memory target changes",
-        })
-    }
-
-    /// Pauses or resumes every vCPU of the domain.
-    fn pause(&self, _name: &str, _paused: bool) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported {
-            backend: self.name(),
-            what: "pause",
-        })
     }
 
     /// Stops the domain at once, whatever state it is in. Idempotent: a
     /// domain that is already gone is not an error.
-    fn destroy(&self, name: &str) -> Result<(), HypervisorError>;
+    fn destroy(&self) -> Result<(), HypervisorError>;
+
+    /// Changes the memory the guest may use while it runs (balloon target).
+    fn set_memory_target(&self, _mib: u64) -> Result<(), HypervisorError> {
+        Err(self.unsupported("memory target changes"))
+    }
+
+    /// Pauses or resumes every vCPU of the domain.
+    fn pause(&self, _paused: bool) -> Result<(), HypervisorError> {
+        Err(self.unsupported("pause"))
+    }
+
+    /// Plugs a network interface into the running domain.
+    fn attach_nic(&self, _nic: &NicSpec) -> Result<(), HypervisorError> {
+        Err(self.unsupported("network interfaces added at run time"))
+    }
+
+    /// Writes the domain's memory and device state to `to` (the domain is
+    /// paused while it is written).
+    fn save_state(&self, _to: &std::path::Path) -> Result<(), HypervisorError> {
+        Err(self.unsupported("saving a domain's state"))
+    }
+
+    fn unsupported(&self, what: &'static str) -> HypervisorError {
+        HypervisorError::Unsupported {
+            backend: self.backend(),
+            what,
+        }
+    }
+}
+
+/// A network interface of a domain: the host's end (a tap, or a bridge a
+/// backend's own script attaches to) and the guest's MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub host_device: String,
+    pub mac: String,
+}
+
+/// Polls `done` every 20 ms until it holds or `timeout` passes. True if it held.
+pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -3,13 +3,14 @@
 //! QMP, found again by its `-name guest=NAME`.
 
 use super::kvm_probe::{kvm_usable, KvmVerdict};
-use super::{Booted, DomainSpec, Hypervisor, HypervisorError};
-use crate::journal::{Journal, Resource};
+use super::{procs, Booted, Domain, DomainSpec, Hypervisor, HypervisorError};
+use sd_host::peer::ProcessStamp;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How KVM is chosen.
@@ -200,7 +201,7 @@ impl Hypervisor for Qemu {
         "/dev/vda"
     }
 
-    fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError> {
+    fn create(&self, spec: &DomainSpec) -> Result<Booted, HypervisorError> {
         let (accel, why_not_kvm) = self.choose_accel(&spec.kernel);
         if let Some(why) = why_not_kvm {
             tracing::info!("KVM not usable ({why}); running under TCG emulation");
@@ -209,10 +210,6 @@ impl Hypervisor for Qemu {
         let agent = spec.run_dir.join("agent.sock");
         let pidfile = spec.run_dir.join("qemu.pid");
         let qemu_log = spec.run_dir.join("qemu.log");
-        journal.record(Resource::Domain {
-            backend: self.name().into(),
-            name: spec.name.clone(),
-        })?;
 
         let log = std::fs::File::options()
             .write(true)
@@ -240,6 +237,11 @@ impl Hypervisor for Qemu {
         let mut child = cmd
             .spawn()
             .map_err(|source| HypervisorError::Spawn { program, source })?;
+        let domain = Arc::new(QemuDomain {
+            name: spec.name.clone(),
+            uids: self.domain_uids(),
+            process: ProcessStamp::of(child.id() as i32),
+        });
 
         // Wait for QMP; QEMU opens its sockets before the guest starts.
         let deadline = Instant::now() + START_TIMEOUT;
@@ -274,28 +276,72 @@ impl Hypervisor for Qemu {
         })?;
         let acceleration = if kvm { "kvm" } else { "tcg" }.to_string();
         Ok(Booted {
+            domain,
             agent_socket: agent,
             control_socket: Some(qmp),
             acceleration,
         })
     }
 
-    fn is_running(&self, name: &str) -> bool {
-        !find_processes(name, &self.domain_uids()).is_empty()
+    fn find(&self, name: &str) -> Result<Option<Arc<dyn Domain>>, HypervisorError> {
+        let uids = self.domain_uids();
+        let Some(&pid) = find_processes(name, &uids).first() else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(QemuDomain {
+            name: name.to_string(),
+            uids,
+            process: ProcessStamp::of(pid as i32),
+        })))
+    }
+}
+
+/// One QEMU process. Known by its pid and start time once seen, so that
+/// asking whether it runs needs no scan of /proc, and a later process that
+/// got its pid is never taken for it.
+struct QemuDomain {
+    name: String,
+    uids: Vec<u32>,
+    process: Option<ProcessStamp>,
+}
+
+impl QemuDomain {
+    /// Its processes now: the one seen, or (never seen, or gone and
+    /// restarted under that name?) whatever runs under its name as ours.
+    fn processes(&self) -> Vec<u32> {
+        match self.process {
+            Some(p) if p.alive() => vec![p.pid as u32],
+            Some(_) => vec![],
+            None => find_processes(&self.name, &self.uids),
+        }
+    }
+}
+
+impl Domain for QemuDomain {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+    fn backend(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn is_running(&self) -> bool {
+        !self.processes().is_empty()
+    }
+
+    fn destroy(&self) -> Result<(), HypervisorError> {
         use nix::sys::signal::{kill, Signal};
-        let pids = find_processes(name, &self.domain_uids());
-        // SIGTERM is QEMU's clean quit; SIGKILL if it does not come.
-        for pid in &pids {
-            let _ = kill(*pid, Signal::SIGTERM);
-        }
-        if !self.wait_stopped(name, Duration::from_secs(3)) {
-            for pid in find_processes(name, &self.domain_uids()) {
-                let _ = kill(pid, Signal::SIGKILL);
+        let signal_all = |signal| {
+            for pid in self.processes() {
+                let _ = kill(nix::unistd::Pid::from_raw(pid as i32), signal);
             }
-            self.wait_stopped(name, Duration::from_secs(3));
+        };
+        // SIGTERM is QEMU's clean quit; SIGKILL if it does not come.
+        signal_all(Signal::SIGTERM);
+        if !self.wait_stopped(Duration::from_secs(3)) {
+            signal_all(Signal::SIGKILL);
+            self.wait_stopped(Duration::from_secs(3));
         }
         Ok(())
     }
@@ -324,41 +370,15 @@ impl Qemu {
     }
 }
 
-/// The real uid of process `pid` (from `status`: `/proc/PID`'s owner is
-/// root for a process that made itself non-dumpable).
-fn real_uid(pid: i32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// PIDs of QEMU processes started for the domain `name` (by their `-name`)
 /// that run as one of `uids`: any local user can start a process with that
 /// name, which must not pass for the domain (its save would be dropped, or
 /// we would kill it).
-fn find_processes(name: &str, uids: &[u32]) -> Vec<nix::unistd::Pid> {
+fn find_processes(name: &str, uids: &[u32]) -> Vec<u32> {
     let wanted = format!("guest={name},debug-threads=off");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let mut args = cmdline.split(|b| *b == 0);
-            let mut prev_was_name = false;
-            args.any(|a| {
-                let hit = prev_was_name && a == wanted.as_bytes();
-                prev_was_name = a == b"-name";
-                hit
-            })
-        })
-        .filter(|pid| real_uid(*pid).is_some_and(|u| uids.contains(&u)))
-        .map(nix::unistd::Pid::from_raw)
-        .collect()
+    procs::matching(Some(uids), |args| {
+        procs::has_option(args, b"-name", wanted.as_bytes())
+    })
 }
 
 #[cfg(test)]

@@ -15,24 +15,15 @@
 /// directly.
 pub use sd_xen;
 
-use super::{Booted, DomainSpec, Hypervisor, HypervisorError};
-use crate::journal::{Journal, Resource};
-use sd_site::XenGuestType;
+use super::{procs, Booted, Domain, DomainSpec, Hypervisor, HypervisorError};
+pub use super::{XenGuestKind, XenOptions};
 use sd_xen::{ChannelSpec, DiskSpec, DomainConfig, GuestType, Libxl, XenCtrl};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone)]
-pub struct XenOptions {
-    pub guest_type: XenGuestType,
-    /// `cpuid =` policy of PVH guests (`host,rdtscp=0`).
-    pub pvh_cpuid: String,
-}
 
 pub struct Xen {
     options: XenOptions,
-    /// Domain ids found by name: see `is_running`.
-    domids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// Where xenconsoled (`--log=guest`) writes each guest's console.
@@ -41,18 +32,9 @@ const XEN_CONSOLE_LOG_DIR: &str = "/var/log/xen/console";
 /// The guest's end of the agent channel: the first PV console after hvc0.
 pub const GUEST_AGENT_DEVICE: &str = "/dev/hvc1";
 
-impl From<sd_xen::XenError> for HypervisorError {
-    fn from(e: sd_xen::XenError) -> Self {
-        HypervisorError::Control(e.to_string())
-    }
-}
-
 impl Xen {
     pub fn new(options: XenOptions) -> Self {
-        Xen {
-            options,
-            domids: Default::default(),
-        }
+        Xen { options }
     }
 
     /// Why this host cannot run Xen domains, if it cannot: we must be dom0
@@ -71,8 +53,8 @@ impl Xen {
 
     fn config(&self, spec: &DomainSpec, agent: &Path) -> Result<DomainConfig, HypervisorError> {
         let guest = match self.options.guest_type {
-            XenGuestType::Pv => GuestType::Pv,
-            XenGuestType::Pvh => GuestType::Pvh,
+            XenGuestKind::Pv => GuestType::Pv,
+            XenGuestKind::Pvh => GuestType::Pvh,
         };
         let mut config = DomainConfig::new(&spec.name, guest)?;
         config
@@ -92,14 +74,6 @@ impl Xen {
             config.cpuid(&self.options.pvh_cpuid)?;
         }
         Ok(config)
-    }
-
-    fn domid(&self, name: &str) -> Result<(Libxl, u32), HypervisorError> {
-        let libxl = Libxl::open()?;
-        let domid = libxl
-            .domid_of(name)?
-            .ok_or_else(|| HypervisorError::Control(format!("no Xen domain named {name}")))?;
-        Ok((libxl, domid))
     }
 }
 
@@ -124,14 +98,10 @@ impl Hypervisor for Xen {
         true
     }
 
-    fn boot(&self, spec: &DomainSpec, journal: &mut Journal) -> Result<Booted, HypervisorError> {
+    fn create(&self, spec: &DomainSpec) -> Result<Booted, HypervisorError> {
         let agent = spec.run_dir.join("agent.sock");
         let mut config = self.config(spec, &agent)?;
         let libxl = Libxl::open()?;
-        journal.record(Resource::Domain {
-            backend: self.name().into(),
-            name: spec.name.clone(),
-        })?;
         link_console_log(&spec.name, &spec.console_log);
         let started = Instant::now();
         let domid = libxl.create(&mut config)?;
@@ -143,62 +113,68 @@ impl Hypervisor for Xen {
         );
         // The device model opens the channel's socket as it starts; libxl
         // returns once it runs, but give the socket a moment to appear.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !agent.exists() {
-            if Instant::now() > deadline {
-                return Err(HypervisorError::StartFailed {
-                    detail: format!(
-                        "domain {domid} runs but the device model made no agent socket {}",
-                        agent.display()
-                    ),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !super::wait_until(Duration::from_secs(10), || agent.exists()) {
+            return Err(HypervisorError::StartFailed {
+                detail: format!(
+                    "domain {domid} runs but the device model made no agent socket {}",
+                    agent.display()
+                ),
+            });
         }
         let kind = match self.options.guest_type {
-            XenGuestType::Pv => "xen-pv",
-            XenGuestType::Pvh => "xen-pvh",
+            XenGuestKind::Pv => "xen-pv",
+            XenGuestKind::Pvh => "xen-pvh",
         };
         Ok(Booted {
+            domain: Arc::new(XenDomain {
+                name: spec.name.clone(),
+                domid,
+            }),
             agent_socket: agent,
             control_socket: None,
             acceleration: kind.into(),
         })
     }
 
-    /// The first check of a name goes through libxl; later ones (a link's
-    /// watcher asks every second) ask the hypervisor about the remembered
-    /// domid only, without building a libxl context each time.
-    fn is_running(&self, name: &str) -> bool {
-        let known = self
-            .domids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied();
-        let domid = match known {
-            Some(d) => d,
-            None => match Libxl::open().and_then(|l| l.domid_of(name)) {
-                Ok(Some(d)) => {
-                    self.domids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.to_string(), d);
-                    d
-                }
-                _ => return false,
-            },
-        };
-        matches!(XenCtrl::open().and_then(|c| c.domain(domid)), Ok(Some(d)) if d.state.is_live())
+    fn find(&self, name: &str) -> Result<Option<Arc<dyn Domain>>, HypervisorError> {
+        // A shut-down or crashed domain still has a name until destroyed.
+        Ok(Libxl::open()?.domid_of(name)?.map(|domid| {
+            Arc::new(XenDomain {
+                name: name.to_string(),
+                domid,
+            }) as Arc<dyn Domain>
+        }))
+    }
+}
+
+/// One Xen domain, by its domid: Xen does not reuse one while it runs, so
+/// asking about it needs neither a name lookup nor a libxl context.
+struct XenDomain {
+    name: String,
+    domid: u32,
+}
+
+impl Domain for XenDomain {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn request_shutdown(&self, name: &str) -> Result<bool, HypervisorError> {
+    fn backend(&self) -> &'static str {
+        "xen"
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(XenCtrl::open().and_then(|c| c.domain(self.domid)), Ok(Some(d)) if d.state.is_live())
+    }
+
+    fn request_shutdown(&self) -> Result<bool, HypervisorError> {
         // Only a live guest can act on it: libxl waits for the guest to
         // acknowledge, and a crashed one never does.
-        if !self.is_running(name) {
+        if !self.is_running() {
             return Ok(false);
         }
-        let (libxl, domid) = self.domid(name)?;
+        let libxl = Libxl::open()?;
+        let domid = self.domid;
         // Bounded: a hung guest must not hang the epilog; the caller's
         // shutdown timeout and destroy follow anyway.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -208,40 +184,39 @@ impl Hypervisor for Xen {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(result) => result.map(|()| true).map_err(Into::into),
             Err(_) => {
-                tracing::warn!("xen: {name} did not acknowledge the shutdown request within 5 s");
+                tracing::warn!(
+                    "xen: {} did not acknowledge the shutdown request within 5 s",
+                    self.name
+                );
                 Ok(false)
             }
         }
     }
 
-    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+    fn destroy(&self) -> Result<(), HypervisorError> {
         let libxl = Libxl::open()?;
-        // A shut-down or crashed domain still has a name until destroyed.
-        if let Some(domid) = libxl.domid_of(name)? {
+        // Only while the name still is this domain's: once destroyed, the
+        // domid is nobody's (and, much later, may be another's).
+        if libxl.domid_of(&self.name)? == Some(self.domid) {
             // Found before destroy: libxl forgets them with the domain.
-            let device_models = device_models_of(domid);
-            libxl.destroy(domid)?;
-            wait_released(name, domid, &device_models);
+            let device_models = device_models_of(self.domid);
+            libxl.destroy(self.domid)?;
+            wait_released(&self.name, self.domid, &device_models);
         }
-        self.domids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
         Ok(())
     }
 
-    fn set_memory_target(&self, name: &str, mib: u64) -> Result<(), HypervisorError> {
-        let (libxl, domid) = self.domid(name)?;
-        libxl.set_memory_target(domid, mib * 1024)?;
+    fn set_memory_target(&self, mib: u64) -> Result<(), HypervisorError> {
+        Libxl::open()?.set_memory_target(self.domid, mib * 1024)?;
         Ok(())
     }
 
-    fn pause(&self, name: &str, paused: bool) -> Result<(), HypervisorError> {
-        let (libxl, domid) = self.domid(name)?;
+    fn pause(&self, paused: bool) -> Result<(), HypervisorError> {
+        let libxl = Libxl::open()?;
         if paused {
-            libxl.pause(domid)?
+            libxl.pause(self.domid)?
         } else {
-            libxl.unpause(domid)?
+            libxl.unpause(self.domid)?
         }
         Ok(())
     }
@@ -315,22 +290,10 @@ fn wait_released(name: &str, domid: u32, device_models: &[u32]) {
 /// record of the pid is gone once the domain is destroyed).
 fn device_models_of(domid: u32) -> Vec<u32> {
     let wanted = domid.to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.first()
-                .is_some_and(|a| a.ends_with(b"qemu-system-i386"))
-                && args
-                    .windows(2)
-                    .any(|w| w[0] == b"-xen-domid" && w[1] == wanted.as_bytes())
-        })
-        .collect()
+    procs::matching(None, |args| {
+        args.first().is_some_and(|a| a.ends_with(b"qemu-system-i386"))
+            && procs::has_option(args, b"-xen-domid", wanted.as_bytes())
+    })
 }
 
 /// How long the device model gets to exit on libxl's request.
