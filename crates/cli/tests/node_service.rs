@@ -370,7 +370,7 @@ fn journal_owned_by(site: &Site, id: &str, owner: Option<(u32, u64)>) -> PathBuf
     std::fs::create_dir_all(&dir).unwrap();
     let mut j = Journal::create(&state, id).unwrap();
     j.record(Resource::Directory { path: dir.clone() }).unwrap();
-    j.update_facts(|f| {
+    j.update_details(|f| {
         f.uid = Some(USER);
         f.owner_pid = owner.map(|o| o.0);
         f.owner_start_time = owner.map(|o| o.1);

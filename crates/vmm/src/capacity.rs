@@ -109,7 +109,7 @@ pub fn running(state_dir: &Path) -> Result<Vec<Running>, JournalError> {
         let Some(j) = Journal::open(state_dir, &id)? else {
             continue;
         };
-        let f = j.facts();
+        let f = j.details();
         out.push(Running {
             id,
             uid: f.uid,
@@ -261,7 +261,7 @@ mod tests {
     fn journals_are_what_runs() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::create(dir.path(), "x").unwrap();
-        j.update_facts(|f| {
+        j.update_details(|f| {
             f.uid = Some(7);
             f.owner_pid = Some(4000);
             f.owner_start_time = Some(77);

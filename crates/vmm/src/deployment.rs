@@ -244,7 +244,7 @@ impl Deployment {
             )?;
             let _step = step_lock();
             let mut j = Journal::create(&site.state_dir, id)?;
-            j.update_facts(|f| {
+            j.update_details(|f| {
                 f.backend = Some(backend.name().to_string());
                 f.uid = Some(uid);
                 f.owner_pid = owner.map(|o| o.pid as u32);
@@ -253,13 +253,13 @@ impl Deployment {
             })?;
             j
         };
-        let mut partial = Partial {
+        let mut rollback = Rollback {
             journal: Some(journal),
             site,
             backend: Some(backend),
         };
-        let (link, booted, boot_time) = partial.boot(id, env)?;
-        let (journal, backend) = partial.disarm();
+        let (link, booted, boot_time) = rollback.boot(id, env)?;
+        let (journal, backend) = rollback.disarm();
         watch_domain(&link, backend.as_ref(), &booted.domain);
         Ok(Deployment {
             id: id.to_string(),
@@ -281,8 +281,8 @@ impl Deployment {
         site: &SiteConfig,
         job_succeeded: bool,
     ) -> Result<SaveOutcome, DeployError> {
-        let clean = power_off(site, self.domain.as_ref(), self.link);
-        let saved = save_if_wanted(site, &self.journal, clean, job_succeeded);
+        let end = power_off(site, self.domain.as_ref(), self.link);
+        let saved = save_if_wanted(site, &self.journal, end, job_succeeded);
         let _step = step_lock();
         undo(site, self.journal)?;
         Ok(saved)
@@ -290,29 +290,60 @@ impl Deployment {
 }
 
 /// What became of a save: None when none was wanted.
-pub type SaveOutcome = Option<Result<Manifest, String>>;
+pub type SaveOutcome = Option<Result<Manifest, SaveError>>;
+
+/// Why a wanted save did not happen. The job has ended either way; the
+/// reason goes to its log and the user.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("the domain did not shut down cleanly; its disk is not saved")]
+    NotShutDownCleanly,
+    #[error(
+        "the disk could not be saved as {name}: its base was not recorded \
+         (a deployment of an older version), and its own header is not trusted"
+    )]
+    BaseNotRecorded { name: String },
+    #[error("the disk could not be saved as {name}: {source}")]
+    Disk { name: String, source: StorageError },
+    #[error("the disk could not be saved as {name}: {source}")]
+    Store {
+        name: String,
+        source: crate::image_store::StoreError,
+    },
+}
+
+/// How the domain ended before its teardown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestEnd {
+    /// It powered off by itself: its file system was unmounted cleanly, so
+    /// its disk may be saved.
+    PoweredOff,
+    /// It did not (no agent, a hung guest): it is destroyed, its disk is
+    /// not consistent.
+    Destroyed,
+}
 
 /// Asks the agent to power the domain off and waits for it, up to the
-/// site's shutdown timeout; whatever is left is destroyed by `undo`. True
-/// if the guest stopped by itself (its file system was unmounted cleanly).
-fn power_off(site: &SiteConfig, domain: &dyn Domain, link: GuestLink) -> bool {
+/// site's shutdown timeout; whatever is left is destroyed by `undo`.
+fn power_off(site: &SiteConfig, domain: &dyn Domain, link: GuestLink) -> GuestEnd {
     let name = domain.name();
     let timeout = Duration::from_secs(site.shutdown_timeout_secs);
     if let Err(e) = link.power_off() {
         // The agent is gone: the hypervisor may still ask the guest kernel.
         tracing::warn!("agent of {name} did not power off ({e})");
         if !matches!(domain.request_shutdown(), Ok(true)) {
-            return false;
+            return GuestEnd::Destroyed;
         }
     }
-    let stopped = domain.wait_stopped(timeout);
-    if !stopped {
+    if domain.wait_stopped(timeout) {
+        GuestEnd::PoweredOff
+    } else {
         tracing::warn!(
             "domain {name} did not power off in {} s; destroying it",
             timeout.as_secs()
         );
+        GuestEnd::Destroyed
     }
-    stopped
 }
 
 /// Keeps the job's disk as a new image in the store, if its resolved
@@ -320,10 +351,10 @@ fn power_off(site: &SiteConfig, domain: &dyn Domain, link: GuestLink) -> bool {
 fn save_if_wanted(
     site: &SiteConfig,
     journal: &Journal,
-    clean: bool,
+    end: GuestEnd,
     job_succeeded: bool,
 ) -> SaveOutcome {
-    let env = journal.facts().environment.as_ref()?;
+    let env = journal.details().environment.as_ref()?;
     if !env.save_image {
         return None;
     }
@@ -331,10 +362,21 @@ fn save_if_wanted(
         tracing::info!("the job failed: its disk is not saved (save_images: on_success)");
         return None;
     }
-    if !clean {
-        let e = "the domain did not shut down cleanly; its disk is not saved";
+    let result = save(site, journal, env, end);
+    if let Err(e) = &result {
         tracing::error!("{e}");
-        return Some(Err(e.into()));
+    }
+    Some(result)
+}
+
+fn save(
+    site: &SiteConfig,
+    journal: &Journal,
+    env: &ResolvedEnvironment,
+    end: GuestEnd,
+) -> Result<Manifest, SaveError> {
+    if end != GuestEnd::PoweredOff {
+        return Err(SaveError::NotShutDownCleanly);
     }
     let id = journal.id();
     let name = match &env.save_as {
@@ -345,24 +387,23 @@ fn save_if_wanted(
         source_job: id.to_string(),
         vo: env.vo.clone(),
         base_image: env.catalogue_image.clone(),
-        saved_by_uid: journal.facts().uid.unwrap_or(0),
+        saved_by_uid: journal.details().uid.unwrap_or(0),
         vo_quota_bytes: env.store_quota_bytes,
     };
     let disk = match journal.undo_order().find_map(JobDisk::from_resource) {
         // A thin snapshot: read as raw; its data is what the pool gave it.
         Some(JobDisk::Lvm { vg, thin_pool, lv }) => {
-            match storage::lvm_volume_allocated(&vg, &thin_pool, &lv) {
-                Ok(allocated) => DiskToSave {
-                    path: crate::storage_lvm::device_path(&vg, &lv),
-                    format: DiskFormat::Raw,
-                    allocated: Some(allocated),
-                    backing: None,
+            let allocated = storage::lvm_volume_allocated(&vg, &thin_pool, &lv).map_err(
+                |source| SaveError::Disk {
+                    name: name.clone(),
+                    source,
                 },
-                Err(e) => {
-                    let e = format!("the disk could not be saved as {name}: {e}");
-                    tracing::error!("{e}");
-                    return Some(Err(e));
-                }
+            )?;
+            DiskToSave {
+                path: crate::storage_lvm::device_path(&vg, &lv),
+                format: DiskFormat::Raw,
+                allocated: Some(allocated),
+                backing: None,
             }
         }
         _ => {
@@ -372,14 +413,9 @@ fn save_if_wanted(
                 DiskFormat::Qcow2
             };
             let (path, format) = storage::job_disk(&run_dir(site, id), format);
-            let backing = journal.facts().disk_backing.clone();
+            let backing = journal.details().disk_backing.clone();
             if format == DiskFormat::Qcow2 && backing.is_none() {
-                let e = format!(
-                    "the disk could not be saved as {name}: its base was not recorded \
-                     (a deployment of an older version), and its own header is not trusted"
-                );
-                tracing::error!("{e}");
-                return Some(Err(e));
+                return Err(SaveError::BaseNotRecorded { name });
             }
             DiskToSave {
                 path,
@@ -391,17 +427,19 @@ fn save_if_wanted(
     };
     let started = Instant::now();
     let progress = image_store::progress(&format!("saving {name}"));
-    let result = ImageStore::of_site(site).save_disk(&disk, &name, meta, &*progress);
-    match &result {
-        Ok(m) => tracing::info!(
-            "saved the disk as image {name} ({} MiB, {} MiB compressed) in {:.1} s",
-            m.size >> 20,
-            m.compressed_size >> 20,
-            started.elapsed().as_secs_f64()
-        ),
-        Err(e) => tracing::error!("the disk could not be saved as {name}: {e}"),
-    }
-    Some(result.map_err(|e| e.to_string()))
+    let manifest = ImageStore::of_site(site)
+        .save_disk(&disk, &name, meta, &*progress)
+        .map_err(|source| SaveError::Store {
+            name: name.clone(),
+            source,
+        })?;
+    tracing::info!(
+        "saved the disk as image {name} ({} MiB, {} MiB compressed) in {:.1} s",
+        manifest.size >> 20,
+        manifest.compressed_size >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
 }
 
 /// Reaches the agent of a running deployment again (`sd-exec`). Waits up to
@@ -409,20 +447,20 @@ fn save_if_wanted(
 pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLink, DeployError> {
     let journal = Journal::open(&site.state_dir, id)?
         .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
-    let facts = journal.facts();
-    let socket = facts
+    let details = journal.details();
+    let socket = details
         .agent_socket
         .clone()
         .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
-    let hostname = facts
+    let hostname = details
         .environment
         .as_ref()
         .map(|e| e.hostname.as_str())
         .unwrap_or("sd-guest")
         .to_string();
-    let backend = backend_for(site, facts.backend.as_deref())?;
+    let backend = backend_for(site, details.backend.as_deref())?;
     let domain = find_domain(site, backend.as_ref(), id)?;
-    let console = facts
+    let console = details
         .console_log
         .clone()
         .unwrap_or_default()
@@ -463,29 +501,30 @@ pub fn finish(
     let Some(journal) = Journal::open(&site.state_dir, id)? else {
         return Ok(None);
     };
-    let backend = backend_for(site, journal.facts().backend.as_deref())?;
-    let mut clean = false;
+    let backend = backend_for(site, journal.details().backend.as_deref())?;
+    let mut end = GuestEnd::Destroyed;
     let domain = find_domain(site, backend.as_ref(), id)?.filter(|d| d.is_running());
-    if let (Some(domain), Some(_)) = (domain, &journal.facts().agent_socket) {
+    if let (Some(domain), Some(_)) = (domain, &journal.details().agent_socket) {
         match attach(site, id, Duration::from_secs(5)) {
-            Ok(link) => clean = power_off(site, domain.as_ref(), link),
+            Ok(link) => end = power_off(site, domain.as_ref(), link),
             Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
         }
     }
-    let saved = save_if_wanted(site, &journal, clean, job_succeeded);
+    let saved = save_if_wanted(site, &journal, end, job_succeeded);
     let _step = step_lock();
     undo(site, journal)?;
     Ok(Some(saved))
 }
 
-/// A deployment under construction: dropped on error → undone.
-struct Partial<'a> {
+/// A deployment under construction: dropped on error, it undoes what its
+/// journal holds.
+struct Rollback<'a> {
     journal: Option<Journal>,
     site: &'a SiteConfig,
     backend: Option<Box<dyn Hypervisor>>,
 }
 
-impl Partial<'_> {
+impl Rollback<'_> {
     fn boot(
         &mut self,
         id: &str,
@@ -530,7 +569,7 @@ impl Partial<'_> {
                         env.image.disk.clone()
                     };
                     if env.image.format == DiskFormat::Qcow2 {
-                        journal.update_facts(|f| f.disk_backing = Some(base.clone()))?;
+                        journal.update_details(|f| f.disk_backing = Some(base.clone()))?;
                     }
                     storage::create_job_disk(&base, env.image.format, path, env.disk_mib)?;
                 }
@@ -564,7 +603,7 @@ impl Partial<'_> {
                 name: spec.name.clone(),
             })?;
             let booted = backend.create(&spec)?;
-            journal.update_facts(|f| {
+            journal.update_details(|f| {
                 f.agent_socket = Some(booted.agent_socket.clone());
                 f.control_socket = booted.control_socket.clone();
                 f.acceleration = Some(booted.acceleration.clone());
@@ -596,7 +635,7 @@ impl Partial<'_> {
     }
 }
 
-impl Drop for Partial<'_> {
+impl Drop for Rollback<'_> {
     fn drop(&mut self) {
         if let Some(journal) = self.journal.take() {
             let _step = step_lock();
@@ -608,7 +647,7 @@ impl Drop for Partial<'_> {
 }
 
 fn env_uid(journal: &Journal) -> Option<u32> {
-    journal.facts().uid
+    journal.details().uid
 }
 
 /// The job's user reaches its domain's agent (sd-exec runs as that user):
@@ -687,7 +726,7 @@ pub fn orphaned(site: &SiteConfig) -> Result<Vec<String>, DeployError> {
     let mut out = vec![];
     for id in Journal::list(&site.state_dir)? {
         if let Some(j) = Journal::open(&site.state_dir, &id)? {
-            let f = j.facts();
+            let f = j.details();
             let gone = match (f.owner_pid, f.owner_start_time) {
                 (Some(pid), Some(start_time)) => !ProcessStamp {
                     pid: pid as i32,

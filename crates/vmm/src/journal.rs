@@ -33,9 +33,10 @@ pub enum Resource {
     },
 }
 
-/// What a front end needs to reach a running deployment again (sd-exec).
+/// What the journal knows of a deployment besides its resources: how to
+/// reach it again (sd-exec), whose it is, what it was admitted as.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Facts {
+pub struct DeploymentDetails {
     /// Unix socket of the guest agent's channel.
     pub agent_socket: Option<PathBuf>,
     /// Hypervisor control socket (QMP).
@@ -75,7 +76,9 @@ pub struct JournalData {
     pub id: String,
     pub created_unix: u64,
     pub resources: Vec<Resource>,
-    pub facts: Facts,
+    /// Named `facts` in the format.
+    #[serde(rename = "facts")]
+    pub details: DeploymentDetails,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +159,7 @@ impl Journal {
                 id: id.to_string(),
                 created_unix,
                 resources: vec![],
-                facts: Facts::default(),
+                details: DeploymentDetails::default(),
             },
         };
         journal.persist()?;
@@ -223,8 +226,8 @@ impl Journal {
         &self.data
     }
 
-    pub fn facts(&self) -> &Facts {
-        &self.data.facts
+    pub fn details(&self) -> &DeploymentDetails {
+        &self.data.details
     }
 
     /// Records a resource *before* the caller creates it.
@@ -236,8 +239,8 @@ impl Journal {
         Ok(())
     }
 
-    pub fn update_facts(&mut self, f: impl FnOnce(&mut Facts)) -> Result<(), JournalError> {
-        f(&mut self.data.facts);
+    pub fn update_details(&mut self, f: impl FnOnce(&mut DeploymentDetails)) -> Result<(), JournalError> {
+        f(&mut self.data.details);
         self.persist()
     }
 
@@ -266,7 +269,7 @@ impl Journal {
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
         // The deployment's user reads it (sd-exec finds its agent there) but
         // may not change it: root undoes what it lists.
-        let readers = match self.data.facts.uid.filter(|&u| u != 0) {
+        let readers = match self.data.details.uid.filter(|&u| u != 0) {
             Some(uid) => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
                 Ok(Some(user)) => Readers::Group(user.gid.as_raw()),
                 _ => Readers::Root,
@@ -315,7 +318,7 @@ mod tests {
             path: "/x/disk".into(),
         })
         .unwrap();
-        j.update_facts(|f| f.backend = Some("qemu".into())).unwrap();
+        j.update_details(|f| f.backend = Some("qemu".into())).unwrap();
         let again = Journal::open(dir.path(), "job-1").unwrap().unwrap();
         assert_eq!(again.data(), j.data());
         let order: Vec<_> = again.undo_order().cloned().collect();

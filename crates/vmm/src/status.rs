@@ -43,14 +43,14 @@ pub fn of(site: &SiteConfig, id: &str) -> Result<Option<DeploymentStatus>, Journ
     let Some(journal) = Journal::open(&site.state_dir, id)? else {
         return Ok(None);
     };
-    let facts = journal.facts();
+    let details = journal.details();
     Ok(Some(DeploymentStatus {
         id: id.to_string(),
-        uid: facts.uid,
-        owner_pid: facts.owner_pid,
-        backend: facts.backend.clone(),
-        acceleration: facts.acceleration.clone(),
-        environment: facts.environment.clone(),
+        uid: details.uid,
+        owner_pid: details.owner_pid,
+        backend: details.backend.clone(),
+        acceleration: details.acceleration.clone(),
+        environment: details.environment.clone(),
         created_unix: journal.data().created_unix,
     }))
 }
