@@ -2,7 +2,7 @@
 //! up under a save, and a save killed with SIGKILL. Root only (a loop
 //! device and a mount); skipped with a message otherwise.
 
-use sd_vmm::image_store::{ImageStore, SaveMeta, StoreError};
+use sd_vmm::image_store::{ImageStore, NoProgress, SaveMeta, StoreError};
 use sd_vmm::storage::{loop_devices_of, LoopDevice};
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -107,8 +107,6 @@ fn meta() -> SaveMeta {
     }
 }
 
-fn no_progress(_: u64, _: u64) {}
-
 fn free_bytes(dir: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(dir).unwrap();
     #[allow(clippy::unnecessary_cast)]
@@ -195,7 +193,7 @@ fn disk_full_on_a_real_file_system_leaves_nothing_and_the_disk_untouched() {
         let (base, overlay) = job_disk(&work, len, 0x1234_5678);
         let (base_hash, overlay_hash) = (sha256(&base), sha256(&overlay));
         let e = store
-            .save(&overlay, "full", meta(), &no_progress)
+            .save(&overlay, "full", meta(), &NoProgress)
             .unwrap_err();
         assert!(matches!(e, StoreError::Full { .. }), "{e}");
         assert!(
@@ -221,7 +219,7 @@ fn disk_full_on_a_real_file_system_leaves_nothing_and_the_disk_untouched() {
         let (base, overlay) = job_disk(&work, 40 << 20, 0x9abc_def0);
         let (base_hash, overlay_hash) = (sha256(&base), sha256(&overlay));
         let e = store
-            .save(&overlay, "big", meta(), &no_progress)
+            .save(&overlay, "big", meta(), &NoProgress)
             .unwrap_err();
         let StoreError::NoSpace { needed, .. } = e else {
             panic!("{e}")
@@ -268,7 +266,7 @@ fn helper_save_forever() {
     let store = ImageStore::new(&store, store.with_extension("cache"));
     let t = Instant::now();
     store
-        .save(Path::new(&overlay), "killed", meta(), &no_progress)
+        .save(Path::new(&overlay), "killed", meta(), &NoProgress)
         .unwrap();
     eprintln!("helper: save finished after {:?}", t.elapsed());
 }
