@@ -971,15 +971,13 @@ pub fn read_liveness(site: &SiteConfig, name: &str) -> Option<LivenessReport> {
     serde_json::from_slice(&fs::read(liveness_path(site, name)).ok()?).ok()
 }
 
-/// A status snapshot: a crash loses at most one, so no fsync (the record is
-/// what must survive).
+/// A status snapshot, replaced atomically (`atomic_file`, like the
+/// record); a failure is only logged: the record is what must survive.
 fn write_liveness(site: &SiteConfig, name: &str, report: &LivenessReport) {
     let path = liveness_path(site, name);
-    let tmp = path.with_extension(format!("liveness.{}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(report).expect("liveness report serialises");
-    if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path)) {
+    if let Err(e) = atomic_file::write(&path, &text) {
         tracing::warn!("{}: {e}", path.display());
-        let _ = fs::remove_file(&tmp);
     }
 }
 

@@ -1,18 +1,19 @@
 //! Decompressed images, made once (verified, under the cache's lock) on
 //! first use and shared read-only by every job that uses them.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::catalogue::check_name;
 use super::error::{at, io_error, CopyError, StoreError};
 use super::files::{create_private_dir, sha256_of, sync_dir};
-use super::locking::{lock, Temporaries};
+use super::locking::lock;
 use super::progress::Progress;
 use super::quota::free_bytes;
 use super::{ImageStore, Manifest};
+use sd_host::atomic_file::{self, TempFile};
 
 /// Blocks of zeros this large are left as holes in a decompressed image.
 pub(super) const SPARSE_BLOCK: usize = 64 << 10;
@@ -84,16 +85,9 @@ impl ImageStore {
         }
         src.rewind().map_err(at(&image))?;
 
-        let tmp = PathBuf::from(format!("{}.tmp-{}", cached.display(), std::process::id()));
-        let temps = Temporaries(vec![tmp.clone()]);
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(at(&tmp))?;
-        let written = decompress(src, &out, m.size, progress).map_err(|e| match e {
+        let out = TempFile::create(&cached).map_err(at(&atomic_file::temporary_path(&cached)))?;
+        let tmp = out.path().to_path_buf();
+        let written = decompress(src, out.file(), m.size, progress).map_err(|e| match e {
             // Not the file system's: zstd's own.
             CopyError::Read(e) if e.raw_os_error().is_none() => StoreError::Decompress {
                 file: image.clone(),
@@ -108,10 +102,8 @@ impl ImageStore {
                 reason: format!("{written} bytes, the manifest says {}", m.size),
             });
         }
-        out.sync_all().map_err(at(&tmp))?;
-        drop(out);
-        fs::rename(&tmp, &cached).map_err(at(&cached))?;
-        temps.disarm();
+        out.sync().map_err(at(&tmp))?;
+        out.persist().map_err(at(&cached))?;
         sync_dir(&self.cache_dir)?;
         Ok(cached)
     }

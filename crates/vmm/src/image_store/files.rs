@@ -2,9 +2,9 @@
 //! checksums.
 
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::error::{at, io_error, StoreError};
@@ -45,20 +45,9 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// fsyncs `dir` (`sd_host::atomic_file`'s, with the store's error).
 pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
-}
-
-pub(super) fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(at(path))?;
-    f.write_all(data).map_err(at(path))?;
-    f.sync_all().map_err(at(path))
+    sd_host::atomic_file::sync_dir(dir).map_err(at(dir))
 }
 
 pub(super) fn sha256_of(f: &mut File) -> io::Result<String> {

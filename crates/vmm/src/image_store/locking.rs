@@ -62,14 +62,9 @@ pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
     Ok(f)
 }
 
-/// Removes its files when dropped (on an error path) unless disarmed.
+/// Removes its files when dropped: scratch files another program writes
+/// by name (`qemu-img`'s flattened copy), gone on every path.
 pub(super) struct Temporaries(pub(super) Vec<PathBuf>);
-
-impl Temporaries {
-    pub(super) fn disarm(mut self) {
-        self.0.clear();
-    }
-}
 
 impl Drop for Temporaries {
     fn drop(&mut self) {
@@ -79,14 +74,7 @@ impl Drop for Temporaries {
     }
 }
 
-/// `<anything>.tmp-<pid>` → pid.
-pub(super) fn temporary_pid(file: &str) -> Option<i32> {
-    let (_, pid) = file.rsplit_once(".tmp-")?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    pid.parse().ok().filter(|&p| p > 0)
-}
+pub(super) use sd_host::atomic_file::temporary_pid;
 
 pub(super) fn pid_alive(pid: i32) -> bool {
     use nix::errno::Errno;

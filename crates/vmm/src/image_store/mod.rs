@@ -11,9 +11,10 @@
 //! ```
 //!
 //! An image exists once its manifest does: saving writes temporaries
-//! (`*.tmp-<pid>`), fsyncs them, renames the image and then the manifest. A
-//! crash leaves only temporaries (or, between the two renames, an image
-//! without a manifest), which [`ImageStore::cleanup_temporaries`] removes.
+//! (`*.tmp-<pid>`, `sd_host::atomic_file`'s scheme), fsyncs them, renames
+//! the image and then the manifest. A crash leaves only temporaries (or,
+//! between the two renames, an image without a manifest), which
+//! [`ImageStore::cleanup_temporaries`] removes.
 //! Decompressed copies are made once, under a lock, and shared by every job
 //! that uses the image as its backing file (read-only, like a catalogue
 //! image).

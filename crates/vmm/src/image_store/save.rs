@@ -11,10 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::catalogue::{check_name, manifest_json};
 use super::disk::{flatten, DiskToSave};
 use super::error::{at, io_error, CopyError, StoreError};
-use super::files::{create_private_dir, hex, sync_dir, write_synced};
+use super::files::{create_private_dir, hex, sync_dir};
 use super::locking::{lock, Temporaries};
 use super::progress::Progress;
 use super::{ImageStore, Manifest};
+use sd_host::atomic_file::{self, TempFile};
 
 /// zstd level of saved images (the CLI's default).
 pub(super) const ZSTD_LEVEL: i32 = 3;
@@ -34,14 +35,15 @@ pub struct SaveMeta {
     pub vo_quota_bytes: Option<u64>,
 }
 
-/// The temporaries of one save, beside their final names in the store.
+/// The temporaries of one save, beside their final names in the store
+/// (`sd_host::atomic_file`'s scheme: `<final name>.tmp-<pid>`).
 pub(super) struct SaveFiles {
-    /// `<name>.qcow2.zst.tmp-<pid>`: the compressed image.
-    zst: PathBuf,
-    /// `<name>.qcow2.tmp-<pid>`: the flattened qcow2, removed once compressed.
+    /// `<name>.qcow2.zst.tmp-<pid>`: the compressed image, claimed first.
+    zst: TempFile,
+    /// `<name>.qcow2.tmp-<pid>`: the flattened qcow2 (`qemu-img` writes
+    /// it), removed once compressed, or by the guard on an error.
     flat: PathBuf,
-    /// `<name>.json.tmp-<pid>`: the manifest.
-    json: PathBuf,
+    _flat_guard: Temporaries,
 }
 
 /// What flattening and compressing made of the disk.
@@ -96,8 +98,8 @@ impl ImageStore {
         self.check_quota_before_save(name, &meta)?;
         self.check_free_space(needed)?;
 
-        let (files, zst, temps) = self.claim_temporaries(name)?;
-        let compressed = flatten_and_compress(disk, &source, &files, zst, progress)?;
+        let files = self.claim_temporaries(name)?;
+        let (zst, compressed) = flatten_and_compress(disk, &source, files, progress)?;
         let manifest = Manifest {
             name: name.into(),
             source_job: meta.source_job,
@@ -110,9 +112,8 @@ impl ImageStore {
             created: rfc3339_utc(SystemTime::now()),
             saved_by_uid: meta.saved_by_uid,
         };
-        write_synced(&files.json, &manifest_json(&manifest))?;
-        self.commit(&manifest, meta.vo_quota_bytes, &files)?;
-        temps.disarm();
+        let json = self.write_manifest_temporary(&manifest)?;
+        self.commit(&manifest, meta.vo_quota_bytes, zst, json)?;
         sync_dir(&self.dir)?;
         Ok(manifest)
     }
@@ -130,49 +131,51 @@ impl ImageStore {
 
     /// Claims the temporary names: another save of the same name in this
     /// process fails here ([`StoreError::Busy`]) instead of writing over
-    /// this one's files. The temporaries go when the guard is dropped.
-    pub(super) fn claim_temporaries(
-        &self,
-        name: &str,
-    ) -> Result<(SaveFiles, File, Temporaries), StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let pid = std::process::id();
-        let files = SaveFiles {
-            zst: self.dir.join(format!("{name}.qcow2.zst.tmp-{pid}")),
-            flat: self.dir.join(format!("{name}.qcow2.tmp-{pid}")),
-            json: self.dir.join(format!("{name}.json.tmp-{pid}")),
-        };
-        let zst = match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&files.zst)
-        {
+    /// this one's files. The temporaries go when dropped.
+    pub(super) fn claim_temporaries(&self, name: &str) -> Result<SaveFiles, StoreError> {
+        let image = self.image_path(name);
+        let zst = match TempFile::create_new(&image) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::Busy {
                     name: name.into(),
-                    file: files.zst,
+                    file: atomic_file::temporary_path(&image),
                 })
             }
-            Err(e) => return Err(io_error(&files.zst, e)),
+            Err(e) => return Err(io_error(&atomic_file::temporary_path(&image), e)),
         };
-        let temps = Temporaries(vec![
-            files.zst.clone(),
-            files.flat.clone(),
-            files.json.clone(),
-        ]);
-        Ok((files, zst, temps))
+        let flat = atomic_file::temporary_path(&self.dir.join(format!("{name}.qcow2")));
+        Ok(SaveFiles {
+            zst,
+            _flat_guard: Temporaries(vec![flat.clone()]),
+            flat,
+        })
+    }
+
+    /// `<name>.json.tmp-<pid>`: the manifest, written and fsynced.
+    pub(super) fn write_manifest_temporary(&self, m: &Manifest) -> Result<TempFile, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let target = self.manifest_path(&m.name);
+        let tmp_path = atomic_file::temporary_path(&target);
+        let mut json = TempFile::create(&target).map_err(at(&tmp_path))?;
+        let f = json.file_mut();
+        f.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(at(&tmp_path))?;
+        f.write_all(&manifest_json(m)).map_err(at(&tmp_path))?;
+        json.sync().map_err(at(&tmp_path))?;
+        Ok(json)
     }
 
     /// The commit, under the store's lock: the name still free and the
     /// quota still kept (with the real compressed size), then the image
-    /// and, last, its manifest renamed into place.
+    /// and, last, its manifest renamed into place (the directory's fsync
+    /// is the caller's).
     pub(super) fn commit(
         &self,
         manifest: &Manifest,
         quota: Option<u64>,
-        files: &SaveFiles,
+        zst: TempFile,
+        json: TempFile,
     ) -> Result<(), StoreError> {
         let name = manifest.name.as_str();
         let _lock = lock(&self.dir)?;
@@ -180,8 +183,8 @@ impl ImageStore {
         self.check_quota_at_commit(manifest, quota)?;
         let image = self.image_path(name);
         let manifest_file = self.manifest_path(name);
-        fs::rename(&files.zst, &image).map_err(at(&image))?;
-        if let Err(e) = fs::rename(&files.json, &manifest_file) {
+        zst.persist().map_err(at(&image))?;
+        if let Err(e) = json.persist() {
             // Without its manifest the image is invisible: take it away
             // again, while the lock still keeps other saves of it out.
             let _ = fs::remove_file(&image);
@@ -191,33 +194,41 @@ impl ImageStore {
     }
 }
 
-/// The disk flattened into `files.flat`, compressed into `zst` (fsynced),
-/// and the flattened copy removed again.
+/// The disk flattened into `files.flat`, compressed into the `.zst`
+/// temporary (fsynced, returned), and the flattened copy removed again.
 pub(super) fn flatten_and_compress(
     disk: &DiskToSave,
     source: &[std::ffi::OsString],
-    files: &SaveFiles,
-    zst: File,
+    files: SaveFiles,
     progress: &dyn Progress,
-) -> Result<Compressed, StoreError> {
-    flatten(&disk.path, source, &files.flat)?;
-    let mut flat = File::open(&files.flat).map_err(at(&files.flat))?;
-    let size = flat.metadata().map_err(at(&files.flat))?.len();
+) -> Result<(TempFile, Compressed), StoreError> {
+    let SaveFiles {
+        zst,
+        flat: flat_path,
+        _flat_guard,
+    } = files;
+    let zst_path = zst.path().to_path_buf();
+    flatten(&disk.path, source, &flat_path)?;
+    let mut flat = File::open(&flat_path).map_err(at(&flat_path))?;
+    let size = flat.metadata().map_err(at(&flat_path))?.len();
     let (compressed_size, sha256) =
-        compress(&mut flat, size, &zst, progress).map_err(|e| match e {
-            CopyError::Read(e) => io_error(&files.flat, e),
-            CopyError::Write(e) => io_error(&files.zst, e),
+        compress(&mut flat, size, zst.file(), progress).map_err(|e| match e {
+            CopyError::Read(e) => io_error(&flat_path, e),
+            CopyError::Write(e) => io_error(&zst_path, e),
         })?;
-    zst.sync_all().map_err(at(&files.zst))?;
-    drop((flat, zst));
+    zst.sync().map_err(at(&zst_path))?;
+    drop(flat);
     // The flattened copy is not needed any more: give its space back
     // before the manifest is written.
-    fs::remove_file(&files.flat).map_err(at(&files.flat))?;
-    Ok(Compressed {
-        size,
-        compressed_size,
-        sha256,
-    })
+    fs::remove_file(&flat_path).map_err(at(&flat_path))?;
+    Ok((
+        zst,
+        Compressed {
+            size,
+            compressed_size,
+            sha256,
+        },
+    ))
 }
 
 /// Passes writes on and hashes and counts what was written.
