@@ -510,28 +510,23 @@ pub fn output_files(ad: &JobAd) -> Vec<String> {
 /// disk) is an error.
 fn copy_out(link: &sd_vmm::guest_link::GuestLink, path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_file_name(format!(
-        ".{}.sd-transfer",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
-    match link.get_file(&path.display().to_string(), &mut f) {
+    // Written beside it and renamed into place (`atomic_file`): HTCondor
+    // never sees half a file; a missing one leaves nothing.
+    let mut tmp = sd_host::atomic_file::TempFile::create(path).map_err(|e| e.to_string())?;
+    match link.get_file(&path.display().to_string(), tmp.file_mut()) {
         Ok((_, mode)) => {
-            let _ = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777));
-            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+            let _ = tmp
+                .file()
+                .set_permissions(std::fs::Permissions::from_mode(mode & 0o777));
+            tmp.commit().map_err(|e| e.to_string())
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            match e {
-                sd_vmm::guest_link::LinkError::Guest(_) => Ok(()),
-                e => Err(e.to_string()),
-            }
-        }
+        Err(e) => match e {
+            sd_vmm::guest_link::LinkError::Guest(_) => Ok(()),
+            e => Err(e.to_string()),
+        },
     }
 }
 

@@ -4,3 +4,4 @@
 
 pub mod job;
 pub mod pool;
+pub mod progress;

@@ -396,7 +396,9 @@ fn an_unbootable_image_a_user_saved_fails_the_job_not_the_node() {
         saved_by_uid: 4242,
         vo_quota_bytes: None,
     };
-    store.save_disk(&disk, &name, meta, &|_, _| {}).unwrap();
+    store
+        .save_disk(&disk, &name, meta, &sd_vmm::image_store::NoProgress)
+        .unwrap();
     std::fs::write(
         dir.path().join("jobs/wiped.jdl"),
         format!("[ Executable = \"/bin/true\"; VirtualEnvironment = [ Image = \"{name}\"; ]; ]\n"),

@@ -2,8 +2,10 @@
 //! up under a save, and a save killed with SIGKILL. Root only (a loop
 //! device and a mount); skipped with a message otherwise.
 
-use sd_vmm::image_store::{ImageStore, SaveMeta, StoreError};
-use sd_vmm::storage::{loop_devices_of, LoopDevice};
+mod common;
+
+use common::loop_device::{loop_devices_of, LoopDevice};
+use sd_vmm::image_store::{ImageStore, NoProgress, SaveMeta, StoreError};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -107,8 +109,6 @@ fn meta() -> SaveMeta {
     }
 }
 
-fn no_progress(_: u64, _: u64) {}
-
 fn free_bytes(dir: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(dir).unwrap();
     #[allow(clippy::unnecessary_cast)]
@@ -195,7 +195,7 @@ fn disk_full_on_a_real_file_system_leaves_nothing_and_the_disk_untouched() {
         let (base, overlay) = job_disk(&work, len, 0x1234_5678);
         let (base_hash, overlay_hash) = (sha256(&base), sha256(&overlay));
         let e = store
-            .save(&overlay, "full", meta(), &no_progress)
+            .save(&overlay, "full", meta(), &NoProgress)
             .unwrap_err();
         assert!(matches!(e, StoreError::Full { .. }), "{e}");
         assert!(
@@ -221,7 +221,7 @@ fn disk_full_on_a_real_file_system_leaves_nothing_and_the_disk_untouched() {
         let (base, overlay) = job_disk(&work, 40 << 20, 0x9abc_def0);
         let (base_hash, overlay_hash) = (sha256(&base), sha256(&overlay));
         let e = store
-            .save(&overlay, "big", meta(), &no_progress)
+            .save(&overlay, "big", meta(), &NoProgress)
             .unwrap_err();
         let StoreError::NoSpace { needed, .. } = e else {
             panic!("{e}")
@@ -268,7 +268,7 @@ fn helper_save_forever() {
     let store = ImageStore::new(&store, store.with_extension("cache"));
     let t = Instant::now();
     store
-        .save(Path::new(&overlay), "killed", meta(), &no_progress)
+        .save(Path::new(&overlay), "killed", meta(), &NoProgress)
         .unwrap();
     eprintln!("helper: save finished after {:?}", t.elapsed());
 }
@@ -358,4 +358,63 @@ fn a_save_killed_with_sigkill_leaves_only_temporaries_that_cleanup_removes() {
     );
     assert_eq!(sha256(&overlay), overlay_hash);
     assert_eq!(sha256(&base), base_hash);
+}
+
+/// A 16 MiB sparse file with noise in its first MiB and at 9 MiB; its
+/// contents.
+fn sparse_raw(path: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let f = File::create(path).unwrap();
+    f.write_all_at(&noise(1 << 20), 0).unwrap();
+    f.write_all_at(&noise(1 << 20), 9 << 20).unwrap();
+    f.set_len(16 << 20).unwrap();
+    f.sync_all().unwrap();
+    fs::read(path).unwrap()
+}
+
+#[test]
+fn loop_device_shows_the_file_and_is_detached() {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
+    needs_root();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let data = sparse_raw(&base);
+    let dev = LoopDevice::attach(&base, true).unwrap();
+    assert!(dev.path().to_str().unwrap().starts_with("/dev/loop"));
+    assert_eq!(dev.backing(), base);
+    assert_eq!(loop_devices_of(&base), [dev.path().to_path_buf()]);
+    let got = std::fs::read(dev.path()).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the loop device does not read back the file");
+    // Read-only: writes are refused.
+    let written = OpenOptions::new()
+        .write(true)
+        .open(dev.path())
+        .and_then(|f| f.write_all_at(b"x", 0).and_then(|_| f.sync_all()));
+    assert!(written.is_err(), "a read-only loop device was written");
+    dev.detach().unwrap();
+    assert_eq!(wait_unbound(&base), Vec::<PathBuf>::new());
+
+    // Dropping it detaches too, and a writable one writes through.
+    {
+        let dev = LoopDevice::attach(&base, false).unwrap();
+        let f = OpenOptions::new().write(true).open(dev.path()).unwrap();
+        f.write_all_at(b"through", 5 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert_eq!(wait_unbound(&base), Vec::<PathBuf>::new());
+    let after = std::fs::read(&base).unwrap();
+    assert_eq!(&after[5 << 20..(5 << 20) + 7], b"through");
 }

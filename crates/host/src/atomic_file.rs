@@ -1,11 +1,18 @@
-//! Files that are either wholly there or not at all: written to a temporary
-//! name beside the target, fsynced, then renamed (or hard-linked, to refuse
-//! an existing target). A crash leaves at most a `*.PID.tmp` file. They are
-//! private (0600) unless [`Readers`] says who else may read them.
+//! Files that are either wholly there or not at all, the one temporary-file
+//! scheme of the workspace: written to a temporary name beside the target
+//! (`<name>.tmp-<pid>`, see [`temporary_path`]), fsynced, renamed into
+//! place (or hard-linked, to refuse an existing target), and the directory
+//! fsynced. A crash leaves at most a `*.tmp-<pid>` file, which
+//! [`temporary_pid`] recognises. They are private (0600) unless
+//! [`Readers`] says who else may read them.
+//!
+//! [`write`] and its siblings write bytes; [`TempFile`] is the same scheme
+//! for a file written as a stream (a saved image, a file from a guest).
 
 use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 /// Who may read a file besides root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,60 +26,177 @@ pub enum Readers {
 }
 
 /// Replaces `path` with `bytes` (root's alone).
-pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_with(path, bytes, false, Readers::Root)
 }
 
 /// Replaces `path` with `bytes`, readable by user `uid` only (and root).
-pub fn write_for(path: &Path, bytes: &[u8], uid: u32) -> std::io::Result<()> {
+pub fn write_for(path: &Path, bytes: &[u8], uid: u32) -> io::Result<()> {
     write_with(path, bytes, false, Readers::User(uid))
 }
 
 /// Replaces `path` with `bytes` for `readers`.
-pub fn write_readable(path: &Path, bytes: &[u8], readers: Readers) -> std::io::Result<()> {
+pub fn write_readable(path: &Path, bytes: &[u8], readers: Readers) -> io::Result<()> {
     write_with(path, bytes, false, readers)
 }
 
 /// Creates `path` with `bytes`; `AlreadyExists` if it is there.
-pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_with(path, bytes, true, Readers::Root)
 }
 
-fn write_with(path: &Path, bytes: &[u8], exclusive: bool, readers: Readers) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
+fn write_with(path: &Path, bytes: &[u8], exclusive: bool, readers: Readers) -> io::Result<()> {
+    let mut tmp = TempFile::create(path)?;
+    match readers {
+        Readers::Root => {}
+        Readers::User(uid) => std::os::unix::fs::fchown(tmp.file(), Some(uid), None)?,
+        Readers::Group(gid) => {
+            std::os::unix::fs::fchown(tmp.file(), None, Some(gid))?;
+            tmp.file()
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
+        }
+    }
+    tmp.file_mut().write_all(bytes)?;
+    if exclusive {
+        tmp.commit_new()
+    } else {
+        tmp.commit()
+    }
+}
+
+/// `<dir>/<name>.tmp-<pid>`: the temporary name of `target` in this process.
+pub fn temporary_path(target: &Path) -> PathBuf {
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!("{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        match readers {
-            Readers::Root => {}
-            Readers::User(uid) => std::os::unix::fs::fchown(&f, Some(uid), None)?,
-            Readers::Group(gid) => {
-                std::os::unix::fs::fchown(&f, None, Some(gid))?;
-                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
-            }
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if exclusive {
-            fs::hard_link(&tmp, path)?;
-            fs::remove_file(&tmp)
-        } else {
-            fs::rename(&tmp, path)
-        }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    target.with_file_name(format!("{name}.tmp-{}", std::process::id()))
+}
+
+/// The pid in a temporary's file name (`<anything>.tmp-<pid>`), to tell the
+/// work in progress of a live process from what a dead one left.
+pub fn temporary_pid(file_name: &str) -> Option<i32> {
+    let (_, pid) = file_name.rsplit_once(".tmp-")?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    result
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// fsyncs directory `dir`: what was renamed into it stays after a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A file written under its temporary name ([`temporary_path`]) beside
+/// `target`, private (0600) until its owner says otherwise; removed when
+/// dropped unless committed.
+#[derive(Debug)]
+pub struct TempFile {
+    file: File,
+    path: PathBuf,
+    target: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    /// The temporary of `target`, created (or emptied, if a process of
+    /// this pid left one).
+    pub fn create(target: &Path) -> io::Result<TempFile> {
+        Self::open(target, false)
+    }
+
+    /// The temporary of `target`, which must not exist (`AlreadyExists`):
+    /// it claims the name against another writer of `target` in this
+    /// process.
+    pub fn create_new(target: &Path) -> io::Result<TempFile> {
+        Self::open(target, true)
+    }
+
+    fn open(target: &Path, exclusive: bool) -> io::Result<TempFile> {
+        let path = temporary_path(target);
+        let mut options = File::options();
+        options.write(true).mode(0o600);
+        if exclusive {
+            options.create_new(true);
+        } else {
+            options.create(true).truncate(true);
+        }
+        Ok(TempFile {
+            file: options.open(&path)?,
+            path,
+            target: target.to_path_buf(),
+            armed: true,
+        })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// The temporary's own path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where it goes.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// fsyncs the file (what [`TempFile::persist`] and
+    /// [`TempFile::commit`] do first), e.g. before more work is done.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// fsyncs the file and renames it over the target, leaving the
+    /// directory's fsync to the caller ([`sync_dir`]), who may have more
+    /// to put in place first.
+    pub fn persist(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.path, &self.target)?;
+        self.armed = false;
+        Ok(())
+    }
+
+    /// fsyncs the file, renames it over the target, fsyncs the directory.
+    pub fn commit(self) -> io::Result<()> {
+        let dir = parent_of(&self.target);
+        self.persist()?;
+        sync_dir(&dir)
+    }
+
+    /// [`TempFile::commit`] that refuses an existing target
+    /// (`AlreadyExists`): hard-linked into place, then unlinked.
+    pub fn commit_new(self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::hard_link(&self.path, &self.target)?;
+        // Dropped (armed): the temporary name is removed.
+        let dir = parent_of(&self.target);
+        drop(self);
+        sync_dir(&dir)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 #[cfg(test)]
@@ -120,5 +244,38 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f.json")]);
+    }
+
+    #[test]
+    fn a_stream_is_in_place_once_committed_and_gone_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("image.qcow2");
+        let mut t = TempFile::create_new(&target).unwrap();
+        assert_eq!(
+            t.path().file_name().unwrap().to_str().unwrap(),
+            format!("image.qcow2.tmp-{}", std::process::id())
+        );
+        assert_eq!(
+            TempFile::create_new(&target).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "claimed"
+        );
+        t.file_mut().write_all(b"data").unwrap();
+        t.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"data");
+        let dropped = TempFile::create(&dir.path().join("other")).unwrap();
+        let tmp = dropped.path().to_path_buf();
+        assert!(tmp.exists());
+        drop(dropped);
+        assert!(!tmp.exists());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("image.qcow2")]);
+        assert_eq!(temporary_pid("a.json.tmp-42"), Some(42));
+        assert_eq!(temporary_pid("a.json.tmp-4x"), None);
+        assert_eq!(temporary_pid("e.tmp-"), None);
     }
 }

@@ -163,6 +163,8 @@ fn main() -> ExitCode {
     } else {
         subscriber.without_time().init();
     }
+    // Saving and decompressing images draw a bar at a terminal.
+    sd_vmm::image_store::progress::set_ui(smartdomains::progress::terminal_bar);
     let config = cli.config.clone().unwrap_or_else(SiteConfig::default_path);
     match cli.command {
         Command::CheckConfig { file, print } => match print {

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod loop_device;
+
 /// The top of the checkout.
 pub fn repo() -> PathBuf {
     // crates/cli: two levels below the top.

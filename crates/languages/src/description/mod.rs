@@ -198,6 +198,36 @@ pub enum ResolvedValue {
     Component(Box<ResolvedComponent>),
 }
 
+/// A value as a user writes it in SmartFrog: `LAZY ATTRIB loop`, `"x"`,
+/// `[1, 2]`, `extends LoopBackend` (a component, by what it extends).
+/// What user messages show; never the Debug form.
+impl fmt::Display for ResolvedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolvedValue::Null => f.write_str("NULL"),
+            ResolvedValue::Bool(b) => write!(f, "{b}"),
+            ResolvedValue::Int(i) => write!(f, "{i}"),
+            ResolvedValue::Real(r) => write!(f, "{r:?}"),
+            ResolvedValue::Str(s) => write!(f, "{s:?}"),
+            ResolvedValue::List(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+            ResolvedValue::Lazy { lazy, .. } => f.write_str(lazy),
+            ResolvedValue::Component(c) => match c.extends.first() {
+                Some(parent) => write!(f, "extends {parent}"),
+                None => write!(f, "the component {}", c.path),
+            },
+        }
+    }
+}
+
 /// One resolved component: its non-component attributes, then its nested
 /// components (a pool's members) in the order written.
 #[derive(Clone, Debug, PartialEq, Serialize)]
