@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use sd_host::owner::Owner;
 use sd_request::{EnvironmentRequest, NetworkRequest};
 use sd_site::{
-    validate_hostname, validate_image_name, Blame, CatalogueImage, DiskFormat, Fault,
-    Ipv4Net, NetworkKind, SavePolicy, SiteConfig, VoPolicy, NO_NETWORK,
+    validate_hostname, validate_image_name, Blame, CatalogueImage, DiskFormat, Fault, Ipv4Net,
+    NetworkKind, SavePolicy, SiteConfig, VoPolicy, NO_NETWORK,
 };
 
 /// What a job gets: everything `deployment` needs, nothing left optional.
@@ -1017,7 +1017,10 @@ networks:
 
     #[test]
     fn networks_resolve() {
-        let env = admitted("demo", &nets(&[("nat", None), ("lab", Some("10.214.0.254"))]));
+        let env = admitted(
+            "demo",
+            &nets(&[("nat", None), ("lab", Some("10.214.0.254"))]),
+        );
         let names: Vec<_> = env.networks.iter().map(|n| n.network.as_str()).collect();
         assert_eq!(names, ["nat", "lab"]);
         assert_eq!(env.networks[0].kind.name(), "nat");
@@ -1029,11 +1032,19 @@ networks:
             }
         );
         // Nothing, or `none` alone: no network.
-        assert!(admitted("atlas", &EnvironmentRequest::default()).networks.is_empty());
-        assert!(admitted("atlas", &nets(&[("none", None)])).networks.is_empty());
+        assert!(admitted("atlas", &EnvironmentRequest::default())
+            .networks
+            .is_empty());
+        assert!(admitted("atlas", &nets(&[("none", None)]))
+            .networks
+            .is_empty());
         // The smallest subnet has one guest address.
         let mut site = site();
-        site.vos.get_mut("demo").unwrap().networks.push("dmz".into());
+        site.vos
+            .get_mut("demo")
+            .unwrap()
+            .networks
+            .push("dmz".into());
         let env = admit(
             &site,
             &Owner::Root,
@@ -1055,18 +1066,50 @@ networks:
     fn refused_networks() {
         let cases = [
             ("unknown", "demo", nets(&[("nat", None), ("wan", None)])),
-            ("unknown_for_a_vo_with_none", "atlas", nets(&[("wan", None)])),
+            (
+                "unknown_for_a_vo_with_none",
+                "atlas",
+                nets(&[("wan", None)]),
+            ),
             ("not_allowed", "demo", nets(&[("dmz", None)])),
-            ("not_allowed_for_a_vo_with_none", "atlas", nets(&[("nat", None)])),
-            ("twice", "demo", nets(&[("nat", None), ("lab", None), ("nat", None)])),
-            ("none_with_others", "demo", nets(&[("none", None), ("nat", None)])),
+            (
+                "not_allowed_for_a_vo_with_none",
+                "atlas",
+                nets(&[("nat", None)]),
+            ),
+            (
+                "twice",
+                "demo",
+                nets(&[("nat", None), ("lab", None), ("nat", None)]),
+            ),
+            (
+                "none_with_others",
+                "demo",
+                nets(&[("none", None), ("nat", None)]),
+            ),
             ("ip_on_none", "demo", nets(&[("none", Some("10.0.0.2"))])),
-            ("ip_on_bridge", "demo", nets(&[("site", Some("192.168.1.20"))])),
+            (
+                "ip_on_bridge",
+                "demo",
+                nets(&[("site", Some("192.168.1.20"))]),
+            ),
             ("ip_outside", "demo", nets(&[("lab", Some("10.213.0.10"))])),
-            ("ip_network_address", "demo", nets(&[("lab", Some("10.214.0.0"))])),
+            (
+                "ip_network_address",
+                "demo",
+                nets(&[("lab", Some("10.214.0.0"))]),
+            ),
             ("ip_gateway", "demo", nets(&[("nat", Some("10.213.0.1"))])),
-            ("ip_host_on_private", "demo", nets(&[("lab", Some("10.214.0.1"))])),
-            ("ip_broadcast", "demo", nets(&[("lab", Some("10.214.0.255"))])),
+            (
+                "ip_host_on_private",
+                "demo",
+                nets(&[("lab", Some("10.214.0.1"))]),
+            ),
+            (
+                "ip_broadcast",
+                "demo",
+                nets(&[("lab", Some("10.214.0.255"))]),
+            ),
         ];
         for (name, vo, req) in cases {
             let e = admit(&site(), &Owner::Root, Some(vo), &req, &NoSavedImages).unwrap_err();
@@ -1079,14 +1122,17 @@ networks:
     fn pool_addresses() {
         let a = admitted("demo", &nets(&[("lab", Some("10.214.0.10"))]));
         let b = admitted("demo", &nets(&[("lab", Some("10.214.0.11"))]));
-        let c = admitted("demo", &nets(&[("nat", None), ("lab", Some("10.214.0.10"))]));
+        let c = admitted(
+            "demo",
+            &nets(&[("nat", None), ("lab", Some("10.214.0.10"))]),
+        );
         let d = admitted("demo", &nets(&[("nat", None), ("lab", None)]));
         assert_eq!(
             check_pool_addresses(&[("a", &a), ("b", &b), ("d", &d), ("e", &d)]),
             Ok(())
         );
-        let e = check_pool_addresses(&[("db", &a), ("worker-1", &b), ("worker-2", &c)])
-            .unwrap_err();
+        let e =
+            check_pool_addresses(&[("db", &a), ("worker-1", &b), ("worker-2", &c)]).unwrap_err();
         assert_eq!(e.fault(), Fault::User);
         insta::assert_snapshot!(e.to_string());
     }

@@ -109,6 +109,8 @@ mod tests {
         assert!(old.networks.is_empty());
         // Unknown fields and bad addresses are refused.
         assert!(serde_json::from_str::<NetworkRequest>(r#"{"name":"nat","mac":"x"}"#).is_err());
-        assert!(serde_json::from_str::<NetworkRequest>(r#"{"name":"nat","ip":"10.0.0.300"}"#).is_err());
+        assert!(
+            serde_json::from_str::<NetworkRequest>(r#"{"name":"nat","ip":"10.0.0.300"}"#).is_err()
+        );
     }
 }

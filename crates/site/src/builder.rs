@@ -203,11 +203,19 @@ impl Builder<'_> {
         let kind = n.kind.value.as_str();
         // Every key present, and whether this kind has it.
         let keys: [(&str, Option<Location>, &[&str]); 5] = [
-            ("subnet", n.subnet.as_ref().map(|s| s.referenced), &["nat", "private"]),
+            (
+                "subnet",
+                n.subnet.as_ref().map(|s| s.referenced),
+                &["nat", "private"],
+            ),
             ("dns", n.dns.as_ref().map(|s| s.referenced), &["nat"]),
             ("deny", n.deny.as_ref().map(|s| s.referenced), &["nat"]),
             ("allow", n.allow.as_ref().map(|s| s.referenced), &["nat"]),
-            ("bridge", n.bridge.as_ref().map(|s| s.referenced), &["bridge"]),
+            (
+                "bridge",
+                n.bridge.as_ref().map(|s| s.referenced),
+                &["bridge"],
+            ),
         ];
         if !matches!(kind, "nat" | "private" | "bridge") {
             return Err(self.invalid(
@@ -256,7 +264,9 @@ impl Builder<'_> {
                     })?;
                     dns.push(ip);
                 }
-                let list = |key: &str, l: &Option<S<Vec<S<String>>>>| -> Result<Option<Vec<Ipv4Net>>, ConfigError> {
+                let list = |key: &str,
+                            l: &Option<S<Vec<S<String>>>>|
+                 -> Result<Option<Vec<Ipv4Net>>, ConfigError> {
                     let Some(l) = l else { return Ok(None) };
                     l.value
                         .iter()

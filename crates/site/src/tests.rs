@@ -640,7 +640,16 @@ fn network_names() {
     for ok in ["nat", "private", "lab-1", &"a".repeat(15)] {
         assert_eq!(validate_network_name(ok), Ok(()), "{ok}");
     }
-    for bad in ["", "none", "Nat", "1net", "-x", "a_b", "a.b", &"a".repeat(16)] {
+    for bad in [
+        "",
+        "none",
+        "Nat",
+        "1net",
+        "-x",
+        "a_b",
+        "a.b",
+        &"a".repeat(16),
+    ] {
         assert!(validate_network_name(bad).is_err(), "{bad}");
     }
 }
@@ -692,7 +701,10 @@ fn error_network_without_subnet() {
 
 #[test]
 fn error_bridge_without_bridge() {
-    insta::assert_snapshot!(error(&with_networks("  site: { kind: bridge }\n", "[site]")));
+    insta::assert_snapshot!(error(&with_networks(
+        "  site: { kind: bridge }\n",
+        "[site]"
+    )));
 }
 
 #[test]

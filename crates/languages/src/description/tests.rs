@@ -550,7 +550,9 @@ fn many_attributes_are_linear() {
 fn domain_sf(attrs: &str) -> Result<ResolvedDescription, DescriptionError> {
     resolve_str(
         "test.sf",
-        &format!("sfConfig extends Compound {{\n  a extends DefaultXenDomain {{\n{attrs}\n  }}\n}}\n"),
+        &format!(
+            "sfConfig extends Compound {{\n  a extends DefaultXenDomain {{\n{attrs}\n  }}\n}}\n"
+        ),
         Format::SmartFrog,
     )
 }
