@@ -6,13 +6,15 @@
 //! Values come from the request, else the image's `defaults`, else the
 //! site's `defaults`.
 
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 
 use sd_host::owner::Owner;
-use sd_request::EnvironmentRequest;
+use sd_request::{EnvironmentRequest, NetworkRequest};
 use sd_site::{
-    validate_hostname, validate_image_name, Blame, CatalogueImage, DiskFormat, Fault, SavePolicy,
-    SiteConfig, VoPolicy,
+    validate_hostname, validate_image_name, Blame, CatalogueImage, DiskFormat, Fault, Ipv4Net,
+    NetworkKind, SavePolicy, SiteConfig, VoPolicy, NO_NETWORK,
 };
 
 /// What a job gets: everything `deployment` needs, nothing left optional.
@@ -38,6 +40,23 @@ pub struct ResolvedEnvironment {
     pub save_only_on_success: bool,
     /// The VO's store quota (`max_store_mib`), in bytes.
     pub store_quota_bytes: Option<u64>,
+    /// The domain's network interfaces, in order (NIC 0 first); empty: no
+    /// network (only the loopback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<ResolvedNic>,
+}
+
+/// One network interface of an admitted domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedNic {
+    /// The site network's name (`networks:` in site.yaml).
+    pub network: String,
+    /// What that network is, as the site declares it (subnet, DNS, filters).
+    pub kind: NetworkKind,
+    /// The static address the job asked for (checked: in the subnet, not
+    /// its network, host or broadcast address). None: the host side assigns
+    /// one from the subnet (on a bridge: the site's DHCP).
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// What admission needs of the image store (`sd_vmm::image_store`
@@ -148,6 +167,69 @@ pub enum PolicyError {
     SaveRefused,
     #[error("cannot save as {name:?}: {reason}")]
     BadSaveName { name: String, reason: String },
+    #[error(
+        "network {network:?} is not one of this site's networks ({})",
+        if allowed.is_empty() {
+            format!("VO {vo:?} may use none")
+        } else {
+            format!("VO {vo:?} may use: {}", allowed.join(", "))
+        }
+    )]
+    UnknownNetwork {
+        vo: String,
+        network: String,
+        allowed: Vec<String>,
+    },
+    #[error(
+        "VO {vo:?} may not use network {network:?} ({}); the site admin lists a VO's \
+         networks in site.yaml (vos.{vo}.networks)",
+        if allowed.is_empty() {
+            "it may use none".to_string()
+        } else {
+            format!("it may use: {}", allowed.join(", "))
+        }
+    )]
+    NetworkNotAllowed {
+        vo: String,
+        network: String,
+        allowed: Vec<String>,
+    },
+    #[error("network {network:?} is asked for twice; a domain has one interface per network")]
+    DuplicateNetwork { network: String },
+    #[error("network \"none\" means no network: it cannot be asked for with others ({})", others.join(", "))]
+    NoneWithOthers { others: Vec<String> },
+    #[error("network \"none\" has no addresses: remove the ip {ip}")]
+    IpOnNone { ip: Ipv4Addr },
+    #[error(
+        "static address {ip} on network {network:?}: a bridge network's addresses come from \
+         the site's DHCP; remove the ip"
+    )]
+    IpOnBridge { network: String, ip: Ipv4Addr },
+    #[error("static address {ip} is outside network {network:?}'s subnet {subnet}")]
+    IpOutsideSubnet {
+        network: String,
+        ip: Ipv4Addr,
+        subnet: Ipv4Net,
+    },
+    #[error(
+        "static address {ip} is {what} of network {network:?} ({subnet}); guests may use \
+         {first} to {last}"
+    )]
+    IpReserved {
+        network: String,
+        ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        what: &'static str,
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+    },
+    #[error("members {first:?} and {second:?} both ask for address {ip} on network {network:?}")]
+    DuplicateAddress {
+        network: String,
+        ip: Ipv4Addr,
+        first: String,
+        second: String,
+    },
     /// The site's: its image store could not be read.
     #[error("cannot look up image {image:?} in the site's image store: {reason}")]
     StoreUnreadable { image: String, reason: String },
@@ -323,6 +405,9 @@ pub fn admit(
         }
     }
 
+    // 7. Networks: the site's, the VO's, addresses within their subnets.
+    let networks = resolve_networks(site, policy, &req.networks)?;
+
     Ok(ResolvedEnvironment {
         vo: policy.name.clone(),
         image,
@@ -336,7 +421,127 @@ pub fn admit(
         save_as: req.save_as.clone().filter(|_| save_image),
         save_only_on_success: site.save_images == SavePolicy::OnSuccess,
         store_quota_bytes: policy.max_store_mib.map(|m| m << 20),
+        networks,
     })
+}
+
+/// The interfaces `asked` names, checked against the site and the VO's
+/// `networks`: `none` alone is no network; each network at most once; a
+/// static address only where SmartDomains hands them out (not on a bridge),
+/// within the subnet, and neither its network, host (first) nor broadcast
+/// address.
+pub fn resolve_networks(
+    site: &SiteConfig,
+    policy: &VoPolicy,
+    asked: &[NetworkRequest],
+) -> Result<Vec<ResolvedNic>, PolicyError> {
+    if let Some(none) = asked.iter().find(|n| n.name == NO_NETWORK) {
+        if let Some(ip) = none.ip {
+            return Err(PolicyError::IpOnNone { ip });
+        }
+        let others: Vec<String> = asked
+            .iter()
+            .filter(|n| n.name != NO_NETWORK)
+            .map(|n| n.name.clone())
+            .collect();
+        if !others.is_empty() {
+            return Err(PolicyError::NoneWithOthers { others });
+        }
+        return Ok(Vec::new());
+    }
+    let mut nics: Vec<ResolvedNic> = Vec::new();
+    for n in asked {
+        let Some(network) = site.networks.get(&n.name) else {
+            return Err(PolicyError::UnknownNetwork {
+                vo: policy.name.clone(),
+                network: n.name.clone(),
+                allowed: policy.networks.clone(),
+            });
+        };
+        if !policy.networks.contains(&n.name) {
+            return Err(PolicyError::NetworkNotAllowed {
+                vo: policy.name.clone(),
+                network: n.name.clone(),
+                allowed: policy.networks.clone(),
+            });
+        }
+        if nics.iter().any(|nic| nic.network == n.name) {
+            return Err(PolicyError::DuplicateNetwork {
+                network: n.name.clone(),
+            });
+        }
+        if let Some(ip) = n.ip {
+            check_static_address(&n.name, &network.kind, ip)?;
+        }
+        nics.push(ResolvedNic {
+            network: n.name.clone(),
+            kind: network.kind.clone(),
+            ip: n.ip,
+        });
+    }
+    Ok(nics)
+}
+
+fn check_static_address(name: &str, kind: &NetworkKind, ip: Ipv4Addr) -> Result<(), PolicyError> {
+    let Some(subnet) = kind.subnet() else {
+        return Err(PolicyError::IpOnBridge {
+            network: name.to_string(),
+            ip,
+        });
+    };
+    if !subnet.contains(&ip) {
+        return Err(PolicyError::IpOutsideSubnet {
+            network: name.to_string(),
+            ip,
+            subnet,
+        });
+    }
+    let host = sd_site::first_host(subnet);
+    let what = if ip == subnet.network() {
+        "the network address"
+    } else if ip == subnet.broadcast() {
+        "the broadcast address"
+    } else if ip == host {
+        match kind {
+            NetworkKind::Nat { .. } => "the host's address (the gateway)",
+            _ => "the host's address (the subnet's first, kept for the host side)",
+        }
+    } else {
+        return Ok(());
+    };
+    Err(PolicyError::IpReserved {
+        network: name.to_string(),
+        ip,
+        subnet,
+        what,
+        first: Ipv4Addr::from(u32::from(host) + 1),
+        last: Ipv4Addr::from(u32::from(subnet.broadcast()) - 1),
+    })
+}
+
+/// The members of one pool, as admitted: no two ask for the same static
+/// address on the same network. (Each pool has its own segment of a
+/// `private` network, so pools never clash with each other there.)
+pub fn check_pool_addresses(members: &[(&str, &ResolvedEnvironment)]) -> Result<(), PolicyError> {
+    let mut seen: Vec<(&str, Ipv4Addr, &str)> = Vec::new();
+    for (member, env) in members {
+        for nic in &env.networks {
+            let Some(ip) = nic.ip else { continue };
+            if let Some((_, _, first)) = seen
+                .iter()
+                .find(|(network, addr, _)| *network == nic.network && *addr == ip)
+            {
+                return Err(PolicyError::DuplicateAddress {
+                    network: nic.network.clone(),
+                    ip,
+                    first: first.to_string(),
+                    second: member.to_string(),
+                });
+            }
+            seen.push((&nic.network, ip, member));
+        }
+    }
+    Ok(())
 }
 
 /// The VO a job of `owner` acts for. A named VO must be one the owner is a
@@ -409,6 +614,7 @@ vos:
     max_memory_mib: 2048
     max_vcpus: 2
     max_disk_mib: 8192
+    networks: [nat, lab, site]
   atlas:
     images: [debian-minimal]
     max_memory_mib: 1024
@@ -416,6 +622,11 @@ vos:
   open: { images: \"*\" }
   belle: { images: \"*\", unix_groups: [belle, belle-pilot], users: [carol] }
 default_vo: demo
+networks:
+  nat: { kind: nat, subnet: 10.213.0.0/24 }
+  lab: { kind: private, subnet: 10.214.0.0/24 }
+  site: { kind: bridge, bridge: br0 }
+  dmz: { kind: private, subnet: 10.215.0.0/30 }
 ";
 
     fn site() -> SiteConfig {
@@ -456,6 +667,13 @@ default_vo: demo
             save_image: Some(true),
             save_as: Some("worker-image".into()),
             hostname: Some("worker-1.example.org".into()),
+            networks: vec![
+                NetworkRequest {
+                    name: "lab".into(),
+                    ip: Some(Ipv4Addr::new(10, 214, 0, 10)),
+                },
+                NetworkRequest::named("nat"),
+            ],
         };
         insta::assert_yaml_snapshot!(admit(
             &site(),
@@ -778,5 +996,144 @@ default_vo: demo
         )
         .unwrap_err();
         assert!(matches!(e, PolicyError::UnknownVo { .. }));
+    }
+
+    fn nets(list: &[(&str, Option<&str>)]) -> EnvironmentRequest {
+        EnvironmentRequest {
+            networks: list
+                .iter()
+                .map(|(name, ip)| NetworkRequest {
+                    name: name.to_string(),
+                    ip: ip.map(|ip| ip.parse().unwrap()),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn admitted(vo: &str, req: &EnvironmentRequest) -> ResolvedEnvironment {
+        admit(&site(), &Owner::Root, Some(vo), req, &NoSavedImages).unwrap()
+    }
+
+    #[test]
+    fn networks_resolve() {
+        let env = admitted(
+            "demo",
+            &nets(&[("nat", None), ("lab", Some("10.214.0.254"))]),
+        );
+        let names: Vec<_> = env.networks.iter().map(|n| n.network.as_str()).collect();
+        assert_eq!(names, ["nat", "lab"]);
+        assert_eq!(env.networks[0].kind.name(), "nat");
+        assert_eq!(env.networks[1].ip, Some(Ipv4Addr::new(10, 214, 0, 254)));
+        assert_eq!(
+            admitted("demo", &nets(&[("site", None)])).networks[0].kind,
+            NetworkKind::Bridge {
+                bridge: "br0".into()
+            }
+        );
+        // Nothing, or `none` alone: no network.
+        assert!(admitted("atlas", &EnvironmentRequest::default())
+            .networks
+            .is_empty());
+        assert!(admitted("atlas", &nets(&[("none", None)]))
+            .networks
+            .is_empty());
+        // The smallest subnet has one guest address.
+        let mut site = site();
+        site.vos
+            .get_mut("demo")
+            .unwrap()
+            .networks
+            .push("dmz".into());
+        let env = admit(
+            &site,
+            &Owner::Root,
+            Some("demo"),
+            &nets(&[("dmz", Some("10.215.0.2"))]),
+            &NoSavedImages,
+        )
+        .unwrap();
+        assert_eq!(env.networks[0].ip, Some(Ipv4Addr::new(10, 215, 0, 2)));
+        // What a journal written before networks existed reads back as.
+        let mut json = serde_json::to_value(admitted("demo", &nets(&[]))).unwrap();
+        assert!(json.get("networks").is_none());
+        json.as_object_mut().unwrap().remove("networks");
+        let back: ResolvedEnvironment = serde_json::from_value(json).unwrap();
+        assert!(back.networks.is_empty());
+    }
+
+    #[test]
+    fn refused_networks() {
+        let cases = [
+            ("unknown", "demo", nets(&[("nat", None), ("wan", None)])),
+            (
+                "unknown_for_a_vo_with_none",
+                "atlas",
+                nets(&[("wan", None)]),
+            ),
+            ("not_allowed", "demo", nets(&[("dmz", None)])),
+            (
+                "not_allowed_for_a_vo_with_none",
+                "atlas",
+                nets(&[("nat", None)]),
+            ),
+            (
+                "twice",
+                "demo",
+                nets(&[("nat", None), ("lab", None), ("nat", None)]),
+            ),
+            (
+                "none_with_others",
+                "demo",
+                nets(&[("none", None), ("nat", None)]),
+            ),
+            ("ip_on_none", "demo", nets(&[("none", Some("10.0.0.2"))])),
+            (
+                "ip_on_bridge",
+                "demo",
+                nets(&[("site", Some("192.168.1.20"))]),
+            ),
+            ("ip_outside", "demo", nets(&[("lab", Some("10.213.0.10"))])),
+            (
+                "ip_network_address",
+                "demo",
+                nets(&[("lab", Some("10.214.0.0"))]),
+            ),
+            ("ip_gateway", "demo", nets(&[("nat", Some("10.213.0.1"))])),
+            (
+                "ip_host_on_private",
+                "demo",
+                nets(&[("lab", Some("10.214.0.1"))]),
+            ),
+            (
+                "ip_broadcast",
+                "demo",
+                nets(&[("lab", Some("10.214.0.255"))]),
+            ),
+        ];
+        for (name, vo, req) in cases {
+            let e = admit(&site(), &Owner::Root, Some(vo), &req, &NoSavedImages).unwrap_err();
+            assert_eq!(e.fault(), Fault::User, "{name}");
+            insta::assert_snapshot!(format!("refused_network_{name}"), e.to_string());
+        }
+    }
+
+    #[test]
+    fn pool_addresses() {
+        let a = admitted("demo", &nets(&[("lab", Some("10.214.0.10"))]));
+        let b = admitted("demo", &nets(&[("lab", Some("10.214.0.11"))]));
+        let c = admitted(
+            "demo",
+            &nets(&[("nat", None), ("lab", Some("10.214.0.10"))]),
+        );
+        let d = admitted("demo", &nets(&[("nat", None), ("lab", None)]));
+        assert_eq!(
+            check_pool_addresses(&[("a", &a), ("b", &b), ("d", &d), ("e", &d)]),
+            Ok(())
+        );
+        let e =
+            check_pool_addresses(&[("db", &a), ("worker-1", &b), ("worker-2", &c)]).unwrap_err();
+        assert_eq!(e.fault(), Fault::User);
+        insta::assert_snapshot!(e.to_string());
     }
 }

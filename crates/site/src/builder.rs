@@ -2,6 +2,7 @@
 //! checks that see the file as a whole.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
 
 use serde_saphyr::Location;
@@ -123,6 +124,197 @@ impl Builder<'_> {
             return Err(self.invalid(Some(v.referenced), yaml_path, "must not be empty"));
         }
         Ok(normalize(&base.join(&v.value)))
+    }
+
+    /// A `subnet:`: an IPv4 CIDR, its own network address, /30 or larger.
+    pub(crate) fn subnet(&self, v: &S<String>, yaml_path: &str) -> Result<Ipv4Net, ConfigError> {
+        let bad = |why: String| {
+            self.invalid(
+                Some(v.referenced),
+                yaml_path,
+                format!("invalid subnet {:?}: {why}", v.value),
+            )
+        };
+        let net: ipnet::IpNet = v.value.trim().parse().map_err(|_| {
+            bad("expected an IPv4 network in CIDR notation, e.g. 10.213.0.0/24".into())
+        })?;
+        let ipnet::IpNet::V4(net) = net else {
+            return Err(bad("only IPv4 subnets are supported".into()));
+        };
+        if net.prefix_len() > MAX_SUBNET_PREFIX {
+            return Err(bad(format!(
+                "too small: a subnet is at most a /{MAX_SUBNET_PREFIX} (a network \
+                 address, the host's, one guest's and a broadcast address)"
+            )));
+        }
+        if net.addr() != net.network() {
+            return Err(bad(format!(
+                "{} is not the network's first address; did you mean {}?",
+                net.addr(),
+                net.trunc()
+            )));
+        }
+        Ok(net)
+    }
+
+    /// A `deny:` or `allow:` entry: an IPv4 CIDR (a bare address is a /32).
+    pub(crate) fn cidr(&self, v: &S<String>, yaml_path: &str) -> Result<Ipv4Net, ConfigError> {
+        let text = v.value.trim();
+        let parsed = text
+            .parse::<Ipv4Net>()
+            .or_else(|_| text.parse::<Ipv4Addr>().map(Ipv4Net::from));
+        let net = parsed.map_err(|_| {
+            self.invalid(
+                Some(v.referenced),
+                yaml_path,
+                format!(
+                    "invalid destination {:?}: expected an IPv4 address or network in CIDR \
+                     notation, e.g. 192.168.0.0/16",
+                    v.value
+                ),
+            )
+        })?;
+        if net.addr() != net.network() {
+            return Err(self.invalid(
+                Some(v.referenced),
+                yaml_path,
+                format!(
+                    "invalid destination {:?}: {} is not the network's first address; did you \
+                     mean {}?",
+                    v.value,
+                    net.addr(),
+                    net.trunc()
+                ),
+            ));
+        }
+        Ok(net)
+    }
+
+    /// One entry of `networks:`.
+    pub(crate) fn network(&self, name: &S<String>, n: &RawNetwork) -> Result<Network, ConfigError> {
+        let p = format!("networks.{}", name.value);
+        validate_network_name(&name.value).map_err(|why| {
+            self.invalid(
+                Some(name.referenced),
+                &p,
+                format!("invalid network name {:?}: {why}", name.value),
+            )
+        })?;
+        let kind = n.kind.value.as_str();
+        // Every key present, and whether this kind has it.
+        let keys: [(&str, Option<Location>, &[&str]); 5] = [
+            (
+                "subnet",
+                n.subnet.as_ref().map(|s| s.referenced),
+                &["nat", "private"],
+            ),
+            ("dns", n.dns.as_ref().map(|s| s.referenced), &["nat"]),
+            ("deny", n.deny.as_ref().map(|s| s.referenced), &["nat"]),
+            ("allow", n.allow.as_ref().map(|s| s.referenced), &["nat"]),
+            (
+                "bridge",
+                n.bridge.as_ref().map(|s| s.referenced),
+                &["bridge"],
+            ),
+        ];
+        if !matches!(kind, "nat" | "private" | "bridge") {
+            return Err(self.invalid(
+                Some(n.kind.referenced),
+                format!("{p}.kind"),
+                format!(
+                    "unknown network kind {kind:?}: expected nat (outbound through the host), \
+                     private (an isolated segment per pool) or bridge (an existing host bridge)"
+                ),
+            ));
+        }
+        for (key, at, kinds) in keys {
+            if at.is_some() && !kinds.contains(&kind) {
+                return Err(self.invalid(
+                    at,
+                    format!("{p}.{key}"),
+                    format!(
+                        "`{key}` is not a key of a {kind} network (it belongs to: {})",
+                        kinds.join(", ")
+                    ),
+                ));
+            }
+        }
+        let subnet = || match &n.subnet {
+            Some(s) => self.subnet(s, &format!("{p}.subnet")),
+            None => Err(self.invalid(
+                Some(n.kind.referenced),
+                format!("{p}.subnet"),
+                format!(
+                    "a {kind} network needs a `subnet:` (an IPv4 range in CIDR notation, \
+                     e.g. 10.213.0.0/24)"
+                ),
+            )),
+        };
+        let kind = match kind {
+            "nat" => {
+                let subnet = subnet()?;
+                let mut dns = Vec::new();
+                for (i, a) in n.dns.iter().flat_map(|l| l.value.iter()).enumerate() {
+                    let ip: Ipv4Addr = a.value.trim().parse().map_err(|_| {
+                        self.invalid(
+                            Some(a.referenced),
+                            format!("{p}.dns[{i}]"),
+                            format!("invalid resolver {:?}: expected an IPv4 address", a.value),
+                        )
+                    })?;
+                    dns.push(ip);
+                }
+                let list = |key: &str,
+                            l: &Option<S<Vec<S<String>>>>|
+                 -> Result<Option<Vec<Ipv4Net>>, ConfigError> {
+                    let Some(l) = l else { return Ok(None) };
+                    l.value
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| self.cidr(c, &format!("{p}.{key}[{i}]")))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Some)
+                };
+                let deny = list("deny", &n.deny)?.unwrap_or_else(|| {
+                    DEFAULT_NAT_DENY
+                        .iter()
+                        .map(|c| c.parse().expect("a valid built-in CIDR"))
+                        .collect()
+                });
+                let allow = list("allow", &n.allow)?.unwrap_or_default();
+                NetworkKind::Nat {
+                    subnet,
+                    dns,
+                    deny,
+                    allow,
+                }
+            }
+            "private" => NetworkKind::Private { subnet: subnet()? },
+            _ => {
+                let Some(b) = &n.bridge else {
+                    return Err(self.invalid(
+                        Some(n.kind.referenced),
+                        format!("{p}.bridge"),
+                        "a bridge network needs a `bridge:`, the name of an existing host \
+                         bridge (e.g. br0)",
+                    ));
+                };
+                validate_interface_name(&b.value).map_err(|why| {
+                    self.invalid(
+                        Some(b.referenced),
+                        format!("{p}.bridge"),
+                        format!("invalid bridge name {:?}: {why}", b.value),
+                    )
+                })?;
+                NetworkKind::Bridge {
+                    bridge: b.value.clone(),
+                }
+            }
+        };
+        Ok(Network {
+            name: name.value.clone(),
+            kind,
+        })
     }
 
     pub(crate) fn build(&self, raw: RawSite) -> Result<SiteConfig, ConfigError> {
@@ -410,6 +602,22 @@ impl Builder<'_> {
             d.is_some_and(|d| d.disk_mib.is_some()),
         );
 
+        // Networks.
+        let mut networks = BTreeMap::new();
+        for (name, n) in raw.networks.iter().flat_map(|m| m.0.iter()) {
+            networks.insert(name.value.clone(), self.network(name, n)?);
+        }
+        let network_names = || {
+            if networks.is_empty() {
+                "the site has none under `networks:`".to_string()
+            } else {
+                format!(
+                    "networks: {}",
+                    networks.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        };
+
         // VOs.
         let mut vos = BTreeMap::new();
         let raw_vos = raw.vos.map(|m| m.0).unwrap_or_default();
@@ -473,6 +681,31 @@ impl Builder<'_> {
                 max_store_mib: self
                     .nonzero_opt(&vo.max_store_mib, &format!("{p}.max_store_mib"))?,
                 members: self.members(&vo, &p)?,
+                networks: {
+                    let mut names: Vec<String> = Vec::new();
+                    for (i, n) in vo.networks.iter().flatten().enumerate() {
+                        if !networks.contains_key(&n.value) {
+                            let why = if n.value == NO_NETWORK {
+                                "\"none\" (no network) is always allowed and is not listed"
+                                    .to_string()
+                            } else {
+                                format!("it is not defined ({})", network_names())
+                            };
+                            return Err(self.invalid(
+                                Some(n.referenced),
+                                format!("{p}.networks[{i}]"),
+                                format!(
+                                    "VO {:?} allows network {:?}, but {why}",
+                                    name.value, n.value
+                                ),
+                            ));
+                        }
+                        if !names.contains(&n.value) {
+                            names.push(n.value.clone());
+                        }
+                    }
+                    names
+                },
             };
 
             // What a job of this VO gets when it asks for nothing must be
@@ -577,6 +810,7 @@ impl Builder<'_> {
             defaults,
             images,
             vos,
+            networks,
             default_vo,
             save_images: raw.save_images.unwrap_or(SavePolicy::OnRequest),
             lvm,

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+
+pub use ipnet::Ipv4Net;
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -53,6 +56,10 @@ pub struct SiteConfig {
     pub images: BTreeMap<String, CatalogueImage>,
     /// The VOs this site serves, by name.
     pub vos: BTreeMap<String, VoPolicy>,
+    /// The `networks:` section: the networks a domain may be attached to,
+    /// by name (`none`, no network, is not one of them).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, Network>,
     /// VO of jobs that name none.
     pub default_vo: Option<String>,
     /// When a job's disk is kept as a new image in the store.
@@ -248,6 +255,93 @@ pub struct VoPolicy {
     pub max_store_mib: Option<u64>,
     /// Who belongs to it (`unix_groups`, `users`).
     pub members: VoMembers,
+    /// The site networks its jobs may use (all in `networks:`, checked at
+    /// load); empty: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+}
+
+/// The network name that means "no network" (the default); never a key of
+/// `networks:`.
+pub const NO_NETWORK: &str = "none";
+
+/// The destinations a `nat` network denies unless its `deny:` says
+/// otherwise: the private, link-local and carrier-grade NAT ranges, where a
+/// site's own services live.
+pub const DEFAULT_NAT_DENY: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+];
+
+/// Smallest subnet a network may have (a /30: a network address, the
+/// host's, one guest's, a broadcast address).
+pub const MAX_SUBNET_PREFIX: u8 = 30;
+
+/// One entry of `networks:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub kind: NetworkKind,
+}
+
+/// What a network is. Serialized with its `kind:` as the tag, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NetworkKind {
+    /// The domain reaches the outside through the host, masqueraded; nothing
+    /// comes in. The host's side is the subnet's first address (the
+    /// gateway); guests get the others.
+    Nat {
+        subnet: Ipv4Net,
+        /// Resolvers given to guests (default: none).
+        dns: Vec<Ipv4Addr>,
+        /// Destinations guests may not reach (default: [`DEFAULT_NAT_DENY`]).
+        /// The host itself (the gateway) is never reachable, except for DNS
+        /// (port 53) when `dns` lists the gateway.
+        deny: Vec<Ipv4Net>,
+        /// Exceptions to `deny` (default: none).
+        allow: Vec<Ipv4Net>,
+    },
+    /// An isolated L2 segment per pool (or per job), never routed: every
+    /// segment reuses the same subnet. Its first address is kept for the
+    /// host side, as on `nat`.
+    Private { subnet: Ipv4Net },
+    /// An existing host bridge on the site network; the site's DHCP gives
+    /// the addresses (no subnet, no static address).
+    Bridge { bridge: String },
+}
+
+impl NetworkKind {
+    /// `nat`, `private` or `bridge`, as in site.yaml.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetworkKind::Nat { .. } => "nat",
+            NetworkKind::Private { .. } => "private",
+            NetworkKind::Bridge { .. } => "bridge",
+        }
+    }
+
+    /// The subnet SmartDomains gives addresses from (none for a bridge).
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        match self {
+            NetworkKind::Nat { subnet, .. } | NetworkKind::Private { subnet } => Some(*subnet),
+            NetworkKind::Bridge { .. } => None,
+        }
+    }
+
+    /// The host's own address on the network: the subnet's first address
+    /// (the gateway of a `nat` network). None for a bridge.
+    pub fn host_address(&self) -> Option<Ipv4Addr> {
+        self.subnet().map(first_host)
+    }
+}
+
+/// The first address after the network address of `subnet`.
+pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
 }
 
 /// Who belongs to a VO, as the site admin wrote it: the users in any of

@@ -114,6 +114,59 @@ pub(crate) fn validate_vo_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Longest network name: a Linux interface name (15 bytes), so the host
+/// side may name an interface after it.
+pub const MAX_NETWORK_NAME_LEN: usize = 15;
+
+/// A site network's name: lower-case letters, digits and '-', starting with
+/// a letter, at most [`MAX_NETWORK_NAME_LEN`] characters; `none` is
+/// reserved (no network). Returns why not.
+pub fn validate_network_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a network name must not be empty".into());
+    }
+    if name.len() > MAX_NETWORK_NAME_LEN {
+        return Err(format!(
+            "a network name has at most {MAX_NETWORK_NAME_LEN} characters"
+        ));
+    }
+    if !name.as_bytes()[0].is_ascii_lowercase() {
+        return Err("a network name starts with a lower-case letter".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    {
+        return Err(format!(
+            "{c:?} is not allowed in a network name (lower-case letters, digits, '-')"
+        ));
+    }
+    if name == crate::NO_NETWORK {
+        return Err("\"none\" is reserved: it means no network".into());
+    }
+    Ok(())
+}
+
+/// A Linux network interface name (a host bridge): 1 to 15 bytes of
+/// letters, digits, '.', '_' and '-'. Returns why not.
+pub fn validate_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("an interface name is 1 to 15 characters".into());
+    }
+    if name == "." || name == ".." {
+        return Err("an interface name is not \".\" or \"..\"".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed in an interface name (letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
 /// Longest volume-group or logical-volume name we accept.
 pub const MAX_VOLUME_NAME_LEN: usize = 64;
 

@@ -32,6 +32,7 @@ pub(crate) struct RawSite {
     pub(crate) defaults: Option<RawSiteDefaults>,
     pub(crate) images: Option<SpannedMap<RawImage>>,
     pub(crate) vos: Option<SpannedMap<RawVo>>,
+    pub(crate) networks: Option<SpannedMap<RawNetwork>>,
     pub(crate) default_vo: Option<S<String>>,
     pub(crate) save_images: Option<SavePolicy>,
     pub(crate) lvm: Option<RawLvm>,
@@ -109,6 +110,20 @@ pub(crate) struct RawVo {
     pub(crate) max_store_mib: Option<S<u64>>,
     pub(crate) unix_groups: Option<Vec<S<String>>>,
     pub(crate) users: Option<Vec<S<String>>>,
+    pub(crate) networks: Option<Vec<S<String>>>,
+}
+
+/// One entry of `networks:`: every key of every kind; the builder checks
+/// that each belongs to the entry's `kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNetwork {
+    pub(crate) kind: S<String>,
+    pub(crate) subnet: Option<S<String>>,
+    pub(crate) dns: Option<S<Vec<S<String>>>>,
+    pub(crate) deny: Option<S<Vec<S<String>>>>,
+    pub(crate) allow: Option<S<Vec<S<String>>>>,
+    pub(crate) bridge: Option<S<String>>,
 }
 
 /// `images:` of a VO: a list of names, or a single name; `"*"` = all.

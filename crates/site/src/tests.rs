@@ -1,3 +1,5 @@
+use std::net::Ipv4Addr;
+
 use super::*;
 
 /// A fixed, fake location: paths in snapshots do not depend on the checkout.
@@ -566,4 +568,204 @@ fn normalizes_lexically() {
     assert_eq!(normalize(Path::new("/../a")), Path::new("/a"));
     assert_eq!(normalize(Path::new("../a/..")), Path::new(".."));
     assert_eq!(normalize(Path::new("a/..")), Path::new("."));
+}
+
+/// BASE with networks: a nat one, a private one, a bridge.
+fn with_networks(networks: &str, vo_networks: &str) -> String {
+    format!("{BASE}    networks: {vo_networks}\nnetworks:\n{networks}")
+}
+
+const NETWORKS: &str = "  nat: { kind: nat, subnet: 10.213.0.0/24, dns: [10.213.0.1] }
+  lab: { kind: private, subnet: 10.214.0.0/24 }
+  site: { kind: bridge, bridge: br0 }
+";
+
+#[test]
+fn networks_resolve() {
+    let site = load(&with_networks(NETWORKS, "[nat, lab, nat]")).unwrap();
+    assert_eq!(site.vos["demo"].networks, ["nat", "lab"]);
+    let NetworkKind::Nat {
+        subnet,
+        dns,
+        deny,
+        allow,
+    } = &site.networks["nat"].kind
+    else {
+        panic!("{:?}", site.networks["nat"])
+    };
+    assert_eq!(subnet.to_string(), "10.213.0.0/24");
+    assert_eq!(dns, &[Ipv4Addr::new(10, 213, 0, 1)]);
+    assert_eq!(deny.len(), DEFAULT_NAT_DENY.len());
+    assert!(allow.is_empty());
+    assert_eq!(
+        site.networks["nat"].kind.host_address(),
+        Some(Ipv4Addr::new(10, 213, 0, 1))
+    );
+    assert_eq!(
+        site.networks["site"].kind,
+        NetworkKind::Bridge {
+            bridge: "br0".into()
+        }
+    );
+    assert_eq!(site.networks["site"].kind.host_address(), None);
+    insta::assert_yaml_snapshot!(site.networks);
+
+    // deny and allow as written (a bare address is a /32).
+    let site = load(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/30, deny: [0.0.0.0/0], allow: [192.0.2.7] }\n",
+        "[]",
+    ))
+    .unwrap();
+    let NetworkKind::Nat { deny, allow, .. } = &site.networks["nat"].kind else {
+        panic!()
+    };
+    assert_eq!(deny[0].to_string(), "0.0.0.0/0");
+    assert_eq!(allow[0].to_string(), "192.0.2.7/32");
+    assert!(site.vos["demo"].networks.is_empty());
+    // No networks: none.
+    assert!(load(BASE).unwrap().networks.is_empty());
+}
+
+#[test]
+fn repo_config_networks() {
+    let site = SiteConfig::load(&repo_config_path()).unwrap();
+    assert_eq!(site.vos["demo"].networks, ["nat", "private"]);
+    assert!(site.vos["atlas"].networks.is_empty());
+    assert_eq!(site.networks["nat"].kind.name(), "nat");
+    assert_eq!(site.networks["private"].kind.name(), "private");
+}
+
+#[test]
+fn network_names() {
+    for ok in ["nat", "private", "lab-1", &"a".repeat(15)] {
+        assert_eq!(validate_network_name(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        "none",
+        "Nat",
+        "1net",
+        "-x",
+        "a_b",
+        "a.b",
+        &"a".repeat(16),
+    ] {
+        assert!(validate_network_name(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn error_unknown_network_kind() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: vde, subnet: 10.213.0.0/24 }\n",
+        "[nat]"
+    )));
+}
+
+#[test]
+fn error_bad_subnet() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/33 }\n",
+        "[nat]"
+    )));
+}
+
+#[test]
+fn error_subnet_too_small() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/31 }\n",
+        "[nat]"
+    )));
+}
+
+#[test]
+fn error_subnet_not_ipv4() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  lab: { kind: private, subnet: \"fd00::/64\" }\n",
+        "[lab]"
+    )));
+}
+
+#[test]
+fn error_subnet_not_its_network_address() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  lab: { kind: private, subnet: 10.214.0.1/24 }\n",
+        "[lab]"
+    )));
+}
+
+#[test]
+fn error_network_without_subnet() {
+    insta::assert_snapshot!(error(&with_networks("  lab: { kind: private }\n", "[lab]")));
+}
+
+#[test]
+fn error_bridge_without_bridge() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  site: { kind: bridge }\n",
+        "[site]"
+    )));
+}
+
+#[test]
+fn error_bad_bridge_name() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  site: { kind: bridge, bridge: \"br 0\" }\n",
+        "[site]"
+    )));
+}
+
+#[test]
+fn error_key_of_another_kind() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  site: { kind: bridge, bridge: br0, subnet: 10.0.0.0/24 }\n",
+        "[site]"
+    )));
+    insta::assert_snapshot!(error(&with_networks(
+        "  lab: { kind: private, subnet: 10.214.0.0/24, dns: [10.214.0.1] }\n",
+        "[lab]"
+    )));
+}
+
+#[test]
+fn error_unknown_network_key() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/24, forward: [] }\n",
+        "[nat]"
+    )));
+}
+
+#[test]
+fn error_bad_deny_and_dns() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/24, deny: [10.0.0.0/8, 10.1.2.3/8] }\n",
+        "[nat]"
+    )));
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/24, allow: [example.org] }\n",
+        "[nat]"
+    )));
+    insta::assert_snapshot!(error(&with_networks(
+        "  nat: { kind: nat, subnet: 10.213.0.0/24, dns: [10.213.0.1, 1.1.1.300] }\n",
+        "[nat]"
+    )));
+}
+
+#[test]
+fn error_bad_network_name() {
+    insta::assert_snapshot!(error(&with_networks(
+        "  My_Net: { kind: private, subnet: 10.214.0.0/24 }\n",
+        "[]"
+    )));
+    insta::assert_snapshot!(error(&with_networks(
+        "  none: { kind: private, subnet: 10.214.0.0/24 }\n",
+        "[]"
+    )));
+}
+
+#[test]
+fn error_vo_names_an_unknown_network() {
+    insta::assert_snapshot!(error(&with_networks(NETWORKS, "[nat, dmz]")));
+    insta::assert_snapshot!(error(&with_networks(NETWORKS, "[none]")));
+    insta::assert_snapshot!(error(&format!("{BASE}    networks: [nat]\n")));
 }

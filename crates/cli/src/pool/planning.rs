@@ -104,6 +104,7 @@ pub(super) fn request_of(
         save_image: member.get_bool("saveImage"),
         save_as: text("saveAs").map(str::to_string),
         hostname: text("hostname").map(str::to_string),
+        networks: member.network_requests(),
     };
     Ok((request, text("vo").map(str::to_string)))
 }
@@ -181,7 +182,15 @@ pub(super) fn plan_members(
     // A lone domain beats by its own attributes.
     let top = Liveness::of(root, Liveness::DEFAULT);
     match walk(site, owner, name, vo, root, top, &mut plans)? {
-        Some(node) => Ok((plans, node)),
+        Some(node) => {
+            // Static addresses: no two members on one address of a network.
+            let members: Vec<_> = plans.iter().map(|p| (p.path.as_str(), &p.env)).collect();
+            policy::check_pool_addresses(&members).map_err(|error| PoolError::Policy {
+                path: root.path.clone(),
+                error,
+            })?;
+            Ok((plans, node))
+        }
         None => Err(PoolError::NoDomains),
     }
 }

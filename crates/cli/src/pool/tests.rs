@@ -214,3 +214,38 @@ fn values_in_messages_are_shown_as_written() {
     ]);
     assert_eq!(list.to_string(), r#"["x", -1, 0.5, true, NULL]"#);
 }
+
+#[test]
+fn members_get_their_networks_and_no_address_twice() {
+    use sd_languages::description::{resolve_str, Format};
+    let site = SiteConfig::from_str(
+        "images:\n  busybox: { disk: b.qcow2, kernel: k, initrd: i }\n\
+         vos:\n  demo: { images: \"*\", networks: [lab] }\ndefault_vo: demo\n\
+         networks:\n  lab: { kind: private, subnet: 10.214.0.0/24 }\n",
+        Path::new("site.yaml"),
+    )
+    .unwrap();
+    let pool = |b_ip: &str| {
+        let d = resolve_str(
+            "p.yaml",
+            &format!(
+                "D: {{ extends: DefaultXenDomain, image: busybox, network: lab }}\n\
+                 sfConfig:\n  extends: Sequence\n  \
+                 a: {{ extends: D, ip: 10.214.0.10 }}\n  b: {{ extends: D, ip: {b_ip} }}\n"
+            ),
+            Format::Yaml,
+        )
+        .unwrap();
+        plan_members(&site, &Owner::Root, "p", &d, None)
+    };
+    let (plans, _) = pool("dhcp").unwrap();
+    assert_eq!(plans[0].env.networks[0].network, "lab");
+    assert_eq!(plans[0].env.networks[0].ip, Some([10, 214, 0, 10].into()));
+    assert_eq!(plans[1].env.networks[0].ip, None);
+    let e = pool("10.214.0.10").err().unwrap().to_string();
+    assert_eq!(
+        e,
+        "member sfConfig: members \"sfConfig:a\" and \"sfConfig:b\" both ask for address \
+         10.214.0.10 on network \"lab\""
+    );
+}

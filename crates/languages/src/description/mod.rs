@@ -292,6 +292,32 @@ impl ResolvedComponent {
         }
     }
 
+    /// A domain's `network` and `ip` as the interfaces it asks for: one per
+    /// network named, in order; a static `ip` (not "dhcp" or "") on the
+    /// first. Resolution checked both; admission checks them against the site.
+    pub fn network_requests(&self) -> Vec<sd_request::NetworkRequest> {
+        let names: Vec<&str> = match self.get("network") {
+            Some(ResolvedValue::Str(s)) => vec![s.as_str()],
+            Some(ResolvedValue::List(items)) => items
+                .iter()
+                .filter_map(|i| match i {
+                    ResolvedValue::Str(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let ip = self.get_str("ip").and_then(|s| s.parse().ok());
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| sd_request::NetworkRequest {
+                name: name.to_string(),
+                ip: if i == 0 { ip } else { None },
+            })
+            .collect()
+    }
+
     /// Every domain in this subtree, in deployment (depth-first) order.
     pub fn domains(&self) -> Vec<&ResolvedComponent> {
         let mut out = Vec::new();

@@ -577,6 +577,9 @@ impl Resolver {
                 }
             }
         }
+        if kind == Kind::Domain {
+            check_addressing(path, comp)?;
+        }
         if kind != Kind::Component && comp.get("sfProcessHost").is_none() {
             attributes.push(("sfProcessHost".into(), ResolvedValue::Str(host)));
         }
@@ -669,6 +672,45 @@ impl Resolver {
             (Ty::Count, _) => Err(fail(format!(
                 "expected a whole number (at least 1), found {found}"
             ))),
+            (Ty::Networks, Value::Str(s)) if !s.is_empty() => Ok(()),
+            (Ty::Networks, Value::List(items)) if !items.is_empty() => {
+                for item in items {
+                    match &item.value {
+                        Value::Str(s) if !s.is_empty() => {}
+                        other => {
+                            return Err(DescriptionError::Type {
+                                at: item.pos.clone(),
+                                path: disp(path),
+                                message: format!(
+                                    "a network is named by a non-empty string, found {}",
+                                    other.describe()
+                                ),
+                            })
+                        }
+                    }
+                }
+                Ok(())
+            }
+            (Ty::Networks, _) => Err(fail(format!(
+                "expected a site network's name (e.g. \"private\"), a list of them, or \
+                 \"none\", found {}",
+                if matches!(&attr.value, Value::List(_)) {
+                    "an empty list".to_string()
+                } else {
+                    found
+                }
+            ))),
+            (Ty::Ip, Value::Str(s)) if s.is_empty() || s == "dhcp" => Ok(()),
+            (Ty::Ip, Value::Str(s)) => match s.parse::<std::net::Ipv4Addr>() {
+                Ok(_) => Ok(()),
+                Err(_) => Err(fail(format!(
+                    "{s:?} is not an IPv4 address (four numbers from 0 to 255, e.g. \
+                     10.214.0.10); \"dhcp\" lets the site assign one"
+                ))),
+            },
+            (Ty::Ip, _) => Err(fail(format!(
+                "expected an IPv4 address (e.g. \"10.214.0.10\") or \"dhcp\", found {found}"
+            ))),
             (Ty::Storage, Value::Str(_)) | (Ty::Shell, Value::Null) => Ok(()),
             (Ty::Storage | Ty::Shell, v) => {
                 let want = if ty == Ty::Storage {
@@ -702,6 +744,52 @@ enum Ty {
     Count,
     Storage,
     Shell,
+    /// A network name or a non-empty list of them.
+    Networks,
+    /// An IPv4 address, or "dhcp" / "" (assigned).
+    Ip,
+}
+
+/// A domain's `network` and `ip` together (each was type checked): a
+/// static `ip` needs a network, and is on the first one; `none` stands alone.
+fn check_addressing(path: &[String], comp: &Component) -> Result<(), DescriptionError> {
+    let names: Vec<&str> = match comp.get("network").map(|a| &a.value) {
+        Some(Value::Str(s)) => vec![s.as_str()],
+        Some(Value::List(items)) => items
+            .iter()
+            .filter_map(|i| match &i.value {
+                Value::Str(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    if names.len() > 1 && names.contains(&"none") {
+        let at = comp.get("network").map(|a| a.pos.clone());
+        return Err(DescriptionError::Type {
+            at: at.unwrap_or_else(|| comp.pos.clone()),
+            path: disp(&child(path, "network")),
+            message: "\"none\" means no network: it cannot be listed with others".into(),
+        });
+    }
+    let Some(ip) = comp.get("ip") else {
+        return Ok(());
+    };
+    let Value::Str(address) = &ip.value else {
+        return Ok(());
+    };
+    let assigned = address.is_empty() || address == "dhcp";
+    if !assigned && names.first().is_none_or(|n| *n == "none") {
+        return Err(DescriptionError::Type {
+            at: ip.pos.clone(),
+            path: disp(&child(path, "ip")),
+            message: format!(
+                "static address {address} needs a network: name one with `network` \
+                 (e.g. network \"private\"); the address is on the first one"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn kind_of(types: &[String]) -> Kind {
@@ -733,7 +821,10 @@ const DOMAIN: &[(&str, Ty)] = &[
     ("image", Ty::Str),
     ("kernel", Ty::Str),
     ("hostname", Ty::Str),
-    ("ip", Ty::Str),
+    // The site networks, one interface each, in order; "none": no network.
+    ("network", Ty::Networks),
+    // A static address on the first network; "dhcp" (or ""): assigned.
+    ("ip", Ty::Ip),
     ("domainName", Ty::Str),
     ("storageBackend", Ty::Storage),
     ("disk", Ty::Count),

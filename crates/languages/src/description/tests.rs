@@ -37,6 +37,13 @@ fn figure1_resolves() {
     assert_eq!(dom2.get_str("sfProcessHost"), Some("PhysHost01.cern.ch"));
     assert_eq!(dom2.get_str("kernel"), Some("/boot/vmlinuz-2.6.16-xen"));
     assert_eq!(d.root.domains()[2].get_int("memory"), Some(512));
+    assert_eq!(
+        d.root.domains()[0].network_requests(),
+        [sd_request::NetworkRequest {
+            name: "private".into(),
+            ip: Some(std::net::Ipv4Addr::new(10, 214, 0, 11)),
+        }]
+    );
     insta::assert_yaml_snapshot!(d);
 }
 
@@ -537,4 +544,91 @@ fn many_attributes_are_linear() {
     assert_eq!(d.root.name, "sfConfig");
     // A duplicate is still refused.
     assert!(sf_error("sfConfig { a 1; b 2; a 3; }").contains("defined twice"));
+}
+
+/// A domain with `attrs` in SmartFrog syntax, resolved.
+fn domain_sf(attrs: &str) -> Result<ResolvedDescription, DescriptionError> {
+    resolve_str(
+        "test.sf",
+        &format!(
+            "sfConfig extends Compound {{\n  a extends DefaultXenDomain {{\n{attrs}\n  }}\n}}\n"
+        ),
+        Format::SmartFrog,
+    )
+}
+
+#[test]
+fn networks_and_addresses() {
+    use sd_request::NetworkRequest;
+    let nics = |attrs: &str| domain_sf(attrs).unwrap().root.domains()[0].network_requests();
+    // The default: no network (the prelude's "none", which admission reads as such).
+    assert_eq!(nics(""), [NetworkRequest::named("none")]);
+    assert_eq!(nics("    network \"nat\";"), [NetworkRequest::named("nat")]);
+    assert_eq!(
+        nics("    network [\"private\", \"nat\"];\n    ip \"10.214.0.7\";"),
+        [
+            NetworkRequest {
+                name: "private".into(),
+                ip: Some(std::net::Ipv4Addr::new(10, 214, 0, 7))
+            },
+            NetworkRequest::named("nat")
+        ]
+    );
+    assert_eq!(
+        nics("    network \"private\";\n    ip \"dhcp\";"),
+        [NetworkRequest::named("private")]
+    );
+    // YAML: a name or a list.
+    let d = resolve_str(
+        "test.yaml",
+        "sfConfig:\n  extends: Sequence\n  a: { extends: DefaultXenDomain, network: [private], ip: 10.214.0.9 }\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        d.root.domains()[0].network_requests(),
+        [NetworkRequest {
+            name: "private".into(),
+            ip: Some(std::net::Ipv4Addr::new(10, 214, 0, 9))
+        }]
+    );
+}
+
+#[test]
+fn error_figure1_ip_is_no_address() {
+    // As the paper printed it.
+    let src = std::fs::read_to_string(jobs("figure1.sf"))
+        .unwrap()
+        .replace("ip \"10.214.0.11\"", "ip \"123.456.789.011\"");
+    insta::assert_snapshot!(resolve_str("figure1.sf", &src, Format::SmartFrog)
+        .unwrap_err()
+        .to_string());
+}
+
+#[test]
+fn error_ip_not_a_string() {
+    insta::assert_snapshot!(domain_sf("    network \"private\";\n    ip 10;")
+        .unwrap_err()
+        .to_string());
+}
+
+#[test]
+fn error_ip_without_network() {
+    insta::assert_snapshot!(domain_sf("    ip \"10.214.0.7\";").unwrap_err().to_string());
+}
+
+#[test]
+fn error_network_none_with_others() {
+    insta::assert_snapshot!(domain_sf("    network [\"none\", \"nat\"];")
+        .unwrap_err()
+        .to_string());
+}
+
+#[test]
+fn error_network_types() {
+    insta::assert_snapshot!(domain_sf("    network 3;").unwrap_err().to_string());
+    insta::assert_snapshot!(domain_sf("    network [];").unwrap_err().to_string());
+    insta::assert_snapshot!(yaml_error(
+        "sfConfig:\n  extends: Sequence\n  a: { extends: DefaultXenDomain, network: [nat, 4] }\n"
+    ));
 }

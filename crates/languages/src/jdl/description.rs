@@ -7,7 +7,7 @@
 
 use super::error::{JdlError, Span, Spanned};
 use super::parser::{parse_str, ClassAd, Expr, Value};
-use sd_request::EnvironmentRequest;
+use sd_request::{EnvironmentRequest, NetworkRequest};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,7 +37,7 @@ pub struct JobDescription {
 }
 
 /// The fields of `VirtualEnvironment`, as documented.
-const ENVIRONMENT_FIELDS: [&str; 7] = [
+const ENVIRONMENT_FIELDS: [&str; 8] = [
     "Image",
     "Memory",
     "VCPUs",
@@ -45,6 +45,7 @@ const ENVIRONMENT_FIELDS: [&str; 7] = [
     "SaveImage",
     "SaveAs",
     "Hostname",
+    "Network",
 ];
 
 impl JobDescription {
@@ -222,6 +223,7 @@ impl Checker<'_> {
                 "saveimage" => request.save_image = Some(self.boolean("SaveImage", value)?),
                 "saveas" => request.save_as = Some(self.non_empty_string("SaveAs", value)?),
                 "hostname" => request.hostname = Some(self.non_empty_string("Hostname", value)?),
+                "network" => request.networks = self.networks(value)?,
                 _ => {
                     let hint = closest(&field.name, &ENVIRONMENT_FIELDS)
                         .map(|known| format!("did you mean {known}? "))
@@ -238,6 +240,28 @@ impl Checker<'_> {
             }
         }
         Ok(request)
+    }
+
+    /// `Network = "nat"` or `Network = {"nat", "private"}`: the site
+    /// networks, one interface each, in order. Admission checks the names.
+    fn networks(&self, value: &Spanned<Expr>) -> Result<Vec<NetworkRequest>, JdlError> {
+        let names = self.strings("Network", value)?;
+        if names.is_empty() {
+            return Err(self.at(
+                value.span,
+                "Network must name at least one network (\"none\" for no network)",
+            ));
+        }
+        names
+            .into_iter()
+            .map(|(span, name)| {
+                if name.is_empty() {
+                    Err(self.at(span, "Network entries must not be empty"))
+                } else {
+                    Ok(NetworkRequest::named(&name))
+                }
+            })
+            .collect()
     }
 
     /// A positive integer literal that fits `T`.
@@ -571,11 +595,29 @@ mod tests {
                 save_image: Some(true),
                 save_as: None,
                 hostname: Some("h1".into()),
+                networks: vec![],
             })
         );
         assert_eq!(
             with("VirtualEnvironment = [];").virtual_environment,
             Some(EnvironmentRequest::default())
+        );
+        let networks = |field: &str| {
+            with(&format!("VirtualEnvironment = [ {field} ];"))
+                .virtual_environment
+                .unwrap()
+                .networks
+        };
+        assert_eq!(
+            networks("Network = \"nat\""),
+            [NetworkRequest::named("nat")]
+        );
+        assert_eq!(
+            networks("network = {\"nat\", \"private\"}"),
+            [
+                NetworkRequest::named("nat"),
+                NetworkRequest::named("private")
+            ]
         );
         assert_eq!(with("Memory = \"not ours\";").other.len(), 1);
     }
@@ -625,14 +667,35 @@ mod tests {
                 "2:35: Hostname must be a string, found integer 1",
             ),
             (
+                "Network = 1",
+                "2:34: Network must be a string or a list of strings, found integer 1",
+            ),
+            (
+                "Network = {}",
+                "2:34: Network must name at least one network (\"none\" for no network)",
+            ),
+            (
+                "Network = {\"nat\", \"\"}",
+                "2:42: Network entries must not be empty",
+            ),
+            (
+                "Network = {\"nat\", 3}",
+                "2:42: Network entries must be strings, found integer 3",
+            ),
+            (
+                "Netwrok = \"nat\"",
+                "2:24: unknown field 'Netwrok' in VirtualEnvironment (did you mean Network? \
+                 known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname, Network)",
+            ),
+            (
                 "Memroy = 1",
                 "2:24: unknown field 'Memroy' in VirtualEnvironment (did you mean Memory? \
-                 known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname)",
+                 known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname, Network)",
             ),
             (
                 "Flavour = \"big\"",
                 "2:24: unknown field 'Flavour' in VirtualEnvironment \
-                 (known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname)",
+                 (known fields: Image, Memory, VCPUs, Disk, SaveImage, SaveAs, Hostname, Network)",
             ),
         ];
         for (field, expected) in cases {
