@@ -31,6 +31,27 @@ pub enum Resource {
         thin_pool: String,
         lv: String,
     },
+    /// A tap device of one NIC (`ip link delete`).
+    Tap { name: String },
+    /// A network's bridge, shared by the deployments on it: the undo
+    /// removes it only when the lease file `leases` holds no lease.
+    Bridge { name: String, leases: PathBuf },
+    /// An nftables table `family name`. With `leases`, it is a network's
+    /// shared table, removed only when that lease file holds no lease.
+    NftTable {
+        family: String,
+        name: String,
+        #[serde(default)]
+        leases: Option<PathBuf>,
+    },
+    /// An address of network `network` held by `owner` (`DEPLOYMENT/NIC`)
+    /// in the node-wide lease file `path`.
+    Lease {
+        network: String,
+        ip: std::net::Ipv4Addr,
+        owner: String,
+        path: PathBuf,
+    },
 }
 
 /// What a front end needs to reach a running deployment again (sd-exec).
