@@ -359,6 +359,27 @@ mod tests {
     }
 
     #[test]
+    fn network_resources_keep_their_shape_and_older_entries_read_as_before() {
+        let r = Resource::Lease {
+            network: "nat".into(),
+            ip: std::net::Ipv4Addr::new(10, 77, 0, 2),
+            owner: "job-1/0".into(),
+            path: "/var/lib/sd/network/leases/nat-nat.json".into(),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"lease","network":"nat","ip":"10.77.0.2","owner":"job-1/0","path":"/var/lib/sd/network/leases/nat-nat.json"}"#
+        );
+        assert_eq!(serde_json::from_str::<Resource>(&text).unwrap(), r);
+        let table: Resource =
+            serde_json::from_str(r#"{"kind":"nft_table","family":"bridge","name":"t"}"#).unwrap();
+        assert!(matches!(table, Resource::NftTable { leases: None, .. }));
+        let old: Resource = serde_json::from_str(r#"{"kind":"file","path":"/x"}"#).unwrap();
+        assert_eq!(old, Resource::File { path: "/x".into() });
+    }
+
+    #[test]
     fn ids_are_checked_and_unique() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(

@@ -92,13 +92,18 @@ pub fn nat_table(
 
 /// The table of a private segment: its bridge has no address and nothing
 /// is routed into or out of it, nor delivered to the host.
+///
+/// With `br_netfilter` loaded (Docker loads it) frames bridged between two
+/// ports of the segment pass the IP forward hook too, with the bridge as
+/// both input and output interface: those are the segment's own traffic
+/// and are let through.
 pub fn private_table(table: &str, bridge: &str) -> String {
     let body = format!(
         "  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
          iifname \"{bridge}\" counter drop comment \"segment to host\"\n  }}\n  \
          chain forward {{\n    type filter hook forward priority filter; policy accept;\n    \
-         iifname \"{bridge}\" counter drop comment \"out of the segment\"\n    \
-         oifname \"{bridge}\" counter drop comment \"into the segment\"\n  }}\n"
+         iifname \"{bridge}\" oifname != \"{bridge}\" counter drop comment \"out of the segment\"\n    \
+         oifname \"{bridge}\" iifname != \"{bridge}\" counter drop comment \"into the segment\"\n  }}\n"
     );
     replace_table("inet", table, &body)
 }
