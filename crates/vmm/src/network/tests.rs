@@ -168,6 +168,11 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
     assert!(addr.contains("10.77.0.1/24"), "{addr}");
     let detail = cmd::run("ip", &["-d", "link", "show", "dev", &nic.tap]).unwrap();
     assert!(detail.contains("isolated on"), "{detail}");
+    assert!(
+        detail.contains("tun type tap")
+            && (detail.contains("user 65534") || detail.contains("user nobody")),
+        "the QEMU user may open it: {detail}"
+    );
     let t = tables();
     assert!(
         t.contains("table inet sd-nat-nat")
