@@ -16,9 +16,27 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 
-/// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any change of the messages below. The agent answers a host's
+/// [`HostMsg::Hello`] of any version from [`MIN_PROTOCOL_VERSION`] to this
+/// one with that same version (an older host sees the version it speaks);
+/// a host must send nothing the agreed version lacks.
+///
+/// - 1: the first.
+/// - 2: [`HostMsg::Network`] and [`GuestMsg::NetworkConfigured`] (appended:
+///   the encoding of every older message is unchanged).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest host protocol the agent still serves.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// The first version with [`HostMsg::Network`].
+pub const NETWORK_SINCE: u32 = 2;
+/// At most this many NICs in a [`NetworkConfig`].
+pub const MAX_INTERFACES: usize = 16;
+/// At most this many `/etc/hosts` entries in a [`NetworkConfig`].
+pub const MAX_HOSTS: usize = 4096;
+/// At most this many resolvers per NIC (the C library reads three).
+pub const MAX_DNS: usize = 3;
 /// Largest payload a frame may carry.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Output and file data are sent in chunks of at most this size.
@@ -49,6 +67,81 @@ pub struct RunRequest {
     pub stdin: StdinSource,
 }
 
+/// One NIC of the guest, found by its MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceConfig {
+    pub mac: [u8; 6],
+    /// The address and prefix length; None: the link is only brought up
+    /// (a `bridge` network's addresses come from the site's DHCP).
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// The default route through this NIC.
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// The guest's network, applied by the agent before the job: the NICs, the
+/// host name, and `/etc/hosts` entries (`name`, `ip`): the other members of
+/// a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub hostname: String,
+    pub interfaces: Vec<InterfaceConfig>,
+    pub hosts: Vec<(String, Ipv4Addr)>,
+}
+
+/// A host name as `/etc/hosts` and `sethostname` take it: 1-253 bytes of
+/// dot-separated labels of 1-63 letters, digits and inner '-'.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+impl NetworkConfig {
+    /// Checks the limits and the names (so that nothing written from it
+    /// into the guest's files can add a line of its own).
+    pub fn check(&self) -> Result<(), String> {
+        if !valid_hostname(&self.hostname) {
+            return Err(format!("host name {:?} is not valid", self.hostname));
+        }
+        if self.interfaces.len() > MAX_INTERFACES {
+            return Err(format!(
+                "{} interfaces: at most {MAX_INTERFACES}",
+                self.interfaces.len()
+            ));
+        }
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(format!(
+                "{} host entries: at most {MAX_HOSTS}",
+                self.hosts.len()
+            ));
+        }
+        for (i, nic) in self.interfaces.iter().enumerate() {
+            if nic.dns.len() > MAX_DNS {
+                return Err(format!("interface {i}: at most {MAX_DNS} resolvers"));
+            }
+            if let Some((_, prefix)) = nic.address {
+                if prefix > 32 {
+                    return Err(format!("interface {i}: prefix length {prefix} > 32"));
+                }
+            }
+            if self.interfaces[..i].iter().any(|o| o.mac == nic.mac) {
+                return Err(format!("interface {i}: its MAC is another's"));
+            }
+        }
+        if let Some((name, _)) = self.hosts.iter().find(|(n, _)| !valid_hostname(n)) {
+            return Err(format!("host entry {name:?} is not a valid name"));
+        }
+        Ok(())
+    }
+}
+
 /// Host → guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMsg {
@@ -77,6 +170,10 @@ pub enum HostMsg {
     Ping(u64),
     /// Stop everything, unmount the VO image cleanly, power the machine off.
     PowerOff,
+    /// (version 2) Set up the guest's network before the job: answered by
+    /// [`GuestMsg::NetworkConfigured`] or an `Error`. Sent only if the Hello
+    /// agreed on [`NETWORK_SINCE`] or later.
+    Network(NetworkConfig),
 }
 
 /// Guest → host.
@@ -120,6 +217,11 @@ pub enum GuestMsg {
     /// be echoed and mangled, so the first host waits for this before its
     /// Hello.
     Ready,
+    /// (version 2) The `Network` was applied: the guest's interface name of
+    /// each NIC, in order.
+    NetworkConfigured {
+        interfaces: Vec<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +313,59 @@ mod tests {
         }));
         roundtrip(GuestMsg::Stdout((0..=255u8).collect()));
         roundtrip(GuestMsg::Killed { signal: 9 });
+    }
+
+    fn network() -> NetworkConfig {
+        NetworkConfig {
+            hostname: "db".into(),
+            interfaces: vec![InterfaceConfig {
+                mac: [2, 1, 2, 3, 4, 5],
+                address: Some((Ipv4Addr::new(10, 77, 0, 2), 24)),
+                gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
+                dns: vec![Ipv4Addr::new(10, 77, 0, 1)],
+            }],
+            hosts: vec![("worker-1".into(), Ipv4Addr::new(10, 77, 0, 3))],
+        }
+    }
+
+    #[test]
+    fn network_config_roundtrips_and_is_checked() {
+        roundtrip(HostMsg::Network(network()));
+        roundtrip(GuestMsg::NetworkConfigured {
+            interfaces: vec!["eth0".into()],
+        });
+        assert_eq!(network().check(), Ok(()));
+        let mut bad = network();
+        bad.hosts
+            .push(("evil\n10.0.0.1 bank".into(), Ipv4Addr::new(1, 1, 1, 1)));
+        assert!(bad.check().unwrap_err().contains("not a valid name"));
+        let mut bad = network();
+        bad.hostname = "-x".into();
+        assert!(bad.check().is_err());
+        let mut bad = network();
+        bad.interfaces.push(bad.interfaces[0].clone());
+        assert!(bad.check().unwrap_err().contains("another's"));
+        let mut bad = network();
+        bad.interfaces[0].dns = vec![Ipv4Addr::LOCALHOST; 4];
+        assert!(bad.check().is_err());
+        let mut big = network();
+        big.hosts = (0..MAX_HOSTS + 1)
+            .map(|i| (format!("h{i}"), Ipv4Addr::new(10, 0, 0, 1)))
+            .collect();
+        assert!(big.check().is_err());
+        // Even over the limit it fits a frame: a frame never carries more
+        // than the agent will accept reading.
+        assert!(encode(&HostMsg::Network(big)).is_ok());
+        assert!(valid_hostname("a.b-c.d9") && !valid_hostname("a..b") && !valid_hostname(""));
+    }
+
+    #[test]
+    fn older_messages_keep_their_encoding() {
+        // Variants were appended: what a version-1 peer sends decodes the same.
+        assert_eq!(encode(&HostMsg::PowerOff).unwrap()[6..], [9]);
+        assert_eq!(encode(&GuestMsg::Ready).unwrap()[6..], [12]);
+        assert_eq!(encode(&HostMsg::Ping(7)).unwrap()[6..], [8, 7]);
+        assert_eq!(encode(&HostMsg::Network(network())).unwrap()[6], 10);
     }
 
     #[test]

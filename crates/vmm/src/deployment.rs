@@ -683,6 +683,12 @@ fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
             Resource::LvmVolume { vg, thin_pool, lv } => {
                 storage::remove_lvm_volume(vg, thin_pool, lv)?
             }
+            r @ (Resource::Tap { .. }
+            | Resource::Bridge { .. }
+            | Resource::NftTable { .. }
+            | Resource::Lease { .. }) => {
+                crate::network::undo(r)?;
+            }
         }
     }
     journal.remove()?;

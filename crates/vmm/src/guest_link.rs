@@ -283,6 +283,27 @@ impl GuestLink {
         }
     }
 
+    /// Sets up the guest's network (before its job); returns the guest's
+    /// name of each NIC. Needs an agent of protocol [`sd_proto::NETWORK_SINCE`]
+    /// or later (the Hello agreed on [`PROTOCOL_VERSION`], which is).
+    pub fn configure_network(
+        &self,
+        config: &sd_proto::NetworkConfig,
+        timeout: Duration,
+    ) -> Result<Vec<String>, LinkError> {
+        config.check().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("network config: {e}"),
+            )
+        })?;
+        self.writer.send(&HostMsg::Network(config.clone()))?;
+        match self.recv_timeout(timeout)? {
+            GuestMsg::NetworkConfigured { interfaces } => Ok(interfaces),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Copies `from` into the guest file `path` (created with `mode`).
     pub fn put_file(&self, from: &mut dyn Read, path: &str, mode: u32) -> Result<u64, LinkError> {
         self.writer.send(&HostMsg::PutFile {
@@ -422,6 +443,62 @@ mod tests {
             "{err}"
         );
         agent.join().unwrap();
+    }
+
+    /// The host sends the network after the Hello and gets the guest's
+    /// interface names back; a config over the limits is not sent at all.
+    #[test]
+    fn network_config_goes_to_the_agent_and_its_names_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let config = sd_proto::NetworkConfig {
+            hostname: "db".into(),
+            interfaces: vec![sd_proto::InterfaceConfig {
+                mac: [2, 0, 0, 0, 0, 1],
+                address: Some(("10.77.0.2".parse().unwrap(), 24)),
+                gateway: Some("10.77.0.1".parse().unwrap()),
+                dns: vec![],
+            }],
+            hosts: vec![],
+        };
+        let expected = config.clone();
+        let agent = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _: HostMsg = read_msg(&mut s).unwrap();
+            write_msg(
+                &mut s,
+                &GuestMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    kernel_release: "k".into(),
+                    hostname: "h".into(),
+                    vcpus: 1,
+                    mem_total_kib: 1,
+                },
+            )
+            .unwrap();
+            let got: HostMsg = read_msg(&mut s).unwrap();
+            assert_eq!(got, HostMsg::Network(expected));
+            write_msg(
+                &mut s,
+                &GuestMsg::NetworkConfigured {
+                    interfaces: vec!["eth0".into()],
+                },
+            )
+            .unwrap();
+        });
+        let link = GuestLink::connect(&sock, "h", Duration::from_secs(5), &|| true).unwrap();
+        let names = link
+            .configure_network(&config, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(names, ["eth0"]);
+        agent.join().unwrap();
+        let mut bad = config;
+        bad.hostname = "bad name".into();
+        let err = link
+            .configure_network(&bad, Duration::from_secs(1))
+            .unwrap_err();
+        assert!(!err.is_guest_side(), "{err}");
     }
 
     #[test]

@@ -31,6 +31,27 @@ pub enum Resource {
         thin_pool: String,
         lv: String,
     },
+    /// A tap device of one NIC (`ip link delete`).
+    Tap { name: String },
+    /// A network's bridge, shared by the deployments on it: the undo
+    /// removes it only when the lease file `leases` holds no lease.
+    Bridge { name: String, leases: PathBuf },
+    /// An nftables table `family name`. With `leases`, it is a network's
+    /// shared table, removed only when that lease file holds no lease.
+    NftTable {
+        family: String,
+        name: String,
+        #[serde(default)]
+        leases: Option<PathBuf>,
+    },
+    /// An address of network `network` held by `owner` (`DEPLOYMENT/NIC`)
+    /// in the node-wide lease file `path`.
+    Lease {
+        network: String,
+        ip: std::net::Ipv4Addr,
+        owner: String,
+        path: PathBuf,
+    },
 }
 
 /// What the journal knows of a deployment besides its resources: how to
@@ -338,6 +359,27 @@ mod tests {
         again.remove().unwrap();
         assert!(Journal::open(dir.path(), "job-1").unwrap().is_none());
         assert!(Journal::list(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn network_resources_keep_their_shape_and_older_entries_read_as_before() {
+        let r = Resource::Lease {
+            network: "nat".into(),
+            ip: std::net::Ipv4Addr::new(10, 77, 0, 2),
+            owner: "job-1/0".into(),
+            path: "/var/lib/sd/network/leases/nat-nat.json".into(),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"lease","network":"nat","ip":"10.77.0.2","owner":"job-1/0","path":"/var/lib/sd/network/leases/nat-nat.json"}"#
+        );
+        assert_eq!(serde_json::from_str::<Resource>(&text).unwrap(), r);
+        let table: Resource =
+            serde_json::from_str(r#"{"kind":"nft_table","family":"bridge","name":"t"}"#).unwrap();
+        assert!(matches!(table, Resource::NftTable { leases: None, .. }));
+        let old: Resource = serde_json::from_str(r#"{"kind":"file","path":"/x"}"#).unwrap();
+        assert_eq!(old, Resource::File { path: "/x".into() });
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `journal` before creating it, prepares disks (`storage`,
 //! `storage_lvm`, `image_store`), starts the domain through a
 //! `hypervisor` backend and reaches its agent through `guest_link`.
-//! `capacity` holds the node's limits.
+//! `capacity` holds the node's limits; `network` makes a domain's NICs
+//! (tap, bridge, nftables, address leases).
 
 pub mod capacity;
 pub mod deployment;
@@ -13,6 +14,7 @@ pub mod guest_link;
 pub mod hypervisor;
 pub mod image_store;
 pub mod journal;
+pub mod network;
 pub mod status;
 pub mod storage;
 pub mod storage_lvm;

@@ -3,10 +3,11 @@
 //! It is PID 1 of the boot initramfs (`images/init` execs it after mounting
 //! the VO image at `--root`). It serves the host over one channel (the
 //! virtio-serial port named [`sd_proto::VIRTIO_PORT_NAME`], or `--port DEV`):
-//! runs commands chrooted into the VO image, moves sandbox files, answers
-//! pings, and powers the machine off. The VO image needs none of our software.
+//! sets up the guest's network, runs commands chrooted into the VO image,
+//! moves sandbox files, answers pings, and powers the machine off. The VO image needs none of our software.
 
 mod job;
+mod network;
 mod session;
 
 use std::fs::{File, OpenOptions};

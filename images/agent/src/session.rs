@@ -7,7 +7,9 @@
 
 use crate::job::{self, RunningJob};
 use crate::{log, read_trimmed, Channel};
-use sd_proto::{read_msg, write_msg, GuestMsg, HostMsg, ProtoError, PROTOCOL_VERSION};
+use sd_proto::{
+    read_msg, write_msg, GuestMsg, HostMsg, ProtoError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -67,9 +69,9 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
         };
         match msg {
             HostMsg::Hello { version, hostname } => {
-                if version != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     writer.send(&GuestMsg::Error {
-                        message: format!("protocol version {version} not supported (agent speaks {PROTOCOL_VERSION})"),
+                        message: format!("protocol version {version} not supported (agent speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"),
                     });
                     continue;
                 }
@@ -80,7 +82,7 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
                 if let Err(e) = nix::unistd::sethostname(&hostname) {
                     log(&format!("sethostname {hostname:?}: {e}"));
                 }
-                writer.send(&hello(&hostname));
+                writer.send(&hello(&hostname, version));
             }
             HostMsg::Run(req) => {
                 let mut slot = running.lock().unwrap();
@@ -142,6 +144,15 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
             },
             HostMsg::GetFile { path } => send_file(root, &path, &writer),
             HostMsg::Ping(n) => writer.send(&GuestMsg::Pong(n)),
+            HostMsg::Network(cfg) => match crate::network::apply(&cfg, root) {
+                Ok(interfaces) => {
+                    log(&format!("network up: {}", interfaces.join(" ")));
+                    writer.send(&GuestMsg::NetworkConfigured { interfaces })
+                }
+                Err(e) => writer.send(&GuestMsg::Error {
+                    message: format!("network: {e}"),
+                }),
+            },
             HostMsg::PowerOff => {
                 log("power-off requested by the host");
                 crate::power_off();
@@ -150,7 +161,8 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
     }
 }
 
-fn hello(hostname: &str) -> GuestMsg {
+/// The answer to a Hello: the host's own version, which we speak too.
+fn hello(hostname: &str, version: u32) -> GuestMsg {
     let uts = nix::sys::utsname::uname().ok();
     let kernel_release = uts
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -164,7 +176,7 @@ fn hello(hostname: &str) -> GuestMsg {
         .map(|n| n.get() as u32)
         .unwrap_or(1);
     GuestMsg::Hello {
-        version: PROTOCOL_VERSION,
+        version,
         kernel_release,
         hostname: hostname.to_string(),
         vcpus,
