@@ -230,6 +230,8 @@ pub enum PolicyError {
         first: String,
         second: String,
     },
+    #[error("the pool has more members on network {network:?} than its subnet {subnet} has addresses")]
+    PoolOutOfAddresses { network: String, subnet: Ipv4Net },
     /// The site's: its image store could not be read.
     #[error("cannot look up image {image:?} in the site's image store: {reason}")]
     StoreUnreadable { image: String, reason: String },
@@ -539,6 +541,40 @@ pub fn check_pool_addresses(members: &[(&str, &ResolvedEnvironment)]) -> Result<
                 });
             }
             seen.push((&nic.network, ip, member));
+        }
+    }
+    Ok(())
+}
+
+/// Gives every member of a pool without a static address on a `private`
+/// network the lowest address of its subnet that no member has, so that
+/// all of them are known before the first boots (each member's
+/// `/etc/hosts` names the others). Run after [`check_pool_addresses`].
+/// A `nat` network's addresses are the node's, leased at boot (its guests
+/// do not reach each other); a `bridge` network's are the site's DHCP's.
+pub fn assign_pool_addresses(members: &mut [&mut ResolvedEnvironment]) -> Result<(), PolicyError> {
+    let taken: Vec<(String, Ipv4Addr)> = members
+        .iter()
+        .flat_map(|env| env.networks.iter())
+        .filter_map(|nic| Some((nic.network.clone(), nic.ip?)))
+        .collect();
+    let mut taken = taken;
+    for env in members.iter_mut() {
+        for nic in env.networks.iter_mut() {
+            let (NetworkKind::Private { subnet }, None) = (&nic.kind, nic.ip) else {
+                continue;
+            };
+            let first = u32::from(sd_site::first_host(*subnet)) + 1;
+            let last = u32::from(subnet.broadcast()) - 1;
+            let free = (first..=last)
+                .map(Ipv4Addr::from)
+                .find(|ip| !taken.contains(&(nic.network.clone(), *ip)))
+                .ok_or_else(|| PolicyError::PoolOutOfAddresses {
+                    network: nic.network.clone(),
+                    subnet: *subnet,
+                })?;
+            taken.push((nic.network.clone(), free));
+            nic.ip = Some(free);
         }
     }
     Ok(())

@@ -18,6 +18,7 @@ use crate::storage::{self, JobDisk, StorageError};
 use sd_host::peer::ProcessStamp;
 use sd_policy::ResolvedEnvironment;
 use sd_site::{Acceleration, Backend, DiskFormat, SiteConfig, XenGuestType};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -47,6 +48,13 @@ pub enum DeployError {
     /// nothing was made.
     #[error(transparent)]
     Limit(#[from] crate::capacity::LimitError),
+    #[error("network cleanup: {0}")]
+    NetworkCleanup(#[source] crate::network::NetworkError),
+    #[error("network {network}: {source}")]
+    Network {
+        network: String,
+        source: crate::network::NetworkError,
+    },
 }
 
 fn guest_said(lines: &[String]) -> String {
@@ -74,6 +82,9 @@ impl DeployError {
             DeployError::Link { error, .. } if env.from_store && error.is_guest_side() => {
                 Fault::User
             }
+            // The job's own address choice (taken, out of range), or no
+            // address left: the job fails, the node stays in service.
+            DeployError::Network { source, .. } if source.is_the_requests() => Fault::User,
             _ => Fault::Site,
         }
     }
@@ -183,6 +194,16 @@ pub fn console_log_path(site: &SiteConfig, id: &str) -> PathBuf {
     site.log_dir.join(format!("{id}.console.log"))
 }
 
+/// Where a deployment sits among others: the segment its `private`
+/// networks join (its pool's; alone, its own), and the other members of
+/// its pool by name, for its `/etc/hosts`.
+#[derive(Debug, Clone, Default)]
+pub struct Neighbourhood {
+    /// None: the deployment's own segment.
+    pub segment: Option<String>,
+    pub hosts: Vec<(String, Ipv4Addr)>,
+}
+
 /// A running domain with its agent answering.
 pub struct Deployment {
     pub id: String,
@@ -223,6 +244,19 @@ impl Deployment {
         uid: u32,
         owner: Option<ProcessStamp>,
     ) -> Result<Deployment, DeployError> {
+        Deployment::deploy_among(site, id, env, uid, owner, &Neighbourhood::default())
+    }
+
+    /// [`Deployment::deploy_owned`] of a member of a pool: its private
+    /// networks are the pool's segment, its `/etc/hosts` names the others.
+    pub fn deploy_among(
+        site: &SiteConfig,
+        id: &str,
+        env: &ResolvedEnvironment,
+        uid: u32,
+        owner: Option<ProcessStamp>,
+        neighbours: &Neighbourhood,
+    ) -> Result<Deployment, DeployError> {
         let backend = backend_for(site, None)?;
         let journal = {
             // The node's limits, and the journal that makes this deployment
@@ -258,7 +292,7 @@ impl Deployment {
             site,
             backend: Some(backend),
         };
-        let (link, booted, boot_time) = rollback.boot(id, env)?;
+        let (link, booted, boot_time) = rollback.boot(id, env, neighbours)?;
         let (journal, backend) = rollback.disarm();
         watch_domain(&link, backend.as_ref(), &booted.domain);
         Ok(Deployment {
@@ -529,6 +563,7 @@ impl Rollback<'_> {
         &mut self,
         id: &str,
         env: &ResolvedEnvironment,
+        neighbours: &Neighbourhood,
     ) -> Result<(GuestLink, hypervisor::Booted, Duration), DeployError> {
         let started = Instant::now();
         let site = self.site;
@@ -575,8 +610,16 @@ impl Rollback<'_> {
                 }
             }
         }
+        let nics = attach_networks(site, journal, backend.as_ref(), env, neighbours)?;
         let spec = DomainSpec {
             name: domain_name(site, id),
+            nics: nics
+                .iter()
+                .map(|n| hypervisor::NicSpec {
+                    host_device: n.tap.clone(),
+                    mac: n.mac.to_string(),
+                })
+                .collect(),
             kernel: env.image.kernel.clone(),
             initrd: env.image.initrd.clone(),
             cmdline: format!(
@@ -627,6 +670,27 @@ impl Rollback<'_> {
                     last_words: last_words(&console_log),
                 }
             })?;
+        if !nics.is_empty() {
+            let config = sd_proto::NetworkConfig {
+                hostname: env.hostname.clone(),
+                interfaces: nics
+                    .iter()
+                    .map(|n| sd_proto::InterfaceConfig {
+                        mac: n.mac.0,
+                        address: n.ip.map(|ip| (ip, n.prefix_len)),
+                        gateway: n.gateway,
+                        dns: n.dns.clone(),
+                    })
+                    .collect(),
+                hosts: neighbours.hosts.clone(),
+            };
+            link.configure_network(&config, timeout)
+                .map_err(|error| DeployError::Link {
+                    error,
+                    console: console_log.display().to_string(),
+                    last_words: last_words(&console_log),
+                })?;
+        }
         Ok((link, booted, started.elapsed()))
     }
 
@@ -644,6 +708,55 @@ impl Drop for Rollback<'_> {
             }
         }
     }
+}
+
+/// Connects the domain's NICs to the site's networks, each part journaled
+/// before it is made (see `network`).
+fn attach_networks(
+    site: &SiteConfig,
+    journal: &mut Journal,
+    backend: &dyn Hypervisor,
+    env: &ResolvedEnvironment,
+    neighbours: &Neighbourhood,
+) -> Result<Vec<crate::network::AttachedNic>, DeployError> {
+    if env.networks.is_empty() {
+        return Ok(vec![]);
+    }
+    if backend.name() != "qemu" {
+        return Err(DeployError::Hypervisor(HypervisorError::Unsupported {
+            backend: backend.name(),
+            what: "networks (not yet: the Xen vif is not attached)",
+        }));
+    }
+    // The tap is opened by QEMU as the unprivileged user it runs as.
+    let tap_user = site
+        .qemu
+        .run_as
+        .as_deref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid.as_raw());
+    let segment = neighbours
+        .segment
+        .clone()
+        .unwrap_or_else(|| journal.id().to_string());
+    let mut attached = vec![];
+    for (index, nic) in env.networks.iter().enumerate() {
+        let config = crate::network::NicConfig {
+            network: nic.network.clone(),
+            kind: crate::network::NetworkKind::of_site(&nic.kind, &segment),
+            ip: nic.ip,
+            tap_user,
+        };
+        let _step = step_lock();
+        let made = crate::network::attach(journal, &site.state_dir, index as u32, &config)
+            .map_err(|source| DeployError::Network {
+                network: nic.network.clone(),
+                source,
+            })?;
+        attached.push(made);
+    }
+    Ok(attached)
 }
 
 fn env_uid(journal: &Journal) -> Option<u32> {
@@ -687,7 +800,7 @@ fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
             | Resource::Bridge { .. }
             | Resource::NftTable { .. }
             | Resource::Lease { .. }) => {
-                crate::network::undo(r)?;
+                crate::network::undo(r).map_err(DeployError::NetworkCleanup)?;
             }
         }
     }

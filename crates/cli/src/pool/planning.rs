@@ -23,6 +23,16 @@ pub(super) struct PlannedMember {
 }
 
 impl PlannedMember {
+    /// Its name and address on each `private` network, for the others'
+    /// `/etc/hosts` (every one is assigned at planning).
+    pub(super) fn hosts(&self) -> impl Iterator<Item = (String, std::net::Ipv4Addr)> + '_ {
+        self.env
+            .networks
+            .iter()
+            .filter(|n| matches!(n.kind, sd_site::NetworkKind::Private { .. }))
+            .filter_map(|n| Some((self.env.hostname.clone(), n.ip?)))
+    }
+
     pub(super) fn record(&self) -> MemberRecord {
         MemberRecord {
             id: self.id.clone(),
@@ -103,7 +113,10 @@ pub(super) fn request_of(
         disk_mib: count("disk")?,
         save_image: member.get_bool("saveImage"),
         save_as: text("saveAs").map(str::to_string),
-        hostname: text("hostname").map(str::to_string),
+        // A member is known by its name to the others (`/etc/hosts`).
+        hostname: text("hostname")
+            .map(str::to_string)
+            .or_else(|| sd_site::validate_hostname(&member.name).ok().map(|()| member.name.clone())),
         networks: member.network_requests(),
     };
     Ok((request, text("vo").map(str::to_string)))
@@ -185,10 +198,13 @@ pub(super) fn plan_members(
         Some(node) => {
             // Static addresses: no two members on one address of a network.
             let members: Vec<_> = plans.iter().map(|p| (p.path.as_str(), &p.env)).collect();
-            policy::check_pool_addresses(&members).map_err(|error| PoolError::Policy {
+            let refused = |error| PoolError::Policy {
                 path: root.path.clone(),
                 error,
-            })?;
+            };
+            policy::check_pool_addresses(&members).map_err(refused)?;
+            let mut envs: Vec<_> = plans.iter_mut().map(|p| &mut p.env).collect();
+            policy::assign_pool_addresses(&mut envs).map_err(refused)?;
             Ok((plans, node))
         }
         None => Err(PoolError::NoDomains),

@@ -4,7 +4,7 @@
 use sd_host::owner::Owner;
 use sd_languages::description::ResolvedDescription;
 use sd_site::SiteConfig;
-use sd_vmm::deployment::Deployment;
+use sd_vmm::deployment::{Deployment, Neighbourhood};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -165,7 +165,19 @@ impl Launcher<'_> {
     fn boot(&self, i: usize) -> Result<(), PoolError> {
         let plan = &self.plans[i];
         tracing::info!("pool {}: deploying {} ({})", self.name, plan.id, plan.path);
-        let d = Deployment::deploy(self.site, &plan.id, &plan.env, self.uid, None).map_err(
+        let neighbours = Neighbourhood {
+            segment: Some(format!("pool-{}", self.name)),
+            hosts: self.plans.iter().flat_map(PlannedMember::hosts).collect(),
+        };
+        let d = Deployment::deploy_among(
+            self.site,
+            &plan.id,
+            &plan.env,
+            self.uid,
+            None,
+            &neighbours,
+        )
+        .map_err(
             |error| PoolError::Deploy {
                 id: plan.id.clone(),
                 fault: error.fault(&plan.env),

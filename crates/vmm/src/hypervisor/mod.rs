@@ -36,6 +36,8 @@ pub struct DomainSpec {
     pub run_dir: PathBuf,
     /// Where the guest console is captured.
     pub console_log: PathBuf,
+    /// Its network interfaces, in order (made by `network` before create).
+    pub nics: Vec<NicSpec>,
 }
 
 /// What a created domain offers to the layers above.
@@ -230,8 +232,8 @@ pub trait Domain: Send + Sync {
     }
 }
 
-/// A network interface of a domain: the host's end (a tap, or a bridge a
-/// backend's own script attaches to) and the guest's MAC.
+/// A network interface of a domain: the host's end (a tap) and the
+/// guest's MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicSpec {
     pub host_device: String,

@@ -183,6 +183,17 @@ impl Qemu {
             "-pidfile".into(),
             pidfile.display().to_string(),
         ];
+        for (i, nic) in spec.nics.iter().enumerate() {
+            // The tap exists and is the run_as user's: QEMU opens it by
+            // name, runs no script, and needs no privilege for it.
+            args.push("-netdev".into());
+            args.push(format!(
+                "tap,id=nic{i},ifname={},script=no,downscript=no",
+                nic.host_device
+            ));
+            args.push("-device".into());
+            args.push(format!("virtio-net-pci,netdev=nic{i},mac={}", nic.mac));
+        }
         args.extend(self.confinement());
         args
     }

@@ -159,6 +159,51 @@ pub enum NetworkKind {
     },
 }
 
+impl NetworkError {
+    /// Whether the request caused it (its static address, or none left in
+    /// the network), not the host: such a job fails, its node stays in service.
+    pub fn is_the_requests(&self) -> bool {
+        matches!(
+            self,
+            NetworkError::AddressOutOfRange { .. }
+                | NetworkError::AddressTaken { .. }
+                | NetworkError::NoFreeAddress { .. }
+                | NetworkError::StaticOnBridge(_)
+        )
+    }
+}
+
+impl NetworkKind {
+    /// The site's declaration of a network, for a deployment whose private
+    /// networks are `segment`.
+    pub fn of_site(kind: &sd_site::NetworkKind, segment: &str) -> NetworkKind {
+        let subnet = |net: &sd_site::Ipv4Net| Subnet {
+            addr: net.network(),
+            prefix_len: net.prefix_len(),
+        };
+        match kind {
+            sd_site::NetworkKind::Nat {
+                subnet: net,
+                dns,
+                deny,
+                allow,
+            } => NetworkKind::Nat {
+                subnet: subnet(net),
+                dns: dns.clone(),
+                deny: deny.iter().map(subnet).collect(),
+                allow: allow.iter().map(subnet).collect(),
+            },
+            sd_site::NetworkKind::Private { subnet: net } => NetworkKind::Private {
+                subnet: subnet(net),
+                segment: segment.to_string(),
+            },
+            sd_site::NetworkKind::Bridge { bridge } => NetworkKind::Bridge {
+                bridge: bridge.clone(),
+            },
+        }
+    }
+}
+
 /// One NIC of a domain, as the caller resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicConfig {
@@ -562,10 +607,3 @@ pub fn undo(resource: &Resource) -> Result<bool, NetworkError> {
 
 #[cfg(test)]
 mod tests;
-
-/// Until deployment's error has a variant of its own for the network.
-impl From<NetworkError> for crate::deployment::DeployError {
-    fn from(e: NetworkError) -> Self {
-        crate::deployment::DeployError::Io(std::io::Error::other(e.to_string()))
-    }
-}
