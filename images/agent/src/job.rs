@@ -57,6 +57,18 @@ fn wait_for(pid: u32) -> i32 {
     }
 }
 
+/// Runs `cmd` to its end with its stderr captured (stdout is dropped),
+/// its exit through the reaper (the raw wait status: 0 is success). For
+/// the agent's own helpers (busybox `ip`), not the job.
+pub fn run_to_end(cmd: &mut Command) -> std::io::Result<(i32, Vec<u8>)> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut stderr = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.by_ref().take(64 * 1024).read_to_end(&mut stderr);
+    }
+    Ok((wait_for(child.id()), stderr))
+}
+
 pub fn spawn(
     req: &RunRequest,
     root: &Path,

@@ -111,16 +111,15 @@ fn find_by_mac(sys_class_net: &Path, mac: &[u8; 6], wait: Duration) -> Option<St
 }
 
 fn ip(args: &[String]) -> Result<(), String> {
-    let out = Command::new(BUSYBOX)
-        .arg("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run busybox ip: {e}"))?;
-    if out.status.success() {
+    let mut cmd = Command::new(BUSYBOX);
+    cmd.arg("ip").args(args).stdin(Stdio::null());
+    // Through the reaper: as PID 1 it waits for every child, ours too.
+    let (status, stderr) =
+        crate::job::run_to_end(&mut cmd).map_err(|e| format!("cannot run busybox ip: {e}"))?;
+    if status == 0 {
         return Ok(());
     }
-    let mut err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let mut err = String::from_utf8_lossy(&stderr).trim().to_string();
     err.truncate(512);
     Err(format!("ip {}: {err}", args.join(" ")))
 }
