@@ -304,10 +304,20 @@ fn hex_tag(parts: &[&str], chars: usize) -> String {
 /// Interface names are at most 15 bytes (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
-/// The bridge of NAT network `network`: `sdn-NAME`, or `sdn-HASH` when the
-/// name does not fit.
-pub fn nat_bridge_name(network: &str) -> String {
-    let plain = format!("sdn-{network}");
+/// The part of host-wide names that tells sites apart: 4 hex digits of
+/// the state directory (as domain names have). Two sites on one host (a
+/// test's and the real one) never share a bridge, tap or table.
+pub fn site_scope(state_dir: &Path) -> String {
+    format!(
+        "{:04x}",
+        sd_host::name_tag(state_dir.as_os_str().as_encoded_bytes()) & 0xffff
+    )
+}
+
+/// The bridge of NAT network `network` of site `scope`: `sdn-NAME-SCOPE`,
+/// or `sdn-HASH` when that does not fit.
+pub fn nat_bridge_name(scope: &str, network: &str) -> String {
+    let plain = format!("sdn-{network}-{scope}");
     if plain.len() <= IFNAME_MAX
         && network
             .chars()
@@ -315,26 +325,26 @@ pub fn nat_bridge_name(network: &str) -> String {
     {
         plain
     } else {
-        format!("sdn-{}", hex_tag(&["nat", network], 11))
+        format!("sdn-{}", hex_tag(&["nat", scope, network], 11))
     }
 }
 
 /// The bridge of one private segment.
-pub fn private_bridge_name(network: &str, segment: &str) -> String {
-    format!("sdp-{}", hex_tag(&["private", network, segment], 11))
+pub fn private_bridge_name(scope: &str, network: &str, segment: &str) -> String {
+    format!("sdp-{}", hex_tag(&["private", scope, network, segment], 11))
 }
 
 /// The tap of NIC `nic_index` of a deployment (48 bits of hash: unique
 /// on a node in practice, and checked).
-pub fn tap_name(deployment_id: &str, nic_index: u32) -> String {
+pub fn tap_name(scope: &str, deployment_id: &str, nic_index: u32) -> String {
     format!(
         "sdt{}",
-        hex_tag(&["tap", deployment_id, &nic_index.to_string()], 12)
+        hex_tag(&["tap", scope, deployment_id, &nic_index.to_string()], 12)
     )
 }
 
-fn nat_table_name(network: &str) -> String {
-    format!("sd-nat-{network}")
+fn nat_table_name(scope: &str, network: &str) -> String {
+    format!("sd-nat-{network}-{scope}")
 }
 
 fn private_table_name(bridge: &str) -> String {
@@ -363,7 +373,8 @@ pub fn attach(
     }
     let id = journal.id().to_string();
     let owner = format!("{id}/{nic_index}");
-    let tap = tap_name(&id, nic_index);
+    let scope = site_scope(state_dir);
+    let tap = tap_name(&scope, &id, nic_index);
     let mac = Mac::derive(&id, nic_index);
     if journal_lacks(journal, &Resource::Tap { name: tap.clone() }) && cmd::link_exists(&tap)? {
         return Err(NetworkError::TapExists(tap));
@@ -376,8 +387,8 @@ pub fn attach(
             deny,
             allow,
         } => {
-            let bridge = nat_bridge_name(&nic.network);
-            let table = nat_table_name(&nic.network);
+            let bridge = nat_bridge_name(&scope, &nic.network);
+            let table = nat_table_name(&scope, &nic.network);
             let path = lease_path(state_dir, &format!("nat-{}", nic.network));
             let gateway = subnet.gateway();
             let mut locked = leases::lock(&path)?;
@@ -418,7 +429,7 @@ pub fn attach(
             )
         }
         NetworkKind::Private { subnet, segment } => {
-            let bridge = private_bridge_name(&nic.network, segment);
+            let bridge = private_bridge_name(&scope, &nic.network, segment);
             let table = private_table_name(&bridge);
             let path = lease_path(
                 state_dir,

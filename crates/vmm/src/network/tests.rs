@@ -69,19 +69,32 @@ fn subnets_parse_and_know_their_hosts() {
     assert!("123.456.789.011/8".parse::<Subnet>().is_err());
 }
 
+/// The NAT network "nat"'s bridge and table for the site of `state`.
+fn nat_br(state: &std::path::Path) -> String {
+    nat_bridge_name(&site_scope(state), "nat")
+}
+
+fn nat_tb(state: &std::path::Path) -> String {
+    nat_table_name(&site_scope(state), "nat")
+}
+
 #[test]
 fn names_fit_ifnamsiz_and_macs_are_local_unicast_and_stable() {
     for n in [
-        nat_bridge_name("nat"),
-        nat_bridge_name("a-very-long-network-name"),
-        private_bridge_name("private", "pool-xyz"),
-        tap_name("job-1234567890-abcdef", 3),
+        nat_bridge_name("1a2b", "nat"),
+        nat_bridge_name("1a2b", "a-very-long-network-name"),
+        private_bridge_name("1a2b", "private", "pool-xyz"),
+        tap_name("1a2b", "job-1234567890-abcdef", 3),
     ] {
         assert!(n.len() <= IFNAME_MAX, "{n}");
     }
-    assert_eq!(nat_bridge_name("nat"), "sdn-nat");
-    assert_ne!(private_bridge_name("p", "a"), private_bridge_name("p", "b"));
-    assert_ne!(tap_name("d", 0), tap_name("d", 1));
+    assert_eq!(nat_bridge_name("1a2b", "nat"), "sdn-nat-1a2b");
+    assert_ne!(nat_bridge_name("1a2b", "nat"), nat_bridge_name("3c4d", "nat"));
+    assert_ne!(
+        private_bridge_name("1a2b", "p", "a"),
+        private_bridge_name("1a2b", "p", "b")
+    );
+    assert_ne!(tap_name("1a2b", "d", 0), tap_name("1a2b", "d", 1));
     let m = Mac::derive("d", 0);
     assert_eq!(m, Mac::derive("d", 0));
     assert_ne!(m, Mac::derive("d", 1));
@@ -157,14 +170,14 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
         (nic.gateway, nic.prefix_len),
         (Some(Ipv4Addr::new(10, 77, 0, 1)), 24)
     );
-    assert_eq!(nic.bridge, "sdn-nat");
+    assert_eq!(nic.bridge, nat_br(state.path()));
     let l = links();
     assert!(
-        l.contains("sdn-nat:") && l.contains(&format!("{}:", nic.tap)),
+        l.contains(&format!("{}:", nat_br(state.path()))) && l.contains(&format!("{}:", nic.tap)),
         "{l}"
     );
-    assert!(l.contains("master sdn-nat"), "{l}");
-    let addr = cmd::run("ip", &["-o", "-4", "addr", "show", "dev", "sdn-nat"]).unwrap();
+    assert!(l.contains(&format!("master {}", nat_br(state.path()))), "{l}");
+    let addr = cmd::run("ip", &["-o", "-4", "addr", "show", "dev", &nat_br(state.path())]).unwrap();
     assert!(addr.contains("10.77.0.1/24"), "{addr}");
     let detail = cmd::run("ip", &["-d", "link", "show", "dev", &nic.tap]).unwrap();
     assert!(detail.contains("isolated on"), "{detail}");
@@ -175,7 +188,7 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
     );
     let t = tables();
     assert!(
-        t.contains("table inet sd-nat-nat")
+        t.contains(&format!("table inet {}", nat_tb(state.path())))
             && t.contains(&format!("table bridge sd-spoof-{}", nic.tap)),
         "{t}"
     );
@@ -197,7 +210,7 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
     let again = attach(&mut j, state.path(), 0, &nat("nat", None));
     assert_eq!(again.unwrap(), nic);
     assert_eq!(
-        cmd::run("nft", &["list", "table", "inet", "sd-nat-nat"])
+        cmd::run("nft", &["list", "table", "inet", &nat_tb(state.path())])
             .unwrap()
             .matches("masquerade")
             .count(),
@@ -206,7 +219,7 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
 
     undo_all(&j);
     let l = links();
-    assert!(!l.contains("sdn-nat") && !l.contains(&nic.tap), "{l}");
+    assert!(!l.contains(&nat_br(state.path())) && !l.contains(&nic.tap), "{l}");
     assert!(!tables().contains("sd-"), "{}", tables());
     assert!(!lease_path(state.path(), "nat-nat").exists());
     // Twice is fine: everything is gone already.
@@ -250,13 +263,13 @@ fn shared_parts_stay_until_the_last_lease_and_static_addresses_are_taken_once() 
     assert!(matches!(e, NetworkError::AddressOutOfRange { .. }), "{e}");
     // The failed deployment's rollback leaves the others' network alone.
     undo_all(&c);
-    assert!(links().contains("sdn-nat:"));
+    assert!(links().contains(&format!("{}:", nat_br(state.path()))));
     undo_all(&a);
-    assert!(links().contains("sdn-nat:"), "b still holds a lease");
-    assert!(tables().contains("sd-nat-nat"));
+    assert!(links().contains(&format!("{}:", nat_br(state.path()))), "b still holds a lease");
+    assert!(tables().contains(&nat_tb(state.path())));
     assert!(!links().contains(&na.tap));
     undo_all(&b);
-    assert!(!links().contains("sdn-nat"), "{}", links());
+    assert!(!links().contains(&nat_br(state.path())), "{}", links());
     assert!(!tables().contains("sd-"), "{}", tables());
 }
 
@@ -465,7 +478,7 @@ fn spoofed_source_ip_and_mac_from_a_tap_are_dropped_the_real_ones_pass() {
         .unwrap();
     let mut tap = open_tap(&nic.tap);
     let bridge_mac = {
-        let out = cmd::run("ip", &["-o", "link", "show", "dev", "sdn-nat"]).unwrap();
+        let out = cmd::run("ip", &["-o", "link", "show", "dev", &nat_br(state.path())]).unwrap();
         let hex = out
             .split("link/ether ")
             .nth(1)
@@ -620,7 +633,7 @@ fn nat_forwards_out_but_not_to_denied_ranges_nor_to_another_guest() {
     let mut tap_a = open_tap(&a.tap);
     let mut tap_b = open_tap(&b.tap);
     let _ = frames_at(&mut tap_b, std::time::Duration::ZERO);
-    let gw_mac = bridge_mac("sdn-nat");
+    let gw_mac = bridge_mac(&nat_br(state.path()));
     let me = a.ip.unwrap();
 
     let before = tx_packets("out0");
@@ -656,7 +669,7 @@ fn nat_forwards_out_but_not_to_denied_ranges_nor_to_another_guest() {
         before + 1,
         "a denied destination is not"
     );
-    assert_eq!(inet_counter("sd-nat-nat", "denied"), 1);
+    assert_eq!(inet_counter(&nat_tb(state.path()), "denied"), 1);
 
     // Guest to guest: neither through the bridge (isolated ports) nor
     // routed through the gateway.
@@ -674,7 +687,7 @@ fn nat_forwards_out_but_not_to_denied_ranges_nor_to_another_guest() {
         "a frame of a reached b: {at_b:?}"
     );
     assert_eq!(
-        inet_counter("sd-nat-nat", "to our bridges"),
+        inet_counter(&nat_tb(state.path()), "to our bridges"),
         1,
         "the routed one"
     );
@@ -747,7 +760,7 @@ fn a_crash_after_the_bridge_before_the_lease_is_cleaned_up() {
         &nat("nat", Some(Ipv4Addr::new(10, 77, 0, 1))),
     )
     .unwrap_err();
-    assert!(links().contains("sdn-nat:"));
+    assert!(links().contains(&format!("{}:", nat_br(state.path()))));
     let reopened = Journal::open(state.path(), "dep-crash").unwrap().unwrap();
     undo_all(&reopened);
     assert!(!links().contains("sdn-"), "{}", links());
