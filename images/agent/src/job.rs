@@ -2,11 +2,13 @@
 //! group), stream its output, report how it ended.
 //!
 //! As PID 1 we inherit every orphan of the guest, so one reaper thread owns
-//! `waitpid(-1)` and hands each status to whoever waits for that pid.
+//! `waitpid(-1)` and hands each status to whoever waits for that pid: with
+//! two sessions (the control port and the exec port) each running a job,
+//! each job's waiter gets its own child's status, never the other's.
 
 use crate::session::{in_root, Writer};
 use sd_proto::{GuestMsg, RunRequest, StdinSource};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -20,11 +22,45 @@ pub struct RunningJob {
     stdin: Option<Sender<Vec<u8>>>,
 }
 
-type Statuses = (Mutex<HashMap<u32, i32>>, Condvar);
+/// Exit statuses the reaper collected, and the pids someone will wait for
+/// (the jobs of every session: each waits for its own pid only).
+#[derive(Default)]
+struct Reaped {
+    statuses: HashMap<u32, i32>,
+    expected: HashSet<u32>,
+}
+
+/// More unclaimed statuses than this and those of orphans (pids nobody
+/// expects) are dropped.
+const MAX_UNCLAIMED: usize = 1024;
+
+impl Reaped {
+    fn record(&mut self, pid: u32, status: i32) {
+        self.statuses.insert(pid, status);
+        // Orphans nobody waits for would pile up; a job's status is kept
+        // until its session takes it.
+        if self.statuses.len() > MAX_UNCLAIMED {
+            let expected = &self.expected;
+            self.statuses.retain(|pid, _| expected.contains(pid));
+        }
+    }
+
+    fn take(&mut self, pid: u32) -> Option<i32> {
+        let status = self.statuses.remove(&pid)?;
+        self.expected.remove(&pid);
+        Some(status)
+    }
+}
+
+type Statuses = (Mutex<Reaped>, Condvar);
 
 fn statuses() -> &'static Statuses {
     static S: OnceLock<Statuses> = OnceLock::new();
-    S.get_or_init(|| (Mutex::new(HashMap::new()), Condvar::new()))
+    S.get_or_init(|| (Mutex::new(Reaped::default()), Condvar::new()))
+}
+
+fn lock_statuses() -> std::sync::MutexGuard<'static, Reaped> {
+    statuses().0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn start_reaper() {
@@ -32,14 +68,8 @@ pub fn start_reaper() {
         let mut status = 0;
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid > 0 {
-            let (map, cv) = statuses();
-            let mut map = map.lock().unwrap();
-            // Orphans nobody waits for would pile up; keep the map small.
-            if map.len() > 1024 {
-                map.clear();
-            }
-            map.insert(pid as u32, status);
-            cv.notify_all();
+            lock_statuses().record(pid as u32, status);
+            statuses().1.notify_all();
         } else {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -47,13 +77,12 @@ pub fn start_reaper() {
 }
 
 fn wait_for(pid: u32) -> i32 {
-    let (map, cv) = statuses();
-    let mut map = map.lock().unwrap();
+    let mut reaped = lock_statuses();
     loop {
-        if let Some(status) = map.remove(&pid) {
+        if let Some(status) = reaped.take(pid) {
             return status;
         }
-        map = cv.wait(map).unwrap();
+        reaped = statuses().1.wait(reaped).unwrap_or_else(|e| e.into_inner());
     }
 }
 
@@ -98,10 +127,15 @@ pub fn spawn(
             Ok(())
         });
     }
+    // The lock is held across the fork, so that the reaper, even if the
+    // child is already gone, records its status only once it is expected.
+    let mut reaped = lock_statuses();
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id();
+    reaped.expected.insert(pid);
+    drop(reaped);
 
     let pumps = [
         pump(child.stdout.take().unwrap(), out.clone(), GuestMsg::Stdout),
@@ -184,4 +218,44 @@ pub fn signal_running(running: &Mutex<Option<RunningJob>>, sig: i32) {
 
 pub fn kill_running(running: &Mutex<Option<RunningJob>>) {
     signal_running(running, libc::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_waiter_gets_its_own_childs_status_and_orphans_do_not_evict_jobs() {
+        let mut r = Reaped::default();
+        r.expected.extend([10, 20]);
+        r.record(20, 2 << 8);
+        assert_eq!(r.take(10), None, "10 has not exited yet");
+        // A flood of orphans: the jobs' statuses stay.
+        for orphan in 1000..1000 + MAX_UNCLAIMED as u32 + 5 {
+            r.record(orphan, 0);
+        }
+        r.record(10, 1 << 8);
+        assert!(r.statuses.len() <= MAX_UNCLAIMED + 1);
+        assert_eq!(r.take(10), Some(1 << 8));
+        assert_eq!(r.take(20), Some(2 << 8));
+        assert_eq!(r.take(20), None, "taken once");
+        assert!(r.expected.is_empty());
+    }
+
+    #[test]
+    fn concurrent_waiters_are_each_woken_with_their_pid() {
+        // Two sessions' job threads wait at once; statuses arrive in the
+        // other order.
+        lock_statuses().expected.extend([900_001, 900_002]);
+        let a = std::thread::spawn(|| wait_for(900_001));
+        let b = std::thread::spawn(|| wait_for(900_002));
+        std::thread::sleep(Duration::from_millis(50));
+        lock_statuses().record(900_002, 7);
+        statuses().1.notify_all();
+        std::thread::sleep(Duration::from_millis(20));
+        lock_statuses().record(900_001, 3);
+        statuses().1.notify_all();
+        assert_eq!(a.join().unwrap(), 3);
+        assert_eq!(b.join().unwrap(), 7);
+    }
 }
