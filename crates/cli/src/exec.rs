@@ -42,6 +42,8 @@ pub enum ExecError {
         member: String,
         candidates: String,
     },
+    #[error("pool {0} is not yours: only its owner and root may use its members")]
+    PoolNotYours(String),
     #[error("deployment {0} is not yours: only its owner and root may use it")]
     NotYours(String),
     #[error("deployment {id}: its console log {path} is not readable by you: {source}")]
@@ -81,7 +83,16 @@ pub fn resolve(site: &SiteConfig, name: &str) -> Result<String, ExecError> {
         Ok(None) | Err(pool::PoolError::BadName(_)) => {
             return Err(ExecError::NoSuchPool(pool_name.to_string()))
         }
-        Err(e) => return Err(ExecError::Site(e.to_string())),
+        // The record is root's: a permission error is someone else's pool.
+        Err(e) => {
+            let path = pool::pools_dir(site).join(format!("{pool_name}.json"));
+            return Err(match std::fs::File::open(path) {
+                Err(o) if o.kind() == ErrorKind::PermissionDenied => {
+                    ExecError::PoolNotYours(pool_name.to_string())
+                }
+                _ => ExecError::Site(e.to_string()),
+            });
+        }
     };
     member_id(&record, member)
 }
@@ -404,6 +415,17 @@ mod tests {
         assert_eq!(r("slurm-42").unwrap(), "slurm-42");
         assert!(matches!(r("no such"), Err(ExecError::NoSuchDeployment(_))));
         assert!(matches!(r("../x"), Err(ExecError::NoSuchPool(_))));
+        // A pool record one may not read (root's) is another's pool.
+        if caller_uid() != 0 {
+            let rec = pool::pools_dir(&site).join("farm.json");
+            std::fs::set_permissions(&rec, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+                .unwrap();
+            let e = r("farm/db").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "pool farm is not yours: only its owner and root may use its members"
+            );
+        }
         for e in [r("nope/db").unwrap_err(), r("farm/w1").unwrap_err()] {
             assert_eq!(e.exit_code(), sd_site::ExitCode::REFUSED);
         }
