@@ -63,17 +63,39 @@ fn lock_statuses() -> std::sync::MutexGuard<'static, Reaped> {
     statuses().0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Starts the one reaper of the guest. It waits for any child without
+/// reaping it (`WNOWAIT`), then reaps it only under the statuses lock: so
+/// code that waits for a child of its own through the standard library
+/// (a spawn whose exec failed, a helper's `output()`) runs under
+/// [`children_waited_here`] and the reaper never steals that child
+/// (the library's `waitpid` would fail with ECHILD, and a failed spawn panics).
 pub fn start_reaper() {
     std::thread::spawn(|| loop {
-        let mut status = 0;
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid > 0 {
-            lock_statuses().record(pid as u32, status);
-            statuses().1.notify_all();
-        } else {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r != 0 {
             std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        // SAFETY: waitid filled in a child's state.
+        let pid = unsafe { info.si_pid() };
+        let mut reaped = lock_statuses();
+        let mut status = 0;
+        // Gone already if whoever held the lock waited for it itself.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped.record(pid as u32, status);
+            drop(reaped);
+            statuses().1.notify_all();
         }
     });
+}
+
+/// Runs `f`, which waits for children of its own (`Command::output`), with
+/// the reaper held off them.
+pub fn children_waited_here<T>(f: impl FnOnce() -> T) -> T {
+    let _reaped = lock_statuses();
+    f()
 }
 
 fn wait_for(pid: u32) -> i32 {
@@ -127,8 +149,9 @@ pub fn spawn(
             Ok(())
         });
     }
-    // The lock is held across the fork, so that the reaper, even if the
-    // child is already gone, records its status only once it is expected.
+    // The lock is held across the fork: the reaper records the child's
+    // status only once it is expected, and does not reap a child whose exec
+    // failed (the standard library waits for that one itself).
     let mut reaped = lock_statuses();
     let mut child = cmd
         .spawn()
@@ -240,6 +263,57 @@ mod tests {
         assert_eq!(r.take(20), Some(2 << 8));
         assert_eq!(r.take(20), None, "taken once");
         assert!(r.expected.is_empty());
+    }
+
+    /// With the real reaper: two sessions' jobs at once each get their own
+    /// exit; a failed exec and a helper's `output()` are never reaped from
+    /// under the standard library. Needs root (the job is chrooted, here to /).
+    #[test]
+    fn the_reaper_hands_each_session_its_own_job_and_leaves_library_waits_alone() {
+        use std::os::unix::net::UnixStream;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        start_reaper();
+        let run = |script: &str| {
+            let (host, guest) = UnixStream::pair().unwrap();
+            let out = Writer::for_test(std::fs::File::from(std::os::fd::OwnedFd::from(guest)));
+            let slot = Arc::new(Mutex::new(None));
+            let req = RunRequest {
+                argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                env: vec![],
+                cwd: "/tmp".into(),
+                stdin: StdinSource::Null,
+            };
+            let job = spawn(&req, Path::new("/"), out, slot.clone()).unwrap();
+            *slot.lock().unwrap() = Some(job);
+            host
+        };
+        let exit_of = |mut host: UnixStream| loop {
+            match sd_proto::read_msg::<_, GuestMsg>(&mut host).unwrap() {
+                GuestMsg::Exited { code } => return code,
+                GuestMsg::Stdout(_) | GuestMsg::Stderr(_) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        let slow = run("sleep 0.3; exit 3");
+        let fast = run("exit 5");
+        for _ in 0..50 {
+            let req = RunRequest {
+                argv: vec!["/nonexistent/program".into()],
+                env: vec![],
+                cwd: "/tmp".into(),
+                stdin: StdinSource::Null,
+            };
+            let (_h, g) = UnixStream::pair().unwrap();
+            let out = Writer::for_test(std::fs::File::from(std::os::fd::OwnedFd::from(g)));
+            let e = spawn(&req, Path::new("/"), out, Arc::new(Mutex::new(None))).err();
+            assert!(e.unwrap().contains("cannot start"));
+            let status = children_waited_here(|| Command::new("/bin/true").output());
+            assert!(status.unwrap().status.success());
+        }
+        assert_eq!(exit_of(fast), 5);
+        assert_eq!(exit_of(slow), 3);
     }
 
     #[test]

@@ -111,12 +111,15 @@ fn find_by_mac(sys_class_net: &Path, mac: &[u8; 6], wait: Duration) -> Option<St
 }
 
 fn ip(args: &[String]) -> Result<(), String> {
-    let out = Command::new(BUSYBOX)
-        .arg("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run busybox ip: {e}"))?;
+    // `output()` waits for its child: the reaper must not take it.
+    let out = crate::job::children_waited_here(|| {
+        Command::new(BUSYBOX)
+            .arg("ip")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    })
+    .map_err(|e| format!("cannot run busybox ip: {e}"))?;
     if out.status.success() {
         return Ok(());
     }

@@ -23,6 +23,11 @@ use std::time::Duration;
 pub struct Writer(Arc<Mutex<File>>);
 
 impl Writer {
+    #[cfg(test)]
+    pub fn for_test(file: File) -> Writer {
+        Writer(Arc::new(Mutex::new(file)))
+    }
+
     pub fn send(&self, msg: &GuestMsg) {
         let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = write_msg(&mut *w, msg) {
