@@ -44,6 +44,12 @@ pub const CHUNK: usize = 64 * 1024;
 const MAGIC: [u8; 2] = *b"SD";
 /// Name of the virtio-serial port the agent listens on.
 pub const VIRTIO_PORT_NAME: &str = "org.smartdomains.agent.0";
+/// Name of the second virtio-serial port, for commands run in a running
+/// domain (`sd exec`): the agent serves it with its own session, the same
+/// protocol, so that they do not wait for the control link, which `sd run`
+/// or a pool's liveness monitor holds for the domain's whole life. A
+/// domain without it (Xen) has only the control link.
+pub const EXEC_PORT_NAME: &str = "org.smartdomains.exec.0";
 
 /// What the job's standard input is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

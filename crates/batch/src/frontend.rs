@@ -174,6 +174,21 @@ pub fn run_command(
         link.put_file(&mut script, &program, 0o755)
             .map_err(|e| RunError::Site(e.to_string()))?;
     }
+    run_streamed(link, argv, cwd, signals)
+}
+
+/// Runs `argv` in the guest as it is there (nothing copied from the host),
+/// with this process's stdin, stdout, stderr and environment, in `cwd`;
+/// `signals` as for [`run_command`]. `sd exec`'s way in.
+pub fn run_streamed(
+    link: &GuestLink,
+    argv: Vec<String>,
+    cwd: String,
+    signals: nix::sys::signal::SigSet,
+) -> Result<JobOutcome, RunError> {
+    if argv.is_empty() {
+        return Err(RunError::Site("no command".into()));
+    }
     let env = std::env::vars()
         .filter(|(k, _)| !k.is_empty() && !k.contains('='))
         .collect();

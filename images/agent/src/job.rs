@@ -2,11 +2,13 @@
 //! group), stream its output, report how it ended.
 //!
 //! As PID 1 we inherit every orphan of the guest, so one reaper thread owns
-//! `waitpid(-1)` and hands each status to whoever waits for that pid.
+//! `waitpid(-1)` and hands each status to whoever waits for that pid: with
+//! two sessions (the control port and the exec port) each running a job,
+//! each job's waiter gets its own child's status, never the other's.
 
 use crate::session::{in_root, Writer};
 use sd_proto::{GuestMsg, RunRequest, StdinSource};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -20,53 +22,90 @@ pub struct RunningJob {
     stdin: Option<Sender<Vec<u8>>>,
 }
 
-type Statuses = (Mutex<HashMap<u32, i32>>, Condvar);
+/// Exit statuses the reaper collected, and the pids someone will wait for
+/// (the jobs of every session: each waits for its own pid only).
+#[derive(Default)]
+struct Reaped {
+    statuses: HashMap<u32, i32>,
+    expected: HashSet<u32>,
+}
+
+/// More unclaimed statuses than this and those of orphans (pids nobody
+/// expects) are dropped.
+const MAX_UNCLAIMED: usize = 1024;
+
+impl Reaped {
+    fn record(&mut self, pid: u32, status: i32) {
+        self.statuses.insert(pid, status);
+        // Orphans nobody waits for would pile up; a job's status is kept
+        // until its session takes it.
+        if self.statuses.len() > MAX_UNCLAIMED {
+            let expected = &self.expected;
+            self.statuses.retain(|pid, _| expected.contains(pid));
+        }
+    }
+
+    fn take(&mut self, pid: u32) -> Option<i32> {
+        let status = self.statuses.remove(&pid)?;
+        self.expected.remove(&pid);
+        Some(status)
+    }
+}
+
+type Statuses = (Mutex<Reaped>, Condvar);
 
 fn statuses() -> &'static Statuses {
     static S: OnceLock<Statuses> = OnceLock::new();
-    S.get_or_init(|| (Mutex::new(HashMap::new()), Condvar::new()))
+    S.get_or_init(|| (Mutex::new(Reaped::default()), Condvar::new()))
 }
 
+fn lock_statuses() -> std::sync::MutexGuard<'static, Reaped> {
+    statuses().0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the one reaper of the guest. It waits for any child without
+/// reaping it (`WNOWAIT`), then reaps it only under the statuses lock: so
+/// code that waits for a child of its own through the standard library
+/// (a spawn whose exec failed, a helper's `output()`) runs under
+/// [`children_waited_here`] and the reaper never steals that child
+/// (the library's `waitpid` would fail with ECHILD, and a failed spawn panics).
 pub fn start_reaper() {
     std::thread::spawn(|| loop {
-        let mut status = 0;
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid > 0 {
-            let (map, cv) = statuses();
-            let mut map = map.lock().unwrap();
-            // Orphans nobody waits for would pile up; keep the map small.
-            if map.len() > 1024 {
-                map.clear();
-            }
-            map.insert(pid as u32, status);
-            cv.notify_all();
-        } else {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r != 0 {
             std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        // SAFETY: waitid filled in a child's state.
+        let pid = unsafe { info.si_pid() };
+        let mut reaped = lock_statuses();
+        let mut status = 0;
+        // Gone already if whoever held the lock waited for it itself.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped.record(pid as u32, status);
+            drop(reaped);
+            statuses().1.notify_all();
         }
     });
 }
 
-fn wait_for(pid: u32) -> i32 {
-    let (map, cv) = statuses();
-    let mut map = map.lock().unwrap();
-    loop {
-        if let Some(status) = map.remove(&pid) {
-            return status;
-        }
-        map = cv.wait(map).unwrap();
-    }
+/// Runs `f`, which waits for children of its own (`Command::output`), with
+/// the reaper held off them.
+pub fn children_waited_here<T>(f: impl FnOnce() -> T) -> T {
+    let _reaped = lock_statuses();
+    f()
 }
 
-/// Runs `cmd` to its end with its stderr captured (stdout is dropped),
-/// its exit through the reaper (the raw wait status: 0 is success). For
-/// the agent's own helpers (busybox `ip`), not the job.
-pub fn run_to_end(cmd: &mut Command) -> std::io::Result<(i32, Vec<u8>)> {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let mut stderr = Vec::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.by_ref().take(64 * 1024).read_to_end(&mut stderr);
+fn wait_for(pid: u32) -> i32 {
+    let mut reaped = lock_statuses();
+    loop {
+        if let Some(status) = reaped.take(pid) {
+            return status;
+        }
+        reaped = statuses().1.wait(reaped).unwrap_or_else(|e| e.into_inner());
     }
-    Ok((wait_for(child.id()), stderr))
 }
 
 pub fn spawn(
@@ -110,10 +149,16 @@ pub fn spawn(
             Ok(())
         });
     }
+    // The lock is held across the fork: the reaper records the child's
+    // status only once it is expected, and does not reap a child whose exec
+    // failed (the standard library waits for that one itself).
+    let mut reaped = lock_statuses();
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id();
+    reaped.expected.insert(pid);
+    drop(reaped);
 
     let pumps = [
         pump(child.stdout.take().unwrap(), out.clone(), GuestMsg::Stdout),
@@ -196,4 +241,95 @@ pub fn signal_running(running: &Mutex<Option<RunningJob>>, sig: i32) {
 
 pub fn kill_running(running: &Mutex<Option<RunningJob>>) {
     signal_running(running, libc::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_waiter_gets_its_own_childs_status_and_orphans_do_not_evict_jobs() {
+        let mut r = Reaped::default();
+        r.expected.extend([10, 20]);
+        r.record(20, 2 << 8);
+        assert_eq!(r.take(10), None, "10 has not exited yet");
+        // A flood of orphans: the jobs' statuses stay.
+        for orphan in 1000..1000 + MAX_UNCLAIMED as u32 + 5 {
+            r.record(orphan, 0);
+        }
+        r.record(10, 1 << 8);
+        assert!(r.statuses.len() <= MAX_UNCLAIMED + 1);
+        assert_eq!(r.take(10), Some(1 << 8));
+        assert_eq!(r.take(20), Some(2 << 8));
+        assert_eq!(r.take(20), None, "taken once");
+        assert!(r.expected.is_empty());
+    }
+
+    /// With the real reaper: two sessions' jobs at once each get their own
+    /// exit; a failed exec and a helper's `output()` are never reaped from
+    /// under the standard library. Needs root (the job is chrooted, here to /).
+    #[test]
+    fn the_reaper_hands_each_session_its_own_job_and_leaves_library_waits_alone() {
+        use std::os::unix::net::UnixStream;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        start_reaper();
+        let run = |script: &str| {
+            let (host, guest) = UnixStream::pair().unwrap();
+            let out = Writer::for_test(std::fs::File::from(std::os::fd::OwnedFd::from(guest)));
+            let slot = Arc::new(Mutex::new(None));
+            let req = RunRequest {
+                argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                env: vec![],
+                cwd: "/tmp".into(),
+                stdin: StdinSource::Null,
+            };
+            let job = spawn(&req, Path::new("/"), out, slot.clone()).unwrap();
+            *slot.lock().unwrap() = Some(job);
+            host
+        };
+        let exit_of = |mut host: UnixStream| loop {
+            match sd_proto::read_msg::<_, GuestMsg>(&mut host).unwrap() {
+                GuestMsg::Exited { code } => return code,
+                GuestMsg::Stdout(_) | GuestMsg::Stderr(_) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        let slow = run("sleep 0.3; exit 3");
+        let fast = run("exit 5");
+        for _ in 0..50 {
+            let req = RunRequest {
+                argv: vec!["/nonexistent/program".into()],
+                env: vec![],
+                cwd: "/tmp".into(),
+                stdin: StdinSource::Null,
+            };
+            let (_h, g) = UnixStream::pair().unwrap();
+            let out = Writer::for_test(std::fs::File::from(std::os::fd::OwnedFd::from(g)));
+            let e = spawn(&req, Path::new("/"), out, Arc::new(Mutex::new(None))).err();
+            assert!(e.unwrap().contains("cannot start"));
+            let status = children_waited_here(|| Command::new("/bin/true").output());
+            assert!(status.unwrap().status.success());
+        }
+        assert_eq!(exit_of(fast), 5);
+        assert_eq!(exit_of(slow), 3);
+    }
+
+    #[test]
+    fn concurrent_waiters_are_each_woken_with_their_pid() {
+        // Two sessions' job threads wait at once; statuses arrive in the
+        // other order.
+        lock_statuses().expected.extend([900_001, 900_002]);
+        let a = std::thread::spawn(|| wait_for(900_001));
+        let b = std::thread::spawn(|| wait_for(900_002));
+        std::thread::sleep(Duration::from_millis(50));
+        lock_statuses().record(900_002, 7);
+        statuses().1.notify_all();
+        std::thread::sleep(Duration::from_millis(20));
+        lock_statuses().record(900_001, 3);
+        statuses().1.notify_all();
+        assert_eq!(a.join().unwrap(), 3);
+        assert_eq!(b.join().unwrap(), 7);
+    }
 }

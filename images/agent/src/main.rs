@@ -5,6 +5,12 @@
 //! virtio-serial port named [`sd_proto::VIRTIO_PORT_NAME`], or `--port DEV`):
 //! sets up the guest's network, runs commands chrooted into the VO image,
 //! moves sandbox files, answers pings, and powers the machine off. The VO image needs none of our software.
+//!
+//! A domain may have a second port, [`sd_proto::EXEC_PORT_NAME`], for
+//! commands run while the control link is held (`sd exec` while `sd run` or
+//! a pool's monitor is connected): it gets its own session on its own
+//! thread, the same protocol and the same powers, no more. Each session has
+//! its own running command; the one reaper hands each exit to its session.
 
 mod job;
 mod network;
@@ -29,32 +35,63 @@ fn main() {
         }
         i += 2;
     }
+    let exec_search = port.is_none();
     let port = match port {
         Some(p) => p,
         None => find_virtio_port(sd_proto::VIRTIO_PORT_NAME, Duration::from_secs(20))
             .unwrap_or_else(|| fatal("no virtio-serial port named org.smartdomains.agent.0")),
     };
+    let (channel, console) = open_channel(&port).unwrap_or_else(|e| fatal(&e));
+    log(&format!("serving on {}", port.display()));
+    // One reaper for the whole guest: it hands each child's status to the
+    // session that waits for that pid, whichever port it serves.
+    job::start_reaper();
+    if exec_search {
+        let root = root.clone();
+        std::thread::spawn(move || serve_exec_port(&root));
+    }
+    session::serve(channel, &root, console);
+}
+
+/// The second port ([`sd_proto::EXEC_PORT_NAME`], for `sd exec`), if the
+/// domain has one: its own session, on this thread, with exactly what the
+/// control port may do. Looked for briefly (the driver names the ports
+/// together) while the control session already runs.
+fn serve_exec_port(root: &Path) {
+    let Some(port) = find_virtio_port(sd_proto::EXEC_PORT_NAME, Duration::from_secs(2)) else {
+        log("no exec port: commands share the control link");
+        return;
+    };
+    match open_channel(&port) {
+        Ok((channel, console)) => {
+            log(&format!("serving exec on {}", port.display()));
+            session::serve(channel, root, console)
+        }
+        // Not fatal: the control link still works.
+        Err(e) => log(&format!("exec port: {e}")),
+    }
+}
+
+/// Opens a channel for a session. A console (Xen's hvc) carries our binary
+/// frames only in raw mode: no echo, no line editing, no CR/LF translation.
+/// What arrived before is dropped; `true` if it is a console (the host is
+/// then told it may speak).
+fn open_channel(port: &Path) -> Result<(Channel, bool), String> {
     let channel = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&port)
-        .unwrap_or_else(|e| fatal(&format!("cannot open {}: {e}", port.display())));
-    // A console (Xen's hvc) carries our binary frames only in raw mode:
-    // no echo, no line editing, no CR/LF translation. What arrived before
-    // is dropped, and the host is told it may speak now.
+        .open(port)
+        .map_err(|e| format!("cannot open {}: {e}", port.display()))?;
     let mut console = false;
     if let Ok(mut t) = nix::sys::termios::tcgetattr(&channel) {
         use nix::sys::termios::{cfmakeraw, tcflush, tcsetattr, FlushArg, SetArg};
         cfmakeraw(&mut t);
-        if let Err(e) = tcsetattr(&channel, SetArg::TCSANOW, &t) {
-            fatal(&format!("cannot make {} raw: {e}", port.display()));
-        }
+        tcsetattr(&channel, SetArg::TCSANOW, &t)
+            .map_err(|e| format!("cannot make {} raw: {e}", port.display()))?;
         let _ = tcflush(&channel, FlushArg::TCIFLUSH);
         console = true;
     }
-    log(&format!("serving on {}", port.display()));
-    job::start_reaper();
-    session::serve(channel, &root, console);
+    Ok((channel, console))
 }
 
 /// The virtio console driver names each port in sysfs; devtmpfs gives the node.

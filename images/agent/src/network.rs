@@ -111,15 +111,19 @@ fn find_by_mac(sys_class_net: &Path, mac: &[u8; 6], wait: Duration) -> Option<St
 }
 
 fn ip(args: &[String]) -> Result<(), String> {
-    let mut cmd = Command::new(BUSYBOX);
-    cmd.arg("ip").args(args).stdin(Stdio::null());
-    // Through the reaper: as PID 1 it waits for every child, ours too.
-    let (status, stderr) =
-        crate::job::run_to_end(&mut cmd).map_err(|e| format!("cannot run busybox ip: {e}"))?;
-    if status == 0 {
+    // `output()` waits for its child: the reaper must not take it.
+    let out = crate::job::children_waited_here(|| {
+        Command::new(BUSYBOX)
+            .arg("ip")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    })
+    .map_err(|e| format!("cannot run busybox ip: {e}"))?;
+    if out.status.success() {
         return Ok(());
     }
-    let mut err = String::from_utf8_lossy(&stderr).trim().to_string();
+    let mut err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     err.truncate(512);
     Err(format!("ip {}: {err}", args.join(" ")))
 }

@@ -23,6 +23,11 @@ use std::time::Duration;
 pub struct Writer(Arc<Mutex<File>>);
 
 impl Writer {
+    #[cfg(test)]
+    pub fn for_test(file: File) -> Writer {
+        Writer(Arc::new(Mutex::new(file)))
+    }
+
     pub fn send(&self, msg: &GuestMsg) {
         let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = write_msg(&mut *w, msg) {
@@ -297,5 +302,39 @@ mod tests {
         );
         assert!(in_root(root, "/sd-job/../../etc/passwd").is_err());
         assert!(in_root(root, "/").is_err());
+    }
+
+    /// The control port and the exec port are served at once, each by its
+    /// own session: a host waiting on one does not hold up the other.
+    #[test]
+    fn two_channels_are_served_at_once() {
+        use std::os::unix::net::UnixStream;
+        let mut hosts = vec![];
+        for _ in 0..2 {
+            let (host, guest) = UnixStream::pair().unwrap();
+            let channel = File::from(std::os::fd::OwnedFd::from(guest));
+            std::thread::spawn(move || serve(channel, Path::new("/nonexistent-root"), false));
+            host.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            hosts.push(host);
+        }
+        // Interleaved: the second channel answers while the first has a
+        // request outstanding, and each answer comes back on its own channel.
+        write_msg(&mut hosts[0], &HostMsg::Ping(1)).unwrap();
+        write_msg(&mut hosts[1], &HostMsg::Ping(2)).unwrap();
+        let second: GuestMsg = read_msg(&mut hosts[1]).unwrap();
+        let first: GuestMsg = read_msg(&mut hosts[0]).unwrap();
+        assert_eq!((first, second), (GuestMsg::Pong(1), GuestMsg::Pong(2)));
+        // A request that fails on one leaves the other usable.
+        write_msg(&mut hosts[1], &HostMsg::FileEnd).unwrap();
+        assert!(matches!(
+            read_msg::<_, GuestMsg>(&mut hosts[1]).unwrap(),
+            GuestMsg::Error { .. }
+        ));
+        write_msg(&mut hosts[0], &HostMsg::Ping(3)).unwrap();
+        assert_eq!(
+            read_msg::<_, GuestMsg>(&mut hosts[0]).unwrap(),
+            GuestMsg::Pong(3)
+        );
     }
 }

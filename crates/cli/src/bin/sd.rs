@@ -129,6 +129,44 @@ enum Command {
         #[arg(long = "library", value_name = "FILE")]
         library: Vec<PathBuf>,
     },
+    /// Run a command in a running domain of yours, with this process's stdin,
+    /// stdout, stderr and environment; sd's exit status is the command's.
+    ///
+    /// NAME is a deployment id as `sd status` lists it (`sd run --id ID`, a
+    /// Slurm job's `slurm-JOBID`), or POOL/MEMBER for a member of a pool
+    /// started with `sd start`: MEMBER is its name in the description (the
+    /// last component of its path, e.g. `worker1`) or its full path
+    /// (`sfConfig:farm:worker1`, or `farm:worker1`). The command runs in the
+    /// VO image as it is there, in --cwd; SIGINT, SIGTERM, SIGHUP, SIGQUIT
+    /// and SIGUSR1/2 go to it. Only the domain's owner and root may. Exit
+    /// status: the command's (128+N if signal N killed it), 2 if refused (not
+    /// yours, no such deployment or member), 125 if the site failed.
+    #[command(after_help = "Examples:\n  sd exec farm/db -- ps\n  \
+sd exec run-42 -- sh -c 'grep MemTotal /proc/meminfo'\n  \
+tar c data | sd exec farm/worker1 -- tar x -C /tmp")]
+    Exec {
+        /// A deployment id, or POOL/MEMBER.
+        name: String,
+        /// Working directory in the guest.
+        #[arg(long, default_value = "/")]
+        cwd: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print the guest's console log (kernel, init, agent), escaped:
+    /// control bytes and anything not ASCII shown as \xNN, never sent raw
+    /// to the terminal.
+    ///
+    /// NAME as for `sd exec`; only the domain's owner and root may. With
+    /// --follow, keeps printing as the log grows, until the deployment is gone.
+    Console {
+        /// A deployment id, or POOL/MEMBER.
+        name: String,
+        /// Keep printing as the log grows, until the deployment is gone.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List the image catalogue and the saved images of the store.
     ///
     /// A job saves its disk as a new image with `SaveImage = true;` (and
@@ -197,6 +235,8 @@ fn main() -> ExitCode {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
                 },
+                Command::Exec { name, cwd, command } => exec(&site, &name, &cwd, command),
+                Command::Console { name, follow } => console(&site, &name, follow),
                 Command::Images { action: None } => images(&site),
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
@@ -400,6 +440,22 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
             );
             ExitCode::from((128 + signal) as u8)
         }
+    }
+}
+
+fn exec(site: &SiteConfig, name: &str, cwd: &str, command: Vec<String>) -> ExitCode {
+    // Blocked before any thread exists, so that every thread inherits it.
+    let signals = frontend::block_forwarded_signals();
+    match smartdomains::exec::exec(site, name, command, cwd, signals) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
+        Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+    }
+}
+
+fn console(site: &SiteConfig, name: &str, follow: bool) -> ExitCode {
+    match smartdomains::exec::console(site, name, follow, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_code() as u8, &e.to_string()),
     }
 }
 
