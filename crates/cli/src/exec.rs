@@ -195,8 +195,7 @@ pub fn exec(
     let id = resolve(site, name)?;
     owned(site, &id, caller_uid())?;
     let timeout = Duration::from_secs(site.boot_timeout_secs);
-    // TODO(integrator): attach_exec
-    let link = deployment::attach(site, &id, timeout).map_err(|e| attach_error(&id, e))?;
+    let link = deployment::attach_exec(site, &id, timeout).map_err(|e| attach_error(&id, e))?;
     sd_batch::frontend::run_streamed(&link, argv, cwd.to_string(), signals).map_err(|e| match e {
         sd_batch::frontend::RunError::NoDomain(_) => ExecError::NoSuchDeployment(id.clone()),
         sd_batch::frontend::RunError::Site(m) => ExecError::Site(m),

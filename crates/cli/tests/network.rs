@@ -1,7 +1,9 @@
 //! Networks with real VMs: a NAT job reaches a server outside the host
 //! but no address the site denies, a guest that spoofs its address or MAC
 //! gets nothing through, and a deployment killed in mid-setup leaves no
-//! tap, bridge, nft table or lease after `sd cleanup`.
+//! tap, bridge, nft table or lease after `sd cleanup`. Two members of a
+//! pool on a private network talk by hostname; another pool's member and
+//! a NAT job cannot reach them.
 //!
 //! "Outside" is a network namespace of the test's own behind a veth pair:
 //! 198.51.100.2 (TEST-NET-2, allowed) serves HTTP, and 10.99.0.2 on the
@@ -34,8 +36,9 @@ impl Site {
              \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
              networks:\n\
              \x20 nat: {{ kind: nat, subnet: {NAT_SUBNET} }}\n\
+             \x20 lab: {{ kind: private, subnet: 10.232.0.0/24 }}\n\
              vos:\n\
-             \x20 demo: {{ images: [busybox], networks: [nat] }}\n\
+             \x20 demo: {{ images: [busybox], networks: [nat, lab] }}\n\
              default_vo: demo\n",
             images = images().display(),
         );
@@ -325,4 +328,84 @@ fn tap_in(journal: &str) -> Option<String> {
     data["resources"].as_array()?.iter().find_map(|r| {
         (r["kind"] == "tap").then(|| r["name"].as_str().map(str::to_string))?
     })
+}
+
+impl Site {
+    /// `sd exec TARGET -- sh -c SCRIPT`.
+    fn exec(&self, target: &str, script: &str) -> Output {
+        self.sd()
+            .args(["exec", target, "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn start_pool(&self, name: &str, yaml: &str) {
+        let desc = self.path(&format!("{name}.yaml"));
+        std::fs::write(&desc, yaml).unwrap();
+        let out = self
+            .sd()
+            .arg("start")
+            .arg(name)
+            .arg(&desc)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sd start {name}: {}", text(&out.stderr));
+    }
+
+    fn terminate(&self, name: &str) {
+        let out = self.sd().args(["terminate", name]).output().unwrap();
+        assert!(out.status.success(), "sd terminate {name}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn pool_members_talk_by_hostname_on_their_private_network_and_nobody_else_reaches_them() {
+    let _serial = serial();
+    let site = Site::new();
+    let member = "M: { extends: DefaultXenDomain, image: busybox, memory: 160, network: lab }\n";
+    site.start_pool(
+        "bed",
+        &format!("{member}sfConfig:\n  extends: Sequence\n  a: {{ extends: M }}\n  b: {{ extends: M }}\n"),
+    );
+    // A second pool on the same site network: a segment of its own.
+    site.start_pool(
+        "other",
+        &format!("{member}sfConfig:\n  extends: Compound\n  c: {{ extends: M, ip: 10.232.0.50 }}\n"),
+    );
+    let serve = site.exec(
+        "bed/a",
+        "mkdir -p /tmp/www && echo hello-from-a > /tmp/www/index.html && httpd -p 8080 -h /tmp/www \
+         && ip -o -4 addr show dev eth0",
+    );
+    let serve_out = text(&serve.stdout);
+    assert!(serve.status.success(), "{serve_out}{}", text(&serve.stderr));
+    let a_ip = serve_out
+        .split("inet ")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("a's address: {serve_out}"))
+        .to_string();
+    let get = |host: &str| {
+        format!(
+            "cat /etc/hosts; if (echo GET / HTTP/1.0; echo) | nc -w 4 {host} 8080 >/tmp/got 2>/dev/null \
+             && grep -q hello /tmp/got; then echo GOT=$(tail -n 1 /tmp/got); else echo GOT=blocked; fi"
+        )
+    };
+    let from_b = text(&site.exec("bed/b", &get("a")).stdout);
+    assert!(from_b.contains("GOT=hello-from-a"), "b reaches a by name: {from_b}");
+    assert!(from_b.contains(&format!("{a_ip}\ta")), "/etc/hosts names a: {from_b}");
+    let from_c = text(&site.exec("other/c", &get(&a_ip)).stdout);
+    assert!(from_c.contains("GOT=blocked"), "another pool's member: {from_c}");
+    let nat_job = site.run(&site.nat_jdl("reach.jdl", &fetch("GOT", &format!("{a_ip}:8080"))));
+    let from_nat = text(&nat_job.stdout);
+    assert!(from_nat.contains("GOT=blocked"), "a NAT job: {from_nat}");
+    site.terminate("other");
+    site.terminate("bed");
+    assert_eq!(site.network_leftovers(&[]), Vec::<String>::new());
+    let links = sh("ip -o link show");
+    let scope = site_scope(&site.state());
+    assert!(!sh("nft list tables").contains(&scope), "{}", sh("nft list tables"));
+    assert!(!links.contains("sdp-") || !links.contains(&scope), "{links}");
 }

@@ -479,12 +479,40 @@ fn save(
 /// Reaches the agent of a running deployment again (`sd-exec`). Waits up to
 /// `timeout` for the link: one client at a time is served.
 pub fn attach(site: &SiteConfig, id: &str, timeout: Duration) -> Result<GuestLink, DeployError> {
+    attach_channel(site, id, timeout, Channel::Control)
+}
+
+/// [`attach`] on the agent's exec channel, which nothing holds for long
+/// (`sd exec` into a domain whose control link `sd run` or a pool's
+/// monitor keeps); the control link where the domain has none.
+pub fn attach_exec(
+    site: &SiteConfig,
+    id: &str,
+    timeout: Duration,
+) -> Result<GuestLink, DeployError> {
+    attach_channel(site, id, timeout, Channel::Exec)
+}
+
+enum Channel {
+    Control,
+    Exec,
+}
+
+fn attach_channel(
+    site: &SiteConfig,
+    id: &str,
+    timeout: Duration,
+    channel: Channel,
+) -> Result<GuestLink, DeployError> {
     let journal = Journal::open(&site.state_dir, id)?
         .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
     let details = journal.details();
-    let socket = details
-        .agent_socket
-        .clone()
+    let exec = match channel {
+        Channel::Exec => details.exec_socket.clone(),
+        Channel::Control => None,
+    };
+    let socket = exec
+        .or_else(|| details.agent_socket.clone())
         .ok_or_else(|| DeployError::NoSuchDeployment(id.into()))?;
     let hostname = details
         .environment
@@ -648,13 +676,16 @@ impl Rollback<'_> {
             let booted = backend.create(&spec)?;
             journal.update_details(|f| {
                 f.agent_socket = Some(booted.agent_socket.clone());
+                f.exec_socket = booted.exec_socket.clone();
                 f.control_socket = booted.control_socket.clone();
                 f.acceleration = Some(booted.acceleration.clone());
                 f.console_log = Some(console_log.clone());
             })?;
             booted
         };
-        grant_agent_access(&spec.run_dir, &booted.agent_socket, env_uid(journal))?;
+        for socket in std::iter::once(&booted.agent_socket).chain(&booted.exec_socket) {
+            grant_agent_access(&spec.run_dir, socket, env_uid(journal))?;
+        }
         let alive = || booted.domain.is_running();
         let timeout = Duration::from_secs(site.boot_timeout_secs);
         let connect = if backend.agent_device().is_some() {

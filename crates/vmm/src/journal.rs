@@ -60,6 +60,10 @@ pub enum Resource {
 pub struct DeploymentDetails {
     /// Unix socket of the guest agent's channel.
     pub agent_socket: Option<PathBuf>,
+    /// The agent's exec channel (`sd exec`); None: commands share the
+    /// control link (Xen, or a journal of an older version).
+    #[serde(default)]
+    pub exec_socket: Option<PathBuf>,
     /// Hypervisor control socket (QMP).
     pub control_socket: Option<PathBuf>,
     pub backend: Option<String>,

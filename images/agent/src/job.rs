@@ -115,7 +115,7 @@ pub fn spawn(
     running: Arc<Mutex<Option<RunningJob>>>,
 ) -> Result<RunningJob, String> {
     let program = req.argv.first().ok_or("empty command")?;
-    let cwd_on_host = in_root(root, &req.cwd)?;
+    let cwd_on_host = crate::session::dir_in_root(root, &req.cwd)?;
     std::fs::create_dir_all(&cwd_on_host).map_err(|e| format!("mkdir {}: {e}", req.cwd))?;
 
     let mut cmd = Command::new(program);

@@ -229,6 +229,20 @@ pub fn in_root(root: &Path, path: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// Like [`in_root`] for a directory, which may be the root itself (a
+/// command run in `/`).
+pub fn dir_in_root(root: &Path, path: &str) -> Result<PathBuf, String> {
+    match in_root(root, path) {
+        Err(_) if Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::CurDir)) =>
+        {
+            Ok(root.to_path_buf())
+        }
+        other => other,
+    }
+}
+
 fn open_for_upload(root: &Path, path: &str, mode: u32) -> Result<File, String> {
     let target = in_root(root, path)?;
     if let Some(dir) = target.parent() {
@@ -302,6 +316,8 @@ mod tests {
         );
         assert!(in_root(root, "/sd-job/../../etc/passwd").is_err());
         assert!(in_root(root, "/").is_err());
+        assert_eq!(dir_in_root(root, "/").unwrap(), root);
+        assert!(dir_in_root(root, "/../x").is_err());
     }
 
     /// The control port and the exec port are served at once, each by its

@@ -45,6 +45,9 @@ pub struct Booted {
     pub domain: Arc<dyn Domain>,
     /// Unix socket on which the guest agent's channel is served.
     pub agent_socket: PathBuf,
+    /// The agent's second channel, for commands run in the running domain
+    /// (`sd exec`), if the backend gives one.
+    pub exec_socket: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
     /// How the domain runs, e.g. `kvm` or `tcg` (reported to the user).
     pub acceleration: String,

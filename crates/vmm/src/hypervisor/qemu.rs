@@ -132,6 +132,7 @@ impl Qemu {
         agent: &Path,
         pidfile: &Path,
     ) -> Vec<String> {
+        let exec = exec_socket(agent);
         let cpu = if accel == "kvm" { "host" } else { "max" };
         let mut args: Vec<String> = vec![
             "-name".into(),
@@ -177,6 +178,13 @@ impl Qemu {
             format!(
                 "virtserialport,chardev=agent,name={}",
                 sd_proto::VIRTIO_PORT_NAME
+            ),
+            "-chardev".into(),
+            format!("socket,id=exec,path={},server=on,wait=off", exec.display()),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=exec,name={}",
+                sd_proto::EXEC_PORT_NAME
             ),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp.display()),
@@ -288,6 +296,7 @@ impl Hypervisor for Qemu {
         let acceleration = if kvm { "kvm" } else { "tcg" }.to_string();
         Ok(Booted {
             domain,
+            exec_socket: Some(exec_socket(&agent)),
             agent_socket: agent,
             control_socket: Some(qmp),
             acceleration,
@@ -356,6 +365,11 @@ impl Domain for QemuDomain {
         }
         Ok(())
     }
+}
+
+/// The exec channel's socket, beside the agent's.
+fn exec_socket(agent: &Path) -> PathBuf {
+    agent.with_file_name("exec.sock")
 }
 
 /// Asks QEMU which accelerator really runs the guest.

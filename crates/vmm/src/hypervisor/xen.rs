@@ -131,6 +131,7 @@ impl Hypervisor for Xen {
                 domid,
             }),
             agent_socket: agent,
+            exec_socket: None,
             control_socket: None,
             acceleration: kind.into(),
         })
