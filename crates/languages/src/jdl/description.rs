@@ -5,8 +5,9 @@
 //! `MyProxyServer`, ...); those are kept in `other`, not refused. Our own
 //! `VirtualEnvironment` record is checked strictly, so a typo is caught.
 
+use super::ast::{ClassAd, Expr, Value};
 use super::error::{JdlError, Span, Spanned};
-use super::parser::{parse_str, ClassAd, Expr, Value};
+use super::parser::parse_str;
 use sd_request::{EnvironmentRequest, NetworkRequest};
 use serde::Serialize;
 use std::collections::BTreeMap;

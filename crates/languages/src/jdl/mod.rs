@@ -5,14 +5,16 @@
 //! type-checks the attributes SmartDomains acts on. Both report a
 //! [`JdlError`] as `FILE:LINE:COL: MESSAGE`.
 
+mod ast;
 mod description;
 mod error;
 mod lexer;
 mod parser;
 
+pub use ast::{Attribute, BinaryOp, ClassAd, Expr, UnaryOp, Value};
 pub use description::JobDescription;
 pub use error::{spanned, JdlError, Span, Spanned};
-pub use parser::{parse_str, Attribute, BinaryOp, ClassAd, Expr, UnaryOp, Value};
+pub use parser::parse_str;
 
 #[cfg(test)]
 mod tests {
