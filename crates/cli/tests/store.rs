@@ -6,6 +6,7 @@ mod common;
 
 use common::loop_device::{loop_devices_of, LoopDevice};
 use sd_vmm::image_store::{ImageStore, NoProgress, SaveMeta, StoreError};
+use sd_vmm::test_images::sparse_raw;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -360,28 +361,6 @@ fn a_save_killed_with_sigkill_leaves_only_temporaries_that_cleanup_removes() {
     assert_eq!(sha256(&base), base_hash);
 }
 
-/// A 16 MiB sparse file with noise in its first MiB and at 9 MiB; its
-/// contents.
-fn sparse_raw(path: &Path) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
-    let f = File::create(path).unwrap();
-    f.write_all_at(&noise(1 << 20), 0).unwrap();
-    f.write_all_at(&noise(1 << 20), 9 << 20).unwrap();
-    f.set_len(16 << 20).unwrap();
-    f.sync_all().unwrap();
-    fs::read(path).unwrap()
-}
 
 #[test]
 fn loop_device_shows_the_file_and_is_detached() {

@@ -18,3 +18,5 @@ pub mod network;
 pub mod status;
 pub mod storage;
 pub mod storage_lvm;
+#[doc(hidden)]
+pub mod test_images;

@@ -553,6 +553,7 @@ fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_images::sparse_raw;
 
     #[test]
     fn lvm_volume_names_are_valid_and_unique_per_site_and_id() {
@@ -696,28 +697,6 @@ mod tests {
         assert!(virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2).is_err());
     }
 
-    /// A raw image with data, a hole between and a hole at the end:
-    /// `[0, 1 MiB)` noise, `[1 MiB, 9 MiB)` hole, `[9 MiB, 10 MiB)` noise,
-    /// `[10 MiB, 16 MiB)` hole.
-    fn sparse_raw(path: &Path) -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
-        let f = File::create(path).unwrap();
-        f.write_all_at(&noise(1 << 20), 0).unwrap();
-        f.write_all_at(&noise(1 << 20), 9 << 20).unwrap();
-        f.set_len(16 << 20).unwrap();
-        f.sync_all().unwrap();
-        std::fs::read(path).unwrap()
-    }
 
     fn blocks(path: &Path) -> u64 {
         std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap())

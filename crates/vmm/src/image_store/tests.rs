@@ -1,3 +1,4 @@
+use crate::test_images::noise;
 use super::cache::*;
 use super::error::bytes;
 use super::files::*;
@@ -548,18 +549,6 @@ fn refused_when_the_store_has_too_little_free_space() {
     assert_eq!(files_in(store.dir()), Vec::<String>::new());
 }
 
-/// Deterministic bytes that do not compress.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn disk_full_while_saving_leaves_nothing() {
