@@ -8,7 +8,7 @@
 //! second virtio-serial port, `deployment::attach_exec`). One VM.
 
 mod common;
-use common::{images, serial, text};
+use common::{serial, text};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -21,16 +21,14 @@ struct Site(common::TestSite);
 impl Site {
     fn new() -> Site {
         let config = format!(
-            "image_dir: {images}\n\
-             backend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
-             qemu:\n  run_as: sd-qemu\n  sandbox: true\n\
+            "{head}\
              default_vo: demo\n\
              defaults: {{ image: busybox, memory_mib: 256, vcpus: 1, disk_mib: 1024, hostname: sd-guest }}\n\
              images:\n\
              \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
              vos:\n\
              \x20 demo: {{ images: [busybox], max_memory_mib: 512, max_vcpus: 2, max_disk_mib: 4096 }}\n",
-            images = images().display(),
+            head = common::qemu_site_head(),
         );
         let site = Site(common::TestSite::new("sd-exec-", &config));
         // Another user reads the config (and is refused by what it names).
@@ -45,10 +43,8 @@ impl Site {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
-        c.env("SD_CONFIG", self.0.path("site.yaml"))
-            .env_remove("SD_LOG")
-            .args(args);
+        let mut c = self.0.sd();
+        c.args(args);
         c
     }
 

@@ -12,7 +12,7 @@
 //! its own (they are named by the site's state directory).
 
 mod common;
-use common::{images, serial, text};
+use common::{serial, text};
 use sd_vmm::network::{nat_bridge_name, site_scope};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,9 +28,7 @@ impl Site {
     fn new() -> Site {
         sd_host::needs_root("making bridges, taps and nft tables");
         let config = format!(
-            "image_dir: {images}\n\
-             backend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
-             qemu:\n  run_as: sd-qemu\n  sandbox: true\n\
+            "{head}\
              defaults: {{ image: busybox, memory_mib: 192, vcpus: 1, disk_mib: 256 }}\n\
              images:\n\
              \x20 busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
@@ -40,7 +38,7 @@ impl Site {
              vos:\n\
              \x20 demo: {{ images: [busybox], networks: [nat, lab] }}\n\
              default_vo: demo\n",
-            images = images().display(),
+            head = common::qemu_site_head(),
         );
         Site(common::TestSite::new("sd-net-", &config))
     }
@@ -54,10 +52,7 @@ impl Site {
     }
 
     fn sd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
-        c.env("SD_CONFIG", self.path("site.yaml"))
-            .env_remove("SD_LOG");
-        c
+        self.0.sd()
     }
 
     /// A NAT job running `script` in the guest (busybox sh).

@@ -64,23 +64,7 @@ impl Site {
 
     /// Journals, run directories, QEMU processes and pool monitors of this site.
     fn leftovers(&self) -> Vec<String> {
-        let mut found = vec![];
-        for sub in ["state/journal", "state/run"] {
-            if let Ok(entries) = std::fs::read_dir(self.path(sub)) {
-                found.extend(entries.flatten().map(|e| e.path().display().to_string()));
-            }
-        }
-        let marker = self.0.dir.path().display().to_string();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                let ours = cmdline.contains("qemu-system") || cmdline.contains("pool-monitor");
-                if ours && cmdline.contains(&marker) {
-                    found.push(format!("process {}", entry.file_name().to_string_lossy()));
-                }
-            }
-        }
-        found
+        self.0.leftovers(&["qemu-system", "pool-monitor"])
     }
 
     /// Pid of the QEMU process of deployment `id` of this site (found by its

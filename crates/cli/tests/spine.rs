@@ -18,9 +18,7 @@ struct Site(common::TestSite);
 impl Site {
     fn new() -> Site {
         let config = format!(
-            "image_dir: {images}\n\
-             backend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
-             qemu:\n  run_as: sd-qemu\n  sandbox: true\n\
+            "{head}\
              defaults: {{ image: debian-minimal, memory_mib: 256, vcpus: 1, disk_mib: 1024, hostname: sd-guest }}\n\
              images:\n\
              \x20 debian-minimal: {{ disk: debian-minimal.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
@@ -29,7 +27,7 @@ impl Site {
              vos:\n\
              \x20 demo: {{ images: [debian-minimal, busybox, busybox-raw], max_memory_mib: 1024, max_vcpus: 2, max_disk_mib: 4096 }}\n\
              \x20 atlas: {{ images: [busybox], max_memory_mib: 512, max_vcpus: 1, max_disk_mib: 2048 }}\n",
-            images = images().display(),
+            head = common::qemu_site_head(),
         );
         let site = common::TestSite::new("sd-spine-", &config);
         std::fs::create_dir(site.path("job")).unwrap();
@@ -49,10 +47,7 @@ impl Site {
     }
 
     fn sd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
-        c.env("SD_CONFIG", self.path("site.yaml"))
-            .env_remove("SD_LOG");
-        c
+        self.0.sd()
     }
 
     fn run(&self, jdl: &Path) -> Output {
@@ -68,25 +63,7 @@ impl Site {
 
     /// Everything a deployment could leave on the host, listed.
     fn leftovers(&self) -> Vec<String> {
-        let mut found = vec![];
-        for sub in ["state/journal", "state/run"] {
-            if let Ok(entries) = std::fs::read_dir(self.path(sub)) {
-                found.extend(entries.flatten().map(|e| e.path().display().to_string()));
-            }
-        }
-        let marker = self.0.dir.path().display().to_string();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains("qemu-system") && cmdline.contains(&marker) {
-                    found.push(format!(
-                        "process {}: {cmdline}",
-                        entry.file_name().to_string_lossy()
-                    ));
-                }
-            }
-        }
-        found
+        self.0.leftovers(&["qemu-system"])
     }
 }
 

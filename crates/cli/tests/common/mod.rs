@@ -70,6 +70,16 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The head of a test site's config that boots QEMU domains as a site
+/// does (unprivileged QEMU, seccomp sandbox), with the images setup built.
+pub fn qemu_site_head() -> String {
+    format!(
+        "image_dir: {}\nbackend: qemu\nacceleration: auto\nboot_timeout_secs: 120\n\
+         qemu:\n  run_as: sd-qemu\n  sandbox: true\n",
+        images().display()
+    )
+}
+
 /// A site of its own for one test, in a fresh directory: its state and log
 /// directories are in there, and `site.yaml` is written from `yaml` with
 /// `{dir}` replaced by the directory (the rest: catalogue, VOs, backend).
@@ -93,5 +103,40 @@ impl TestSite {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+}
+
+#[allow(dead_code)]
+impl TestSite {
+    /// `sd` with this site's config.
+    pub fn sd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sd"));
+        c.env("SD_CONFIG", self.path("site.yaml")).env_remove("SD_LOG");
+        c
+    }
+
+    /// Journals and run directories of this site, and processes whose
+    /// command line names its directory and one of `programs` (QEMU, a
+    /// pool monitor): what a deployment could leave behind.
+    pub fn leftovers(&self, programs: &[&str]) -> Vec<String> {
+        let mut found = vec![];
+        for sub in ["state/journal", "state/run"] {
+            if let Ok(entries) = std::fs::read_dir(self.path(sub)) {
+                found.extend(entries.flatten().map(|e| e.path().display().to_string()));
+            }
+        }
+        let marker = self.dir.path().display().to_string();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if programs.iter().any(|p| cmdline.contains(p)) && cmdline.contains(&marker) {
+                    found.push(format!(
+                        "process {}: {cmdline}",
+                        entry.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        found
     }
 }
