@@ -299,7 +299,7 @@ pub enum NetworkError {
     StaticOnBridge(String),
     #[error("host bridge {0:?} does not exist: the site's `bridge` network names a bridge this node lacks")]
     NoSuchBridge(String),
-    #[error("tap {0} already exists: a crashed deployment of the same id left it? `sd cleanup` it first")]
+    #[error("interface {0} (the NIC's tap or vif) already exists: a crashed deployment of the same id left it? `sd cleanup` it first")]
     TapExists(String),
     #[error("the hypervisor's port {port} is not on bridge {bridge} ({found}): is its hotplug script (Xen: /etc/xen/scripts/vif-bridge) installed and working? See its log (Xen: /var/log/xen/xen-hotplug.log)")]
     NotOnBridge {
