@@ -69,7 +69,7 @@ fn generate(out: &Path) {
         .allowlist_function("libxl_ctx_(alloc|free)")
         .allowlist_function("libxl_domain_config_(init|dispose)")
         .allowlist_function("libxl_domain_build_info_init_type")
-        .allowlist_function("libxl_device_(disk|channel)_init")
+        .allowlist_function("libxl_device_(disk|channel|nic)_init")
         .allowlist_function("libxl_device_channel_init_connection")
         .allowlist_function("libxl_domain_create_new")
         .allowlist_function("libxl_domain_(destroy|shutdown|pause|unpause)")

@@ -427,12 +427,13 @@ fn save(
     let disk = match journal.undo_order().find_map(JobDisk::from_resource) {
         // A thin snapshot: read as raw; its data is what the pool gave it.
         Some(JobDisk::Lvm { vg, thin_pool, lv }) => {
-            let allocated = storage::lvm_volume_allocated(&vg, &thin_pool, &lv).map_err(
-                |source| SaveError::Disk {
-                    name: name.clone(),
-                    source,
-                },
-            )?;
+            let allocated =
+                storage::lvm_volume_allocated(&vg, &thin_pool, &lv).map_err(|source| {
+                    SaveError::Disk {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
             DiskToSave {
                 path: crate::storage_lvm::device_path(&vg, &lv),
                 format: DiskFormat::Raw,
@@ -529,14 +530,13 @@ fn attach_channel(
         .display()
         .to_string();
     let alive = || domain.as_ref().is_some_and(|d| d.is_running());
-    let link =
-        GuestLink::connect(&socket, &hostname, timeout, &alive).map_err(|error| {
-            DeployError::Link {
-                error,
-                console,
-                last_words: vec![],
-            }
-        })?;
+    let link = GuestLink::connect(&socket, &hostname, timeout, &alive).map_err(|error| {
+        DeployError::Link {
+            error,
+            console,
+            last_words: vec![],
+        }
+    })?;
     if let Some(domain) = &domain {
         watch_domain(&link, backend.as_ref(), domain);
     }
@@ -645,7 +645,9 @@ impl Rollback<'_> {
                 .iter()
                 .map(|n| hypervisor::NicSpec {
                     host_device: n.tap.clone(),
-                    mac: n.mac.to_string(),
+                    bridge: n.bridge.clone(),
+                    mac: n.mac.0,
+                    isolated: n.isolated,
                 })
                 .collect(),
             kernel: env.image.kernel.clone(),
@@ -753,20 +755,26 @@ fn attach_networks(
     if env.networks.is_empty() {
         return Ok(vec![]);
     }
-    if backend.name() != "qemu" {
-        return Err(DeployError::Hypervisor(HypervisorError::Unsupported {
-            backend: backend.name(),
-            what: "networks (not yet: the Xen vif is not attached)",
-        }));
-    }
-    // The tap is opened by QEMU as the unprivileged user it runs as.
-    let tap_user = site
-        .qemu
-        .run_as
-        .as_deref()
-        .filter(|_| nix::unistd::geteuid().is_root())
-        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-        .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid.as_raw());
+    let host_end = match backend.name() {
+        // The tap is opened by QEMU as the unprivileged user it runs as.
+        "qemu" => crate::network::HostEnd::Tap {
+            user: site
+                .qemu
+                .run_as
+                .as_deref()
+                .filter(|_| nix::unistd::geteuid().is_root())
+                .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid.as_raw()),
+        },
+        // libxl makes the vif (netback) and vif-bridge puts it on the bridge.
+        "xen" => crate::network::HostEnd::HypervisorVif,
+        other => {
+            return Err(DeployError::Hypervisor(HypervisorError::Unsupported {
+                backend: other,
+                what: "networks",
+            }))
+        }
+    };
     let segment = neighbours
         .segment
         .clone()
@@ -777,7 +785,7 @@ fn attach_networks(
             network: nic.network.clone(),
             kind: crate::network::NetworkKind::of_site(&nic.kind, &segment),
             ip: nic.ip,
-            tap_user,
+            host_end,
         };
         let _step = step_lock();
         let made = crate::network::attach(journal, &site.state_dir, index as u32, &config)

@@ -1942,6 +1942,9 @@ impl Default for libxl_device_nic {
         }
     }
 }
+unsafe extern "C" {
+    pub fn libxl_device_nic_init(p: *mut libxl_device_nic);
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct libxl_device_pci {

@@ -32,6 +32,23 @@ pub struct ChannelSpec<'a> {
     pub socket: &'a Path,
 }
 
+/// A PV network interface (`xen-netfront` in the guest, `xen-netback` in
+/// dom0) whose dom0 end, the vif, joins `bridge` through Xen's own hotplug
+/// script `vif-bridge`.
+#[derive(Debug, Clone)]
+pub struct NicSpec<'a> {
+    /// An existing bridge in dom0.
+    pub bridge: &'a str,
+    /// The guest's MAC.
+    pub mac: [u8; 6],
+    /// The vif's name in dom0 (at most 15 bytes): chosen by the caller, so
+    /// that filters keyed by interface name exist before the vif does.
+    pub vifname: &'a str,
+}
+
+/// Xen's hotplug script that puts a vif on its bridge (xen-utils).
+pub const VIF_BRIDGE_SCRIPT: &str = "/etc/xen/scripts/vif-bridge";
+
 pub struct DomainConfig {
     raw: Box<sys::libxl_domain_config>,
 }
@@ -187,6 +204,33 @@ impl DomainConfig {
         Ok(self)
     }
 
+    pub fn add_nic(&mut self, nic: &NicSpec) -> Result<&mut Self, XenError> {
+        if nic.vifname.is_empty() || nic.vifname.len() > 15 {
+            return Err(XenError::BadVifName(nic.vifname.to_string()));
+        }
+        // Checked before anything is allocated: nothing leaks on an error.
+        if nic.bridge.contains('\0') {
+            return Err(XenError::Nul { what: "nic bridge" });
+        }
+        if nic.vifname.contains('\0') {
+            return Err(XenError::Nul {
+                what: "nic vif name",
+            });
+        }
+        let bridge = c_string("nic bridge", nic.bridge)?;
+        let ifname = c_string("nic vif name", nic.vifname)?;
+        let script = c_string("nic hotplug script", VIF_BRIDGE_SCRIPT)?;
+        let raw = &mut *self.raw;
+        let n = unsafe { &mut *push(&mut raw.nics, &mut raw.num_nics, sys::libxl_device_nic_init) };
+        // devid stays -1 (libxl numbers them), backend domain 0.
+        n.bridge = bridge;
+        n.ifname = ifname;
+        n.script = script;
+        n.mac = nic.mac;
+        n.nictype = sys::LIBXL_NIC_TYPE_VIF;
+        Ok(self)
+    }
+
     pub(crate) fn as_mut_ptr(&mut self) -> *mut sys::libxl_domain_config {
         &mut *self.raw
     }
@@ -203,6 +247,10 @@ impl DomainConfig {
 
     pub fn num_channels(&self) -> usize {
         self.raw.num_channels as usize
+    }
+
+    pub fn num_nics(&self) -> usize {
+        self.raw.num_nics as usize
     }
 
     pub fn memory_kib(&self) -> u64 {
@@ -259,6 +307,43 @@ mod tests {
                 .unwrap(),
             "xvdb"
         );
+    }
+
+    #[test]
+    fn nics_get_bridge_mac_vifname_and_the_bridge_script() {
+        let mut c = DomainConfig::new("sd-nic", GuestType::Pv).unwrap();
+        for (i, vif) in ["sdtaaaa", "sdtbbbb"].iter().enumerate() {
+            c.add_nic(&NicSpec {
+                bridge: "sdn-nat",
+                mac: [0x02, 0, 0, 0, 0, i as u8],
+                vifname: vif,
+            })
+            .unwrap();
+        }
+        assert_eq!(c.num_nics(), 2);
+        let second = unsafe { &*c.raw.nics.add(1) };
+        let s = |p: *mut c_char| unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap();
+        assert_eq!(s(second.bridge), "sdn-nat");
+        assert_eq!(s(second.ifname), "sdtbbbb");
+        assert_eq!(s(second.script), VIF_BRIDGE_SCRIPT);
+        assert_eq!(second.mac, [0x02, 0, 0, 0, 0, 1]);
+        assert_eq!(second.nictype, sys::LIBXL_NIC_TYPE_VIF);
+        assert_eq!(second.devid, -1, "libxl numbers the devices");
+        assert!(c
+            .add_nic(&NicSpec {
+                bridge: "b",
+                mac: [2, 0, 0, 0, 0, 0],
+                vifname: "a-name-longer-than-15",
+            })
+            .is_err());
+        assert!(c
+            .add_nic(&NicSpec {
+                bridge: "b\0",
+                mac: [2, 0, 0, 0, 0, 0],
+                vifname: "ok",
+            })
+            .is_err());
+        assert_eq!(c.num_nics(), 2, "a refused NIC is not added");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum XenError {
     Nul { what: &'static str },
     #[error("cpuid policy item {0:?}: expected NAME=VALUE with a feature name libxl knows (e.g. rdtscp=0)")]
     BadCpuid(String),
+    #[error("vif name {0:?}: expected 1 to 15 bytes (a dom0 interface name)")]
+    BadVifName(String),
     #[error("disk format {0:?}: expected qcow2 or raw")]
     UnsupportedDiskFormat(String),
 }

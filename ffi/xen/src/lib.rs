@@ -16,7 +16,7 @@ mod error;
 mod light;
 pub mod logger;
 
-pub use config::{ChannelSpec, DiskSpec, DomainConfig, GuestType};
+pub use config::{ChannelSpec, DiskSpec, DomainConfig, GuestType, NicSpec, VIF_BRIDGE_SCRIPT};
 pub use ctrl::{DomainInfo, DomainState, XenCtrl};
 pub use error::{LibxlError, XenError};
 pub use light::{Domid, Libxl, ListedDomain};

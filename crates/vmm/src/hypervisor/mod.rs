@@ -75,7 +75,9 @@ pub enum HypervisorError {
     },
     #[error("backend {backend} is not available on this host: {why}")]
     Unavailable { backend: String, why: String },
-    #[error("unknown backend {0:?} (a journal of another SmartDomains?): the backends are qemu and xen")]
+    #[error(
+        "unknown backend {0:?} (a journal of another SmartDomains?): the backends are qemu and xen"
+    )]
     UnknownBackend(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -235,12 +237,30 @@ pub trait Domain: Send + Sync {
     }
 }
 
-/// A network interface of a domain: the host's end (a tap) and the
+/// A network interface of a domain: the host's end, its bridge and the
 /// guest's MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicSpec {
+    /// QEMU: the tap that exists (made by `network`). Xen: the name the
+    /// vif is to have in dom0 (its filters already match it).
     pub host_device: String,
-    pub mac: String,
+    /// The bridge the host end is (QEMU) or is to be (Xen) a port of.
+    pub bridge: String,
+    pub mac: [u8; 6],
+    /// The port must be `isolated` on its bridge: a backend whose
+    /// hypervisor makes the port sets it before the guest runs.
+    pub isolated: bool,
+}
+
+impl NicSpec {
+    /// `02:ab:...` (QEMU's `mac=`).
+    pub fn mac_text(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 /// Polls `done` every 20 ms until it holds or `timeout` passes. True if it held.

@@ -200,7 +200,10 @@ impl Qemu {
                 nic.host_device
             ));
             args.push("-device".into());
-            args.push(format!("virtio-net-pci,netdev=nic{i},mac={}", nic.mac));
+            args.push(format!(
+                "virtio-net-pci,netdev=nic{i},mac={}",
+                nic.mac_text()
+            ));
         }
         args.extend(self.confinement());
         args

@@ -7,6 +7,10 @@
 //! - Agent link: a PV channel named [`sd_proto::VIRTIO_PORT_NAME`] whose dom0
 //!   end is a Unix socket served by that device model — the same socket
 //!   interface the QEMU backend offers; the guest sees it as `/dev/hvc1`.
+//! - Network: one vif per NIC (`xen-netfront` in the guest), named in dom0
+//!   as `network` chose, put on its bridge by Xen's `vif-bridge` script
+//!   while libxl creates the domain; what needs the port (`isolated`, no
+//!   IPv6) is set before the guest is unpaused.
 //! - Console: `hvc0`, logged by xenconsoled to
 //!   `/var/log/xen/console/guest-NAME.log`; the domain's console log in our
 //!   log directory is a symbolic link to it.
@@ -17,7 +21,7 @@ pub use sd_xen;
 
 use super::{procs, Booted, Domain, DomainSpec, Hypervisor, HypervisorError};
 pub use super::{XenGuestKind, XenOptions};
-use sd_xen::{ChannelSpec, DiskSpec, DomainConfig, GuestType, Libxl, XenCtrl};
+use sd_xen::{ChannelSpec, DiskSpec, DomainConfig, GuestType, Libxl, NicSpec, XenCtrl};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +74,13 @@ impl Xen {
             name: sd_proto::VIRTIO_PORT_NAME,
             socket: agent,
         })?;
+        for nic in &spec.nics {
+            config.add_nic(&NicSpec {
+                bridge: &nic.bridge,
+                mac: nic.mac,
+                vifname: &nic.host_device,
+            })?;
+        }
         if guest == GuestType::Pvh {
             config.cpuid(&self.options.pvh_cpuid)?;
         }
@@ -105,6 +116,14 @@ impl Hypervisor for Xen {
         link_console_log(&spec.name, &spec.console_log);
         let started = Instant::now();
         let domid = libxl.create(&mut config)?;
+        // libxl ran vif-bridge for each vif before returning; the guest is
+        // still paused, so its ports are finished before it sends a frame.
+        for nic in &spec.nics {
+            crate::network::hypervisor_port_ready(&nic.host_device, &nic.bridge, nic.isolated)
+                .map_err(|e| HypervisorError::StartFailed {
+                    detail: format!("domain {domid}'s vif: {e}"),
+                })?;
+        }
         libxl.unpause(domid)?;
         tracing::info!(
             "xen: domain {} (domid {domid}) created in {} ms",
@@ -292,7 +311,8 @@ fn wait_released(name: &str, domid: u32, device_models: &[u32]) {
 fn device_models_of(domid: u32) -> Vec<u32> {
     let wanted = domid.to_string();
     procs::matching(None, |args| {
-        args.first().is_some_and(|a| a.ends_with(b"qemu-system-i386"))
+        args.first()
+            .is_some_and(|a| a.ends_with(b"qemu-system-i386"))
             && procs::has_option(args, b"-xen-domid", wanted.as_bytes())
     })
 }

@@ -120,6 +120,22 @@ pub(super) fn link_exists(name: &str) -> Result<bool, NetworkError> {
     }
 }
 
+/// The bridge link `name` is a port of: Ok(None) if it is on none or does
+/// not exist (the caller tells those apart with [`link_exists`]). Asks
+/// `ip`, not /sys, which shows the netns it was mounted in.
+pub(super) fn master_of(name: &str) -> Result<Option<String>, NetworkError> {
+    let ran = run_raw("ip", &["-o", "link", "show", "dev", name], None)?;
+    if !ran.ok {
+        return Ok(None);
+    }
+    let mut words = ran.stdout.split_whitespace();
+    Ok(words
+        .by_ref()
+        .find(|w| *w == "master")
+        .and(words.next())
+        .map(str::to_string))
+}
+
 /// Deletes link `name`; one already gone is fine. Returns whether it was there.
 pub(super) fn delete_link(name: &str) -> Result<bool, NetworkError> {
     if !link_exists(name)? {

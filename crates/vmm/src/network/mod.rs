@@ -13,9 +13,14 @@
 //! - **bridge**: the tap joins an existing bridge of the site; the site's
 //!   DHCP hands out addresses. Only the MAC is checked.
 //!
-//! Every NIC gets a tap its QEMU user may open, a MAC derived from the
-//! deployment, a lease (nat, private) and an anti-spoofing table in the
-//! `bridge` family. Each of these is a journal [`Resource`], recorded
+//! Every NIC gets a host end, a MAC derived from the deployment, a lease (nat, private) and an anti-spoofing table in the
+//! `bridge` family. The host end is either a tap we make, which its QEMU
+//! user may open ([`HostEnd::Tap`]), or a vif the hypervisor makes
+//! ([`HostEnd::HypervisorVif`]: Xen's netback, put on the bridge by Xen's
+//! `vif-bridge` script) under the name we chose, so that its anti-spoofing
+//! table, keyed by that name, is in place before the vif exists; what must
+//! be set on the port itself then comes after create
+//! ([`hypervisor_port_ready`]). Each of these is a journal [`Resource`], recorded
 //! before it is made; [`undo`] removes one and tolerates it being gone.
 //! The shared parts of a network (bridge, nft table) are made while its
 //! lease file is locked and removed by the undo of the last deployment
@@ -212,17 +217,34 @@ pub struct NicConfig {
     pub kind: NetworkKind,
     /// A static address asked for (nat, private); None: the lowest free.
     pub ip: Option<Ipv4Addr>,
-    /// Who may open the tap (the unprivileged QEMU's uid).
-    pub tap_user: u32,
+    pub host_end: HostEnd,
+}
+
+/// Who makes the host end of a NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEnd {
+    /// We make a tap that `user` (the unprivileged QEMU's uid) may open,
+    /// and put it on the bridge (QEMU).
+    Tap { user: u32 },
+    /// The hypervisor makes it while it creates the domain and puts it on
+    /// the bridge (Xen's vif); we make everything around it, and
+    /// [`hypervisor_port_ready`] what needs the port to exist.
+    HypervisorVif,
 }
 
 /// What the hypervisor and the guest need of an attached NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachedNic {
-    /// The tap (QEMU: `-netdev tap,ifname=TAP,script=no,downscript=no`).
+    /// The host end's name: the tap (QEMU: `-netdev
+    /// tap,ifname=TAP,script=no,downscript=no`) or the vif the hypervisor
+    /// is to make (Xen: the vif's dom0 name).
     pub tap: String,
-    /// The bridge the tap is a port of (Xen: the vif's bridge).
+    /// The bridge the host end is a port of (Xen: the vif's bridge).
     pub bridge: String,
+    /// Whether the port is `isolated` on its bridge (NAT: guests of one
+    /// network do not see each other). Set by [`attach`] on a tap, by
+    /// [`hypervisor_port_ready`] on a vif.
+    pub isolated: bool,
     pub mac: Mac,
     /// None on a `bridge` network (the site's DHCP).
     pub ip: Option<Ipv4Addr>,
@@ -277,8 +299,14 @@ pub enum NetworkError {
     StaticOnBridge(String),
     #[error("host bridge {0:?} does not exist: the site's `bridge` network names a bridge this node lacks")]
     NoSuchBridge(String),
-    #[error("tap {0} already exists: a crashed deployment of the same id left it? `sd cleanup` it first")]
+    #[error("interface {0} (the NIC's tap or vif) already exists: a crashed deployment of the same id left it? `sd cleanup` it first")]
     TapExists(String),
+    #[error("the hypervisor's port {port} is not on bridge {bridge} ({found}): is its hotplug script (Xen: /etc/xen/scripts/vif-bridge) installed and working? See its log (Xen: /var/log/xen/xen-hotplug.log)")]
+    NotOnBridge {
+        port: String,
+        bridge: String,
+        found: String,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -376,7 +404,17 @@ pub fn attach(
     let scope = site_scope(state_dir);
     let tap = tap_name(&scope, &id, nic_index);
     let mac = Mac::derive(&id, nic_index);
-    if journal_lacks(journal, &Resource::Tap { name: tap.clone() }) && cmd::link_exists(&tap)? {
+    // What is recorded first of the host end: a port of that name not in
+    // the journal is someone else's.
+    let marker = match nic.host_end {
+        HostEnd::Tap { .. } => Resource::Tap { name: tap.clone() },
+        HostEnd::HypervisorVif => Resource::NftTable {
+            family: "bridge".into(),
+            name: spoof_table_name(&tap),
+            leases: None,
+        },
+    };
+    if journal_lacks(journal, &marker) && cmd::link_exists(&tap)? {
         return Err(NetworkError::TapExists(tap));
     }
 
@@ -469,13 +507,15 @@ pub fn attach(
         }
     };
 
-    journal.record(Resource::Tap { name: tap.clone() })?;
-    let uid = nic.tap_user.to_string();
-    if !cmd::link_exists(&tap)? {
-        cmd::run(
-            "ip",
-            &["tuntap", "add", "dev", &tap, "mode", "tap", "user", &uid],
-        )?;
+    if let HostEnd::Tap { user } = nic.host_end {
+        journal.record(Resource::Tap { name: tap.clone() })?;
+        let uid = user.to_string();
+        if !cmd::link_exists(&tap)? {
+            cmd::run(
+                "ip",
+                &["tuntap", "add", "dev", &tap, "mode", "tap", "user", &uid],
+            )?;
+        }
     }
     // The guest's MAC is the one it gets from QEMU; the tap's own (the host
     // end) is left as the kernel chose it.
@@ -485,38 +525,90 @@ pub fn attach(
         name: spoof.clone(),
         leases: None,
     })?;
-    // The filter exists before the port joins the bridge.
+    // The filter exists before the port joins the bridge (a vif's: before
+    // the vif exists; nft matches the name).
     cmd::nft_script(
         &format!("anti-spoofing of {tap}"),
         &rules::spoof_table(&spoof, &tap, mac, ip),
     )?;
-    cmd::sysctl(&format!("net/ipv6/conf/{tap}/disable_ipv6"), "1")?;
-    cmd::run("ip", &["link", "set", "dev", &tap, "master", &bridge])?;
-    if isolated {
-        cmd::run(
-            "ip",
-            &[
-                "link",
-                "set",
-                "dev",
-                &tap,
-                "type",
-                "bridge_slave",
-                "isolated",
-                "on",
-            ],
-        )?;
+    if let HostEnd::Tap { .. } = nic.host_end {
+        cmd::sysctl(&format!("net/ipv6/conf/{tap}/disable_ipv6"), "1")?;
+        cmd::run("ip", &["link", "set", "dev", &tap, "master", &bridge])?;
+        if isolated {
+            isolate_port(&tap)?;
+        }
+        cmd::run("ip", &["link", "set", "dev", &tap, "up"])?;
     }
-    cmd::run("ip", &["link", "set", "dev", &tap, "up"])?;
     Ok(AttachedNic {
         tap,
         bridge,
+        isolated,
         mac,
         ip,
         prefix_len,
         gateway,
         dns,
     })
+}
+
+fn isolate_port(port: &str) -> Result<(), NetworkError> {
+    cmd::run(
+        "ip",
+        &[
+            "link",
+            "set",
+            "dev",
+            port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "on",
+        ],
+    )
+    .map(drop)
+}
+
+/// How long [`hypervisor_port_ready`] waits for the port to be on its bridge.
+pub const HYPERVISOR_PORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What [`attach`] leaves undone on a [`HostEnd::HypervisorVif`], once the
+/// hypervisor made the port `port` and put it on `bridge` (Xen: after
+/// create, before the domain is unpaused): no IPv6 on it, and `isolated`
+/// on the bridge if `isolated`. Waits (bounded) for the port to join.
+pub fn hypervisor_port_ready(port: &str, bridge: &str, isolated: bool) -> Result<(), NetworkError> {
+    let deadline = std::time::Instant::now() + HYPERVISOR_PORT_TIMEOUT;
+    loop {
+        match cmd::master_of(port)? {
+            Some(master) if master == bridge => break,
+            Some(other) => {
+                return Err(NetworkError::NotOnBridge {
+                    port: port.to_string(),
+                    bridge: bridge.to_string(),
+                    found: format!("it is a port of {other}"),
+                })
+            }
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            None => {
+                let secs = HYPERVISOR_PORT_TIMEOUT.as_secs();
+                return Err(NetworkError::NotOnBridge {
+                    port: port.to_string(),
+                    bridge: bridge.to_string(),
+                    found: if cmd::link_exists(port)? {
+                        format!("on no bridge after {secs} s")
+                    } else {
+                        format!("no such interface after {secs} s")
+                    },
+                });
+            }
+        }
+    }
+    cmd::sysctl(&format!("net/ipv6/conf/{port}/disable_ipv6"), "1")?;
+    if isolated {
+        isolate_port(port)?;
+    }
+    Ok(())
 }
 
 fn journal_lacks(journal: &Journal, r: &Resource) -> bool {

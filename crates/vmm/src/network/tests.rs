@@ -33,7 +33,7 @@ fn nat(network: &str, ip: Option<Ipv4Addr>) -> NicConfig {
             allow: vec![],
         },
         ip,
-        tap_user: 65534,
+        host_end: HostEnd::Tap { user: 65534 },
     }
 }
 
@@ -157,6 +157,84 @@ fn leases_take_the_lowest_free_a_wanted_one_once_and_release_by_owner() {
         l.take("n", s, gw, None, "d/0").unwrap(),
         Ipv4Addr::new(10, 9, 0, 5)
     );
+}
+
+/// Xen's case: we make everything but the port; the "hypervisor" (here a
+/// veth we put on the bridge, as vif-bridge does) makes it under our name,
+/// and hypervisor_port_ready sets what needs it.
+#[test]
+fn vif_attach_leaves_the_port_to_the_hypervisor() {
+    in_fresh_netns();
+    let state = tempfile::tempdir().unwrap();
+    let mut j = Journal::create(state.path(), "dep-vif").unwrap();
+    let config = NicConfig {
+        host_end: HostEnd::HypervisorVif,
+        ..nat("nat", None)
+    };
+    let nic = attach(&mut j, state.path(), 0, &config).unwrap();
+    assert_eq!(nic.ip, Some(Ipv4Addr::new(10, 77, 0, 2)));
+    assert!(nic.isolated);
+    assert!(!links().contains(&format!("{}:", nic.tap)), "no tap made");
+    let kinds: Vec<&str> = j
+        .data()
+        .resources
+        .iter()
+        .map(|r| match r {
+            Resource::Bridge { .. } => "bridge",
+            Resource::NftTable { family, .. } => family.as_str(),
+            Resource::Lease { .. } => "lease",
+            Resource::Tap { .. } => "tap",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["bridge", "inet", "lease", "bridge"]);
+    let spoof = cmd::run(
+        "nft",
+        &["list", "table", "bridge", &spoof_table_name(&nic.tap)],
+    )
+    .unwrap();
+    assert!(
+        spoof.contains(&format!("iifname \"{}\"", nic.tap)),
+        "{spoof}"
+    );
+    // Attaching again before create changes nothing.
+    assert_eq!(attach(&mut j, state.path(), 0, &config).unwrap(), nic);
+
+    // Not there yet: a bounded wait, then the reason.
+    let started = std::time::Instant::now();
+    let err = hypervisor_port_ready("sdtnothere", &nic.bridge, true).unwrap_err();
+    assert!(started.elapsed() >= HYPERVISOR_PORT_TIMEOUT);
+    assert!(err.to_string().contains("no such interface"), "{err}");
+
+    cmd::run(
+        "ip",
+        &[
+            "link", "add", &nic.tap, "type", "veth", "peer", "name", "sdvpeer",
+        ],
+    )
+    .unwrap();
+    cmd::run(
+        "ip",
+        &["link", "set", "dev", &nic.tap, "master", &nic.bridge],
+    )
+    .unwrap();
+    cmd::run("ip", &["link", "set", "dev", &nic.tap, "up"]).unwrap();
+    hypervisor_port_ready(&nic.tap, &nic.bridge, nic.isolated).unwrap();
+    let detail = cmd::run("ip", &["-d", "link", "show", "dev", &nic.tap]).unwrap();
+    assert!(detail.contains("isolated on"), "{detail}");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", nic.tap))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    // The hypervisor removes its port on destroy; undo removes the rest.
+    cmd::delete_link(&nic.tap).unwrap();
+    undo_all(&j);
+    let l = links();
+    assert!(!l.contains("sdn-nat") && !l.contains(&nic.tap), "{l}");
+    assert!(!tables().contains("sd-"), "{}", tables());
+    assert!(!lease_path(state.path(), "nat-nat").exists());
 }
 
 #[test]
@@ -284,7 +362,7 @@ fn private_segments_get_bridges_of_their_own_with_no_address_and_no_forwarding()
             segment: segment.into(),
         },
         ip: None,
-        tap_user: 65534,
+        host_end: HostEnd::Tap { user: 65534 },
     };
     let mut a = Journal::create(state.path(), "pool1-a").unwrap();
     let mut b = Journal::create(state.path(), "pool2-a").unwrap();
@@ -335,7 +413,7 @@ fn bridge_network_needs_an_existing_bridge_and_refuses_a_static_address() {
             bridge: "br-site".into(),
         },
         ip,
-        tap_user: 65534,
+        host_end: HostEnd::Tap { user: 65534 },
     };
     let e = attach(&mut j, state.path(), 0, &site(None)).unwrap_err();
     assert!(matches!(e, NetworkError::NoSuchBridge(_)), "{e}");
@@ -708,7 +786,7 @@ fn private_segments_do_not_meet_but_members_of_one_do() {
             segment: segment.into(),
         },
         ip: None,
-        tap_user: 65534,
+        host_end: HostEnd::Tap { user: 65534 },
     };
     let mut j1 = Journal::create(state.path(), "p1-a").unwrap();
     let mut j2 = Journal::create(state.path(), "p1-b").unwrap();
