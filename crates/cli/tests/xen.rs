@@ -949,7 +949,7 @@ fn dom0_two_networks_two_vifs_and_nothing_left() {
         "NAT on eth0: {stdout}"
     );
     assert!(
-        stdout.contains("inet 10.214.0.1/24 scope global eth1"),
+        stdout.contains("inet 10.214.0.2/24 scope global eth1"),
         "the private segment on eth1: {stdout}"
     );
     assert!(

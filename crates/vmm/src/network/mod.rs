@@ -489,7 +489,9 @@ pub fn attach(
                 &mut locked,
                 &nic.network,
                 *subnet,
-                None,
+                // The first address is kept for the host side, as admission
+                // and pool planning keep it (a future DHCP or DNS there).
+                Some(subnet.gateway()),
                 nic.ip,
                 &owner,
                 &path,

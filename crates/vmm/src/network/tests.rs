@@ -372,8 +372,8 @@ fn private_segments_get_bridges_of_their_own_with_no_address_and_no_forwarding()
     assert_eq!(na.gateway, None);
     assert_eq!(
         na.ip,
-        Some(Ipv4Addr::new(192, 168, 50, 1)),
-        "no gateway: the first address is a guest's"
+        Some(Ipv4Addr::new(192, 168, 50, 2)),
+        "no gateway, but the first address is kept for the host side"
     );
     assert_eq!(
         nb.ip, na.ip,
