@@ -439,7 +439,10 @@ struct DhcpLan {
 impl DhcpLan {
     fn start() -> DhcpLan {
         let bridge = format!("sdtbr{}", std::process::id() % 100000);
-        let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
         must(&format!("ip link add {bridge} type bridge"));
         // From here on, what is made is undone even if a step fails.
         let mut lan = DhcpLan {
@@ -543,7 +546,7 @@ fn a_bridge_job_gets_its_address_and_resolver_by_dhcp_and_fails_clearly_without_
     assert!(!sh("ip -o link show").contains(&format!(" {tap}:")), "the tap is gone");
     assert_eq!(lan.ports(), "", "nothing is left on the site's bridge");
     assert!(lan.exists(), "the site's bridge is the site's: it stays");
-    assert_eq!(site.network_leftovers(&[tap.clone()]), Vec::<String>::new());
+    assert_eq!(site.network_leftovers(std::slice::from_ref(&tap)), Vec::<String>::new());
 
     // No DHCP server: a clear error after udhcpc's tries, nothing left.
     lan.stop_server();

@@ -822,7 +822,10 @@ fn name_the_network(
         .iter()
         .zip(&env.networks)
         .find(|(nic, _)| message.contains(&nic.mac.to_string()))
-        .map(|(_, wanted)| format!("network {}: {message}", wanted.network));
+        .map(|(_, wanted)| {
+            let said = message.strip_prefix("network: ").unwrap_or(&message);
+            format!("network {}: {said}", wanted.network)
+        });
     LinkError::Guest(named.unwrap_or(message))
 }
 

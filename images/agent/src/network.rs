@@ -169,15 +169,23 @@ pub fn parse_lease(text: &str) -> Result<Lease, String> {
             .map(str::trim)
             .unwrap_or_default()
     };
-    let ip: Ipv4Addr = get("ip")
-        .parse()
-        .map_err(|_| format!("the DHCP server offered no usable address ({:?})", get("ip")))?;
+    let ip: Ipv4Addr = get("ip").parse().map_err(|_| {
+        format!(
+            "the DHCP server offered no usable address ({:?})",
+            get("ip")
+        )
+    })?;
     if !unicast(ip) {
-        return Err(format!("the DHCP server offered {ip}, not a host's address"));
+        return Err(format!(
+            "the DHCP server offered {ip}, not a host's address"
+        ));
     }
     let prefix = match get("mask").parse::<u8>() {
         Ok(p) => Some(p),
-        Err(_) => get("subnet").parse::<Ipv4Addr>().ok().and_then(prefix_of_mask),
+        Err(_) => get("subnet")
+            .parse::<Ipv4Addr>()
+            .ok()
+            .and_then(prefix_of_mask),
     }
     .filter(|p| (1..=32).contains(p))
     .ok_or_else(|| {
@@ -193,8 +201,16 @@ pub fn parse_lease(text: &str) -> Result<Lease, String> {
         .filter_map(|r| r.parse::<Ipv4Addr>().ok())
         .find(|r| unicast(*r) && *r != ip && (prefix == 32 || net(*r) == net(ip)));
     let mut dns = vec![];
-    for d in get("dns").split_whitespace().filter_map(|d| d.parse::<Ipv4Addr>().ok()) {
-        if !d.is_unspecified() && !d.is_multicast() && !d.is_broadcast() && !dns.contains(&d) && dns.len() < sd_proto::MAX_DNS {
+    for d in get("dns")
+        .split_whitespace()
+        .filter_map(|d| d.parse::<Ipv4Addr>().ok())
+    {
+        if !d.is_unspecified()
+            && !d.is_multicast()
+            && !d.is_broadcast()
+            && !dns.contains(&d)
+            && dns.len() < sd_proto::MAX_DNS
+        {
             dns.push(d);
         }
     }
@@ -207,12 +223,10 @@ pub fn parse_lease(text: &str) -> Result<Lease, String> {
 
 /// The udhcpc command line (after `busybox`) for `ifname`.
 pub fn udhcpc_args(ifname: &str, script: &Path, hostname: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "udhcpc", "-i", ifname, "-f", "-n", "-q", "-t",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = ["udhcpc", "-i", ifname, "-f", "-n", "-q", "-t"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     a.push(DHCP_TRIES.to_string());
     a.push("-T".into());
     a.push(DHCP_WAIT_SECS.to_string());
@@ -291,7 +305,15 @@ fn dhcp(ifname: &str, mac: &[u8; 6], hostname: &str) -> Result<Lease, String> {
         Ok((status, reader.join().unwrap_or_default()))
     })
     .map_err(fail)?;
-    let mut err = String::from_utf8_lossy(&stderr).trim().replace('\n', "; ");
+    // Its last word ("no lease, failing"), not each DISCOVER.
+    let stderr = String::from_utf8_lossy(&stderr);
+    let mut err = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     err.truncate(400);
     let leased = std::fs::read_to_string(&lease_file).ok();
     match (status, leased) {
@@ -520,16 +542,19 @@ mod tests {
         std::fs::write(&script, DHCP_SCRIPT).unwrap();
         let lease = dir.path().join("eth0.lease");
         for event in ["deconfig", "bound"] {
-            let st = Command::new("sh")
-                .arg(&script)
-                .arg(event)
-                .env("SD_LEASE", &lease)
-                .env("ip", "192.0.2.57")
-                .env("mask", "24")
-                .env("router", "192.0.2.1")
-                .env("dns", "192.0.2.53")
-                .status()
-                .unwrap();
+            // Another test may have started the real reaper.
+            let st = crate::job::children_waited_here(|| {
+                Command::new("sh")
+                    .arg(&script)
+                    .arg(event)
+                    .env("SD_LEASE", &lease)
+                    .env("ip", "192.0.2.57")
+                    .env("mask", "24")
+                    .env("router", "192.0.2.1")
+                    .env("dns", "192.0.2.53")
+                    .status()
+            })
+            .unwrap();
             assert!(st.success());
             assert_eq!(lease.exists(), event == "bound", "{event}");
         }
