@@ -26,11 +26,15 @@ use std::net::Ipv4Addr;
 /// - 1: the first.
 /// - 2: [`HostMsg::Network`] and [`GuestMsg::NetworkConfigured`] (appended:
 ///   the encoding of every older message is unchanged).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: [`GuestMsg::NetworkUp`] (appended): each NIC's name and the address
+///   it has, the one the site's DHCP gave on a `bridge` network.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest host protocol the agent still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// The first version with [`HostMsg::Network`].
 pub const NETWORK_SINCE: u32 = 2;
+/// The first version whose agent answers a `Network` with [`GuestMsg::NetworkUp`].
+pub const NETWORK_UP_SINCE: u32 = 3;
 /// At most this many NICs in a [`NetworkConfig`].
 pub const MAX_INTERFACES: usize = 16;
 /// At most this many `/etc/hosts` entries in a [`NetworkConfig`].
@@ -228,6 +232,21 @@ pub enum GuestMsg {
     NetworkConfigured {
         interfaces: Vec<String>,
     },
+    /// (version 3) The `Network` was applied: each NIC, in order.
+    NetworkUp {
+        interfaces: Vec<InterfaceUp>,
+    },
+}
+
+/// A NIC as the agent left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceUp {
+    /// The guest's name of it (`eth0`).
+    pub name: String,
+    /// Its address and prefix length (None: only the link is up).
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// The address came from the site's DHCP (a `bridge` network).
+    pub dhcp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +358,13 @@ mod tests {
         roundtrip(HostMsg::Network(network()));
         roundtrip(GuestMsg::NetworkConfigured {
             interfaces: vec!["eth0".into()],
+        });
+        roundtrip(GuestMsg::NetworkUp {
+            interfaces: vec![InterfaceUp {
+                name: "eth0".into(),
+                address: Some((Ipv4Addr::new(192, 0, 2, 57), 24)),
+                dhcp: true,
+            }],
         });
         assert_eq!(network().check(), Ok(()));
         let mut bad = network();

@@ -3,7 +3,9 @@
 //! gets nothing through, and a deployment killed in mid-setup leaves no
 //! tap, bridge, nft table or lease after `sd cleanup`. Two members of a
 //! pool on a private network talk by hostname; another pool's member and
-//! a NAT job cannot reach them.
+//! a NAT job cannot reach them. A job on a `bridge` network gets its
+//! address and resolver from the site's DHCP (busybox udhcpd on a bridge
+//! of the test's own), and fails clearly when no server answers.
 //!
 //! "Outside" is a network namespace of the test's own behind a veth pair:
 //! 198.51.100.2 (TEST-NET-2, allowed) serves HTTP, and 10.99.0.2 on the
@@ -13,7 +15,7 @@
 
 mod common;
 use common::{serial, text};
-use sd_vmm::network::{nat_bridge_name, site_scope};
+use sd_vmm::network::{nat_bridge_name, site_scope, tap_name};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -26,7 +28,16 @@ struct Site(common::TestSite);
 
 impl Site {
     fn new() -> Site {
+        Site::with_bridge(None)
+    }
+
+    /// With `lan`, a `bridge` network on host bridge `bridge`, too.
+    fn with_bridge(bridge: Option<&str>) -> Site {
         sd_host::needs_root("making bridges, taps and nft tables");
+        let (lan, lan_name) = match bridge {
+            Some(b) => (format!("\x20 lan: {{ kind: bridge, bridge: {b} }}\n"), ", lan"),
+            None => (String::new(), ""),
+        };
         let config = format!(
             "{head}\
              defaults: {{ image: busybox, memory_mib: 192, vcpus: 1, disk_mib: 256 }}\n\
@@ -35,8 +46,9 @@ impl Site {
              networks:\n\
              \x20 nat: {{ kind: nat, subnet: {NAT_SUBNET} }}\n\
              \x20 lab: {{ kind: private, subnet: 10.232.0.0/24 }}\n\
+             {lan}\
              vos:\n\
-             \x20 demo: {{ images: [busybox], networks: [nat, lab] }}\n\
+             \x20 demo: {{ images: [busybox], networks: [nat, lab{lan_name}] }}\n\
              default_vo: demo\n",
             head = common::qemu_site_head(),
         );
@@ -57,12 +69,17 @@ impl Site {
 
     /// A NAT job running `script` in the guest (busybox sh).
     fn nat_jdl(&self, name: &str, script: &str) -> PathBuf {
+        self.jdl(name, "nat", script)
+    }
+
+    /// A job on network `network` running `script` in the guest.
+    fn jdl(&self, name: &str, network: &str, script: &str) -> PathBuf {
         let p = self.path(name);
         std::fs::write(
             &p,
             format!(
                 "[ Executable = \"/bin/sh\"; Arguments = \"-c '{script}'\";\n  \
-                 VirtualEnvironment = [ Network = \"nat\"; ]; ]"
+                 VirtualEnvironment = [ Network = \"{network}\"; ]; ]"
             ),
         )
         .unwrap();
@@ -403,4 +420,149 @@ fn pool_members_talk_by_hostname_on_their_private_network_and_nobody_else_reache
     let scope = site_scope(&site.state());
     assert!(!sh("nft list tables").contains(&scope), "{}", sh("nft list tables"));
     assert!(!links.contains("sdp-") || !links.contains(&scope), "{links}");
+}
+
+/// A site network that hands out addresses by DHCP: a host bridge of the
+/// test's own, 192.0.2.1/24, with busybox udhcpd serving 192.0.2.100-150,
+/// router 192.0.2.1 and resolver 192.0.2.53 on it.
+struct DhcpLan {
+    bridge: String,
+    dir: tempfile::TempDir,
+    udhcpd: Option<Child>,
+}
+
+impl DhcpLan {
+    fn start() -> DhcpLan {
+        let bridge = format!("sdtbr{}", std::process::id() % 100000);
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
+        must(&format!("ip link add {bridge} type bridge"));
+        // From here on, what is made is undone even if a step fails.
+        let mut lan = DhcpLan {
+            bridge: bridge.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            udhcpd: None,
+        };
+        must(&format!("ip addr add 192.0.2.1/24 dev {bridge} && ip link set {bridge} up"));
+        let conf = lan.dir.path().join("udhcpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "interface {bridge}\nstart 192.0.2.100\nend 192.0.2.150\n\
+                 lease_file {dir}/leases\npidfile {dir}/udhcpd.pid\n\
+                 opt subnet 255.255.255.0\nopt router 192.0.2.1\nopt dns 192.0.2.53\nopt lease 600\n",
+                dir = lan.dir.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(lan.dir.path().join("leases"), "").unwrap();
+        let mut udhcpd = Command::new("busybox")
+            .args(["udhcpd", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(status) = udhcpd.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = udhcpd.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("udhcpd ended at once: {status:?}: {err}");
+        }
+        lan.udhcpd = Some(udhcpd);
+        lan
+    }
+
+    /// The site has no DHCP server any more.
+    fn stop_server(&mut self) {
+        if let Some(mut d) = self.udhcpd.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// The ports of the bridge (the taps still on it).
+    fn ports(&self) -> String {
+        sh(&format!("ip -o link show master {}", self.bridge))
+    }
+
+    fn exists(&self) -> bool {
+        sh("ip -o link show").contains(&format!(" {}:", self.bridge))
+    }
+}
+
+impl Drop for DhcpLan {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+#[test]
+fn a_bridge_job_gets_its_address_and_resolver_by_dhcp_and_fails_clearly_without_a_server() {
+    let _serial = serial();
+    let mut lan = DhcpLan::start();
+    let site = Site::with_bridge(Some(&lan.bridge));
+    let tap = tap_name(&site_scope(&site.state()), "dhcp-job", 0);
+    let jdl = site.jdl(
+        "dhcp.jdl",
+        "lan",
+        "ip -o -4 addr show dev eth0; ip route; cat /etc/resolv.conf",
+    );
+    let out = site
+        .sd()
+        .args(["run", "--id", "dhcp-job"])
+        .arg(&jdl)
+        .env("SD_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    println!("--- with a DHCP server:\n{stdout}--- stderr:\n{stderr}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let got: std::net::Ipv4Addr = stdout
+        .split("inet ")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address on eth0: {stdout}"));
+    assert!(
+        (100..=150).contains(&got.octets()[3]) && got.octets()[..3] == [192, 0, 2],
+        "{got} is not in udhcpd's range: {stdout}"
+    );
+    assert!(stdout.contains(&format!("inet {got}/24")), "{stdout}");
+    assert!(stdout.contains("default via 192.0.2.1 dev eth0"), "the router: {stdout}");
+    assert!(stdout.contains("nameserver 192.0.2.53"), "the resolver: {stdout}");
+    assert!(stderr.contains(&format!("eth0 got {got}/24 by DHCP on network lan")), "{stderr}");
+    assert!(!sh("ip -o link show").contains(&format!(" {tap}:")), "the tap is gone");
+    assert_eq!(lan.ports(), "", "nothing is left on the site's bridge");
+    assert!(lan.exists(), "the site's bridge is the site's: it stays");
+    assert_eq!(site.network_leftovers(std::slice::from_ref(&tap)), Vec::<String>::new());
+
+    // No DHCP server: a clear error after udhcpc's tries, nothing left.
+    lan.stop_server();
+    let started = Instant::now();
+    let out = site
+        .sd()
+        .args(["run", "--id", "dhcp-job"])
+        .arg(&jdl)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    println!("--- without ({:?}):\n{}--- stderr:\n{stderr}", started.elapsed(), text(&out.stdout));
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("network lan") && stderr.contains("no address by DHCP on eth0"),
+        "names the network and the interface: {stderr}"
+    );
+    assert!(stderr.contains("no answer from a DHCP server"), "{stderr}");
+    assert!(!sh("ip -o link show").contains(&format!(" {tap}:")), "the tap is gone");
+    assert_eq!(lan.ports(), "");
+    assert!(lan.exists());
+    assert_eq!(site.network_leftovers(&[tap]), Vec::<String>::new());
 }

@@ -717,12 +717,30 @@ impl Rollback<'_> {
                     .collect(),
                 hosts: neighbours.hosts.clone(),
             };
-            link.configure_network(&config, timeout)
+            let up = link
+                .configure_network(&config, timeout)
                 .map_err(|error| DeployError::Link {
-                    error,
+                    error: name_the_network(error, &nics, env),
                     console: console_log.display().to_string(),
                     last_words: last_words(&console_log),
                 })?;
+            for (nic, wanted) in up.iter().zip(&env.networks) {
+                match nic.address {
+                    Some((ip, prefix)) if nic.dhcp => tracing::info!(
+                        "{}: {} got {ip}/{prefix} by DHCP on network {}",
+                        spec.name,
+                        nic.name,
+                        wanted.network
+                    ),
+                    Some((ip, prefix)) => tracing::debug!(
+                        "{}: {} is {ip}/{prefix} on network {}",
+                        spec.name,
+                        nic.name,
+                        wanted.network
+                    ),
+                    None => tracing::debug!("{}: {} is up on network {}", spec.name, nic.name, wanted.network),
+                }
+            }
         }
         Ok((link, booted, started.elapsed()))
     }
@@ -796,6 +814,27 @@ fn attach_networks(
         attached.push(made);
     }
     Ok(attached)
+}
+
+/// The agent names a NIC it could not set up by its MAC (it knows no
+/// network names): the site's name of that network is put before it.
+fn name_the_network(
+    error: LinkError,
+    nics: &[crate::network::AttachedNic],
+    env: &ResolvedEnvironment,
+) -> LinkError {
+    let LinkError::Guest(message) = error else {
+        return error;
+    };
+    let named = nics
+        .iter()
+        .zip(&env.networks)
+        .find(|(nic, _)| message.contains(&nic.mac.to_string()))
+        .map(|(_, wanted)| {
+            let said = message.strip_prefix("network: ").unwrap_or(&message);
+            format!("network {}: {said}", wanted.network)
+        });
+    LinkError::Guest(named.unwrap_or(message))
 }
 
 fn env_uid(journal: &Journal) -> Option<u32> {

@@ -283,14 +283,14 @@ impl GuestLink {
         }
     }
 
-    /// Sets up the guest's network (before its job); returns the guest's
-    /// name of each NIC. Needs an agent of protocol [`sd_proto::NETWORK_SINCE`]
+    /// Sets up the guest's network (before its job); returns each NIC as
+    /// the guest left it (its name, and the address DHCP gave it). Needs an agent of protocol [`sd_proto::NETWORK_SINCE`]
     /// or later (the Hello agreed on [`PROTOCOL_VERSION`], which is).
     pub fn configure_network(
         &self,
         config: &sd_proto::NetworkConfig,
         timeout: Duration,
-    ) -> Result<Vec<String>, LinkError> {
+    ) -> Result<Vec<sd_proto::InterfaceUp>, LinkError> {
         config.check().map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -299,7 +299,17 @@ impl GuestLink {
         })?;
         self.writer.send(&HostMsg::Network(config.clone()))?;
         match self.recv_timeout(timeout)? {
-            GuestMsg::NetworkConfigured { interfaces } => Ok(interfaces),
+            GuestMsg::NetworkUp { interfaces } => Ok(interfaces),
+            // An agent of version 2 names the NICs only.
+            GuestMsg::NetworkConfigured { interfaces } => Ok(interfaces
+                .into_iter()
+                .zip(&config.interfaces)
+                .map(|(name, nic)| sd_proto::InterfaceUp {
+                    name,
+                    address: nic.address,
+                    dhcp: false,
+                })
+                .collect()),
             other => Err(LinkError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -481,8 +491,12 @@ mod tests {
             assert_eq!(got, HostMsg::Network(expected));
             write_msg(
                 &mut s,
-                &GuestMsg::NetworkConfigured {
-                    interfaces: vec!["eth0".into()],
+                &GuestMsg::NetworkUp {
+                    interfaces: vec![sd_proto::InterfaceUp {
+                        name: "eth0".into(),
+                        address: Some((std::net::Ipv4Addr::new(192, 0, 2, 57), 24)),
+                        dhcp: true,
+                    }],
                 },
             )
             .unwrap();
@@ -491,7 +505,9 @@ mod tests {
         let names = link
             .configure_network(&config, Duration::from_secs(5))
             .unwrap();
-        assert_eq!(names, ["eth0"]);
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[0].name, "eth0");
+        assert_eq!(names[0].address, Some(("192.0.2.57".parse().unwrap(), 24)));
         agent.join().unwrap();
         let mut bad = config;
         bad.hostname = "bad name".into();

@@ -3,8 +3,14 @@
 //! `ip`, the default route, the host name, and the VO image's
 //! `/etc/hosts` and `/etc/resolv.conf` (written in its view, under
 //! `--root`: the image needs none of our software).
+//!
+//! A NIC without an address (a `bridge` network: the site's DHCP hands
+//! them out) gets one from the initramfs's busybox `udhcpc`, bounded in
+//! time. Its script (written to the initramfs's /run, not the image) only
+//! writes down what the server offered; the agent checks those values (they
+//! come from the network) and applies them itself with `ip`.
 
-use sd_proto::{InterfaceConfig, NetworkConfig};
+use sd_proto::{InterfaceConfig, InterfaceUp, NetworkConfig};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -110,6 +116,221 @@ fn find_by_mac(sys_class_net: &Path, mac: &[u8; 6], wait: Duration) -> Option<St
     }
 }
 
+/// udhcpc's script: on a lease, the values udhcpc passes write down in
+/// `$SD_LEASE` (renamed into place), nothing applied.
+const DHCP_SCRIPT: &str = "#!/bin/sh
+# Written by the SmartDomains guest agent: records udhcpc's lease for the agent,
+# which checks and applies it.
+case \"$1\" in
+bound|renew)
+\tprintf 'ip=%s\\nmask=%s\\nsubnet=%s\\nrouter=%s\\ndns=%s\\n' \"$ip\" \"$mask\" \"$subnet\" \"$router\" \"$dns\" >\"$SD_LEASE.tmp\" &&
+\t\tmv -f \"$SD_LEASE.tmp\" \"$SD_LEASE\"
+\t;;
+esac
+exit 0
+";
+
+/// udhcpc's tries: DISCOVERs, seconds between them. Then it gives up.
+const DHCP_TRIES: u32 = 5;
+const DHCP_WAIT_SECS: u32 = 2;
+/// The most a DHCP run may take, whatever udhcpc does.
+const DHCP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a DHCP server offered, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub address: (Ipv4Addr, u8),
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+fn prefix_of_mask(mask: Ipv4Addr) -> Option<u8> {
+    let m = u32::from(mask);
+    let p = m.leading_ones();
+    (m.checked_shl(p).unwrap_or(0) == 0).then_some(p as u8)
+}
+
+fn unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.octets()[0] >= 240)
+}
+
+/// The lease file the script wrote (`key=value` lines), checked: an
+/// address that is a host's unicast one, a prefix of 1-32, a router in
+/// its subnet, at most [`sd_proto::MAX_DNS`] resolvers; anything else is
+/// refused or dropped.
+pub fn parse_lease(text: &str) -> Result<Lease, String> {
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .map(str::trim)
+            .unwrap_or_default()
+    };
+    let ip: Ipv4Addr = get("ip").parse().map_err(|_| {
+        format!(
+            "the DHCP server offered no usable address ({:?})",
+            get("ip")
+        )
+    })?;
+    if !unicast(ip) {
+        return Err(format!(
+            "the DHCP server offered {ip}, not a host's address"
+        ));
+    }
+    let prefix = match get("mask").parse::<u8>() {
+        Ok(p) => Some(p),
+        Err(_) => get("subnet")
+            .parse::<Ipv4Addr>()
+            .ok()
+            .and_then(prefix_of_mask),
+    }
+    .filter(|p| (1..=32).contains(p))
+    .ok_or_else(|| {
+        format!(
+            "the DHCP server offered no valid netmask (mask {:?}, subnet {:?})",
+            get("mask"),
+            get("subnet")
+        )
+    })?;
+    let net = |a: Ipv4Addr| u32::from(a).checked_shr(32 - prefix as u32).unwrap_or(0);
+    let router = get("router")
+        .split_whitespace()
+        .filter_map(|r| r.parse::<Ipv4Addr>().ok())
+        .find(|r| unicast(*r) && *r != ip && (prefix == 32 || net(*r) == net(ip)));
+    let mut dns = vec![];
+    for d in get("dns")
+        .split_whitespace()
+        .filter_map(|d| d.parse::<Ipv4Addr>().ok())
+    {
+        if !d.is_unspecified()
+            && !d.is_multicast()
+            && !d.is_broadcast()
+            && !dns.contains(&d)
+            && dns.len() < sd_proto::MAX_DNS
+        {
+            dns.push(d);
+        }
+    }
+    Ok(Lease {
+        address: (ip, prefix),
+        router,
+        dns,
+    })
+}
+
+/// The udhcpc command line (after `busybox`) for `ifname`.
+pub fn udhcpc_args(ifname: &str, script: &Path, hostname: &str) -> Vec<String> {
+    let mut a: Vec<String> = ["udhcpc", "-i", ifname, "-f", "-n", "-q", "-t"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.push(DHCP_TRIES.to_string());
+    a.push("-T".into());
+    a.push(DHCP_WAIT_SECS.to_string());
+    a.push("-A".into());
+    a.push("1".into());
+    a.push("-s".into());
+    a.push(script.display().to_string());
+    if sd_proto::valid_hostname(hostname) {
+        a.push("-x".into());
+        a.push(format!("hostname:{hostname}"));
+    }
+    a
+}
+
+/// A lease for `ifname` (link up) from the site's DHCP, within
+/// [`DHCP_DEADLINE`].
+fn dhcp(ifname: &str, mac: &[u8; 6], hostname: &str) -> Result<Lease, String> {
+    let fail = |why: String| {
+        format!(
+            "no address by DHCP on {ifname} (MAC {}): {why}",
+            mac_text(mac)
+        )
+    };
+    let dir = Path::new("/run/sd-guest");
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let script = dir.join("udhcpc.script");
+    let lease_file = dir.join(format!("{ifname}.lease"));
+    let _ = std::fs::remove_file(&lease_file);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&script);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&script)
+            .map_err(|e| fail(format!("{}: {e}", script.display())))?;
+        std::io::Write::write_all(&mut f, DHCP_SCRIPT.as_bytes())
+            .map_err(|e| fail(format!("{}: {e}", script.display())))?;
+    }
+    let args = udhcpc_args(ifname, &script, hostname);
+    let started = Instant::now();
+    // udhcpc is waited for here: the reaper must not take it.
+    let (status, stderr) = crate::job::children_waited_here(|| -> Result<_, String> {
+        let mut child = Command::new(BUSYBOX)
+            .args(&args)
+            .env_clear()
+            .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+            .env("SD_LEASE", &lease_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run busybox udhcpc: {e}"))?;
+        let mut err_pipe = child.stderr.take();
+        // Drained aside so that a chatty udhcpc never blocks on its pipe.
+        let reader = std::thread::spawn(move || {
+            let mut v = vec![];
+            if let Some(p) = err_pipe.as_mut() {
+                let _ = std::io::Read::read_to_end(p, &mut v);
+            }
+            v
+        });
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if started.elapsed() > DHCP_DEADLINE => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(format!("waiting for udhcpc: {e}")),
+            }
+        };
+        Ok((status, reader.join().unwrap_or_default()))
+    })
+    .map_err(fail)?;
+    // Its last word ("no lease, failing"), not each DISCOVER.
+    let stderr = String::from_utf8_lossy(&stderr);
+    let mut err = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    err.truncate(400);
+    let leased = std::fs::read_to_string(&lease_file).ok();
+    match (status, leased) {
+        (Some(s), Some(text)) if s.success() => parse_lease(&text).map_err(fail),
+        (None, _) => Err(fail(format!(
+            "udhcpc still running after {}s, killed",
+            DHCP_DEADLINE.as_secs()
+        ))),
+        (Some(s), _) => Err(fail(format!(
+            "no answer from a DHCP server in {}s ({} tries; udhcpc {s}{}{err})",
+            started.elapsed().as_secs(),
+            DHCP_TRIES,
+            if err.is_empty() { "" } else { ": " }
+        ))),
+    }
+}
+
 fn ip(args: &[String]) -> Result<(), String> {
     // `output()` waits for its child: the reaper must not take it.
     let out = crate::job::children_waited_here(|| {
@@ -140,8 +361,8 @@ fn write_in_root(root: &Path, rel: &str, text: &str) -> Result<(), String> {
     std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Applies `cfg`; returns the guest's name of each NIC, in order.
-pub fn apply(cfg: &NetworkConfig, root: &Path) -> Result<Vec<String>, String> {
+/// Applies `cfg`; returns each NIC as it is now, in order.
+pub fn apply(cfg: &NetworkConfig, root: &Path) -> Result<Vec<InterfaceUp>, String> {
     cfg.check()?;
     ip(&[
         "link".into(),
@@ -150,8 +371,11 @@ pub fn apply(cfg: &NetworkConfig, root: &Path) -> Result<Vec<String>, String> {
         "lo".into(),
         "up".into(),
     ])?;
-    let mut names = vec![];
-    for nic in &cfg.interfaces {
+    let mut up = vec![];
+    // What was applied: a DHCP lease fills in its NIC's address, route and
+    // resolvers, for /etc/hosts and /etc/resolv.conf.
+    let mut applied = cfg.clone();
+    for nic in applied.interfaces.iter_mut() {
         let name = find_by_mac(Path::new("/sys/class/net"), &nic.mac, Duration::from_secs(10))
             .ok_or_else(|| {
                 format!(
@@ -162,15 +386,29 @@ pub fn apply(cfg: &NetworkConfig, root: &Path) -> Result<Vec<String>, String> {
         for args in ip_commands(&name, nic) {
             ip(&args)?;
         }
-        names.push(name);
+        let dhcp_used = nic.address.is_none();
+        if dhcp_used {
+            let lease = dhcp(&name, &nic.mac, &cfg.hostname)?;
+            nic.address = Some(lease.address);
+            nic.gateway = lease.router;
+            nic.dns = lease.dns;
+            for args in ip_commands(&name, nic).into_iter().skip(1) {
+                ip(&args)?;
+            }
+        }
+        up.push(InterfaceUp {
+            name,
+            address: nic.address,
+            dhcp: dhcp_used,
+        });
     }
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| format!("sethostname: {e}"))?;
     write_in_root(root, "etc/hostname", &format!("{}\n", cfg.hostname))?;
-    write_in_root(root, "etc/hosts", &hosts_text(cfg))?;
-    if let Some(text) = resolv_text(cfg) {
+    write_in_root(root, "etc/hosts", &hosts_text(&applied))?;
+    if let Some(text) = resolv_text(&applied) {
         write_in_root(root, "etc/resolv.conf", &text)?;
     }
-    Ok(names)
+    Ok(up)
 }
 
 #[cfg(test)]
@@ -250,6 +488,79 @@ mod tests {
             ..c.interfaces[1].clone()
         };
         assert_eq!(ip_commands("eth0", &dhcp).len(), 1);
+    }
+
+    #[test]
+    fn a_dhcp_lease_is_checked_before_it_is_applied() {
+        let l = parse_lease(
+            "ip=192.0.2.57\nmask=24\nsubnet=255.255.255.0\nrouter=192.0.2.1 192.0.2.2\n\
+             dns=192.0.2.53 192.0.2.53 9.9.9.9 1.1.1.1 8.8.8.8\n",
+        )
+        .unwrap();
+        assert_eq!(l.address, (Ipv4Addr::new(192, 0, 2, 57), 24));
+        assert_eq!(l.router, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(
+            l.dns,
+            [
+                Ipv4Addr::new(192, 0, 2, 53),
+                Ipv4Addr::new(9, 9, 9, 9),
+                Ipv4Addr::new(1, 1, 1, 1)
+            ]
+        );
+        // An older udhcpc passes only the dotted mask.
+        let l = parse_lease("ip=10.1.2.3\nmask=\nsubnet=255.255.0.0\nrouter=\ndns=\n").unwrap();
+        assert_eq!(l.address, (Ipv4Addr::new(10, 1, 2, 3), 16));
+        assert_eq!((l.router, l.dns.len()), (None, 0));
+        // A router outside the subnet is not taken.
+        let l = parse_lease("ip=10.1.2.3\nmask=24\nrouter=10.9.9.9\n").unwrap();
+        assert_eq!(l.router, None);
+        for bad in [
+            "ip=\nmask=24\n",
+            "ip=224.0.0.1\nmask=24\n",
+            "ip=127.0.0.1\nmask=8\n",
+            "ip=10.1.2.3\nmask=33\n",
+            "ip=10.1.2.3\nsubnet=255.0.255.0\n",
+            "ip=10.1.2.3; reboot\nmask=24\n",
+        ] {
+            assert!(parse_lease(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn udhcpc_is_bounded_and_uses_our_script() {
+        let a = udhcpc_args("eth0", Path::new("/run/sd-guest/udhcpc.script"), "db.pool1").join(" ");
+        assert_eq!(
+            a,
+            "udhcpc -i eth0 -f -n -q -t 5 -T 2 -A 1 -s /run/sd-guest/udhcpc.script -x hostname:db.pool1"
+        );
+    }
+
+    #[test]
+    fn the_dhcp_script_only_writes_the_lease_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("s");
+        std::fs::write(&script, DHCP_SCRIPT).unwrap();
+        let lease = dir.path().join("eth0.lease");
+        for event in ["deconfig", "bound"] {
+            // Another test may have started the real reaper.
+            let st = crate::job::children_waited_here(|| {
+                Command::new("sh")
+                    .arg(&script)
+                    .arg(event)
+                    .env("SD_LEASE", &lease)
+                    .env("ip", "192.0.2.57")
+                    .env("mask", "24")
+                    .env("router", "192.0.2.1")
+                    .env("dns", "192.0.2.53")
+                    .status()
+            })
+            .unwrap();
+            assert!(st.success());
+            assert_eq!(lease.exists(), event == "bound", "{event}");
+        }
+        let l = parse_lease(&std::fs::read_to_string(&lease).unwrap()).unwrap();
+        assert_eq!(l.address, (Ipv4Addr::new(192, 0, 2, 57), 24));
+        assert_eq!(l.dns, [Ipv4Addr::new(192, 0, 2, 53)]);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
     let mut reader = channel;
     let running: Arc<Mutex<Option<RunningJob>>> = Arc::new(Mutex::new(None));
     let mut upload: Option<Upload> = None;
+    // The version the last Hello agreed on.
+    let mut agreed = MIN_PROTOCOL_VERSION;
     loop {
         let msg: HostMsg = match read_msg(&mut reader) {
             Ok(m) => m,
@@ -84,6 +86,7 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
                 // lost its caller (a console channel never reports hang-ups).
                 job::kill_running(&running);
                 upload = None;
+                agreed = version;
                 if let Err(e) = nix::unistd::sethostname(&hostname) {
                     log(&format!("sethostname {hostname:?}: {e}"));
                 }
@@ -151,8 +154,22 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
             HostMsg::Ping(n) => writer.send(&GuestMsg::Pong(n)),
             HostMsg::Network(cfg) => match crate::network::apply(&cfg, root) {
                 Ok(interfaces) => {
-                    log(&format!("network up: {}", interfaces.join(" ")));
-                    writer.send(&GuestMsg::NetworkConfigured { interfaces })
+                    let said: Vec<String> = interfaces
+                        .iter()
+                        .map(|i| match i.address {
+                            Some((ip, p)) if i.dhcp => format!("{} {ip}/{p} (DHCP)", i.name),
+                            Some((ip, p)) => format!("{} {ip}/{p}", i.name),
+                            None => i.name.clone(),
+                        })
+                        .collect();
+                    log(&format!("network up: {}", said.join(", ")));
+                    if agreed >= sd_proto::NETWORK_UP_SINCE {
+                        writer.send(&GuestMsg::NetworkUp { interfaces })
+                    } else {
+                        writer.send(&GuestMsg::NetworkConfigured {
+                            interfaces: interfaces.into_iter().map(|i| i.name).collect(),
+                        })
+                    }
                 }
                 Err(e) => writer.send(&GuestMsg::Error {
                     message: format!("network: {e}"),
