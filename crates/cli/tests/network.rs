@@ -35,7 +35,10 @@ impl Site {
     fn with_bridge(bridge: Option<&str>) -> Site {
         sd_host::needs_root("making bridges, taps and nft tables");
         let (lan, lan_name) = match bridge {
-            Some(b) => (format!("\x20 lan: {{ kind: bridge, bridge: {b} }}\n"), ", lan"),
+            Some(b) => (
+                format!("\x20 lan: {{ kind: bridge, bridge: {b} }}\n"),
+                ", lan",
+            ),
             None => (String::new(), ""),
         };
         let config = format!(
@@ -122,7 +125,11 @@ impl Site {
             }
         }
         for sub in ["journal", "run"] {
-            for entry in std::fs::read_dir(self.state().join(sub)).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(self.state().join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 found.push(entry.path().display().to_string());
             }
         }
@@ -133,10 +140,9 @@ impl Site {
 /// `GET /` from the host (its busybox wget crashes on Debian 12).
 fn http_get(addr: &str) -> String {
     use std::io::Write;
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(
-        &addr.parse().unwrap(),
-        Duration::from_secs(1),
-    ) else {
+    let Ok(mut s) =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))
+    else {
         return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -180,8 +186,12 @@ impl Outside {
             host_end: host_end.clone(),
             httpd: None,
         };
-        must(&format!("ip link add {host_end} type veth peer name eth0 netns {netns}"));
-        must(&format!("ip addr add 198.51.100.1/24 dev {host_end} && ip link set {host_end} up"));
+        must(&format!(
+            "ip link add {host_end} type veth peer name eth0 netns {netns}"
+        ));
+        must(&format!(
+            "ip addr add 198.51.100.1/24 dev {host_end} && ip link set {host_end} up"
+        ));
         must(&format!(
             "ip -n {netns} addr add 198.51.100.2/24 dev eth0 && \
              ip -n {netns} addr add 10.99.0.2/24 dev eth0 && \
@@ -189,16 +199,23 @@ impl Outside {
              ip -n {netns} route add default via 198.51.100.1"
         ));
         must("ip route replace 10.99.0.0/24 via 198.51.100.2");
-        outside.httpd = Some(Command::new("ip")
-            .args(["netns", "exec", &netns, "busybox", "httpd", "-f", "-p", "8080", "-h"])
-            .arg(&www)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap());
+        outside.httpd = Some(
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &netns, "busybox", "httpd", "-f", "-p", "8080", "-h",
+                ])
+                .arg(&www)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         // Served from the host itself: the server works before a guest asks.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !http_get("198.51.100.2:8080").contains("hello") {
-            assert!(Instant::now() < deadline, "the outside server does not answer");
+            assert!(
+                Instant::now() < deadline,
+                "the outside server does not answer"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         outside
@@ -211,9 +228,15 @@ impl Drop for Outside {
             let _ = httpd.kill();
             let _ = httpd.wait();
         }
-        let _ = Command::new("ip").args(["route", "del", "10.99.0.0/24"]).status();
-        let _ = Command::new("ip").args(["link", "del", &self.host_end]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip")
+            .args(["route", "del", "10.99.0.0/24"])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
     }
 }
 
@@ -253,7 +276,10 @@ fn a_nat_job_reaches_an_allowed_server_but_not_a_denied_address_nor_the_host() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !http_get("127.0.0.1:8081").contains("hello-from-host") {
-        assert!(Instant::now() < deadline, "the host's server does not answer");
+        assert!(
+            Instant::now() < deadline,
+            "the host's server does not answer"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = site.run(&site.nat_jdl("nat.jdl", &script));
@@ -261,7 +287,10 @@ fn a_nat_job_reaches_an_allowed_server_but_not_a_denied_address_nor_the_host() {
     let _ = host_httpd.wait();
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("inet 10.231.0.2/24"), "the leased address: {stdout}");
+    assert!(
+        stdout.contains("inet 10.231.0.2/24"),
+        "the leased address: {stdout}"
+    );
     assert!(stdout.contains("ALLOWED=hello-from-outside"), "{stdout}");
     assert!(stdout.contains("DENIED=blocked"), "{stdout}");
     assert!(stdout.contains("HOST=blocked"), "{stdout}");
@@ -330,16 +359,21 @@ fn killed_in_mid_setup_then_cleanup_leaves_no_tap_bridge_table_or_lease() {
     child.wait().unwrap();
     let out = site.sd().arg("cleanup").output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("net-victim: cleaned up"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("net-victim: cleaned up"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(site.network_leftovers(&[tap]), Vec::<String>::new());
 }
 
 /// The name of the tap a journal records, if it does yet.
 fn tap_in(journal: &str) -> Option<String> {
     let data: serde_json::Value = serde_json::from_str(journal).ok()?;
-    data["resources"].as_array()?.iter().find_map(|r| {
-        (r["kind"] == "tap").then(|| r["name"].as_str().map(str::to_string))?
-    })
+    data["resources"]
+        .as_array()?
+        .iter()
+        .find_map(|r| (r["kind"] == "tap").then(|| r["name"].as_str().map(str::to_string))?)
 }
 
 impl Site {
@@ -363,12 +397,20 @@ impl Site {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(out.status.success(), "sd start {name}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sd start {name}: {}",
+            text(&out.stderr)
+        );
     }
 
     fn terminate(&self, name: &str) {
         let out = self.sd().args(["terminate", name]).output().unwrap();
-        assert!(out.status.success(), "sd terminate {name}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sd terminate {name}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -384,7 +426,9 @@ fn pool_members_talk_by_hostname_on_their_private_network_and_nobody_else_reache
     // A second pool on the same site network: a segment of its own.
     site.start_pool(
         "other",
-        &format!("{member}sfConfig:\n  extends: Compound\n  c: {{ extends: M, ip: 10.232.0.50 }}\n"),
+        &format!(
+            "{member}sfConfig:\n  extends: Compound\n  c: {{ extends: M, ip: 10.232.0.50 }}\n"
+        ),
     );
     let serve = site.exec(
         "bed/a",
@@ -406,10 +450,19 @@ fn pool_members_talk_by_hostname_on_their_private_network_and_nobody_else_reache
         )
     };
     let from_b = text(&site.exec("bed/b", &get("a")).stdout);
-    assert!(from_b.contains("GOT=hello-from-a"), "b reaches a by name: {from_b}");
-    assert!(from_b.contains(&format!("{a_ip}\ta")), "/etc/hosts names a: {from_b}");
+    assert!(
+        from_b.contains("GOT=hello-from-a"),
+        "b reaches a by name: {from_b}"
+    );
+    assert!(
+        from_b.contains(&format!("{a_ip}\ta")),
+        "/etc/hosts names a: {from_b}"
+    );
     let from_c = text(&site.exec("other/c", &get(&a_ip)).stdout);
-    assert!(from_c.contains("GOT=blocked"), "another pool's member: {from_c}");
+    assert!(
+        from_c.contains("GOT=blocked"),
+        "another pool's member: {from_c}"
+    );
     let nat_job = site.run(&site.nat_jdl("reach.jdl", &fetch("GOT", &format!("{a_ip}:8080"))));
     let from_nat = text(&nat_job.stdout);
     assert!(from_nat.contains("GOT=blocked"), "a NAT job: {from_nat}");
@@ -418,8 +471,15 @@ fn pool_members_talk_by_hostname_on_their_private_network_and_nobody_else_reache
     assert_eq!(site.network_leftovers(&[]), Vec::<String>::new());
     let links = sh("ip -o link show");
     let scope = site_scope(&site.state());
-    assert!(!sh("nft list tables").contains(&scope), "{}", sh("nft list tables"));
-    assert!(!links.contains("sdp-") || !links.contains(&scope), "{links}");
+    assert!(
+        !sh("nft list tables").contains(&scope),
+        "{}",
+        sh("nft list tables")
+    );
+    assert!(
+        !links.contains("sdp-") || !links.contains(&scope),
+        "{links}"
+    );
 }
 
 /// A site network that hands out addresses by DHCP: a host bridge of the
@@ -445,7 +505,9 @@ impl DhcpLan {
             dir: tempfile::tempdir().unwrap(),
             udhcpd: None,
         };
-        must(&format!("ip addr add 192.0.2.1/24 dev {bridge} && ip link set {bridge} up"));
+        must(&format!(
+            "ip addr add 192.0.2.1/24 dev {bridge} && ip link set {bridge} up"
+        ));
         let conf = lan.dir.path().join("udhcpd.conf");
         std::fs::write(
             &conf,
@@ -497,7 +559,9 @@ impl DhcpLan {
 impl Drop for DhcpLan {
     fn drop(&mut self) {
         self.stop_server();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
@@ -535,13 +599,28 @@ fn a_bridge_job_gets_its_address_and_resolver_by_dhcp_and_fails_clearly_without_
         "{got} is not in udhcpd's range: {stdout}"
     );
     assert!(stdout.contains(&format!("inet {got}/24")), "{stdout}");
-    assert!(stdout.contains("default via 192.0.2.1 dev eth0"), "the router: {stdout}");
-    assert!(stdout.contains("nameserver 192.0.2.53"), "the resolver: {stdout}");
-    assert!(stderr.contains(&format!("eth0 got {got}/24 by DHCP on network lan")), "{stderr}");
-    assert!(!sh("ip -o link show").contains(&format!(" {tap}:")), "the tap is gone");
+    assert!(
+        stdout.contains("default via 192.0.2.1 dev eth0"),
+        "the router: {stdout}"
+    );
+    assert!(
+        stdout.contains("nameserver 192.0.2.53"),
+        "the resolver: {stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("eth0 got {got}/24 by DHCP on network lan")),
+        "{stderr}"
+    );
+    assert!(
+        !sh("ip -o link show").contains(&format!(" {tap}:")),
+        "the tap is gone"
+    );
     assert_eq!(lan.ports(), "", "nothing is left on the site's bridge");
     assert!(lan.exists(), "the site's bridge is the site's: it stays");
-    assert_eq!(site.network_leftovers(std::slice::from_ref(&tap)), Vec::<String>::new());
+    assert_eq!(
+        site.network_leftovers(std::slice::from_ref(&tap)),
+        Vec::<String>::new()
+    );
 
     // No DHCP server: a clear error after udhcpc's tries, nothing left.
     lan.stop_server();
@@ -554,14 +633,21 @@ fn a_bridge_job_gets_its_address_and_resolver_by_dhcp_and_fails_clearly_without_
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
-    println!("--- without ({:?}):\n{}--- stderr:\n{stderr}", started.elapsed(), text(&out.stdout));
+    println!(
+        "--- without ({:?}):\n{}--- stderr:\n{stderr}",
+        started.elapsed(),
+        text(&out.stdout)
+    );
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("network lan") && stderr.contains("no address by DHCP on eth0"),
         "names the network and the interface: {stderr}"
     );
     assert!(stderr.contains("no answer from a DHCP server"), "{stderr}");
-    assert!(!sh("ip -o link show").contains(&format!(" {tap}:")), "the tap is gone");
+    assert!(
+        !sh("ip -o link show").contains(&format!(" {tap}:")),
+        "the tap is gone"
+    );
     assert_eq!(lan.ports(), "");
     assert!(lan.exists());
     assert_eq!(site.network_leftovers(&[tap]), Vec::<String>::new());

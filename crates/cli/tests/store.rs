@@ -361,7 +361,6 @@ fn a_save_killed_with_sigkill_leaves_only_temporaries_that_cleanup_removes() {
     assert_eq!(sha256(&base), base_hash);
 }
 
-
 #[test]
 fn loop_device_shows_the_file_and_is_detached() {
     use std::fs::OpenOptions;

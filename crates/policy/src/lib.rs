@@ -230,7 +230,9 @@ pub enum PolicyError {
         first: String,
         second: String,
     },
-    #[error("the pool has more members on network {network:?} than its subnet {subnet} has addresses")]
+    #[error(
+        "the pool has more members on network {network:?} than its subnet {subnet} has addresses"
+    )]
     PoolOutOfAddresses { network: String, subnet: Ipv4Net },
     /// The site's: its image store could not be read.
     #[error("cannot look up image {image:?} in the site's image store: {reason}")]

@@ -717,13 +717,13 @@ impl Rollback<'_> {
                     .collect(),
                 hosts: neighbours.hosts.clone(),
             };
-            let up = link
-                .configure_network(&config, timeout)
-                .map_err(|error| DeployError::Link {
-                    error: name_the_network(error, &nics, env),
-                    console: console_log.display().to_string(),
-                    last_words: last_words(&console_log),
-                })?;
+            let up =
+                link.configure_network(&config, timeout)
+                    .map_err(|error| DeployError::Link {
+                        error: name_the_network(error, &nics, env),
+                        console: console_log.display().to_string(),
+                        last_words: last_words(&console_log),
+                    })?;
             for (nic, wanted) in up.iter().zip(&env.networks) {
                 match nic.address {
                     Some((ip, prefix)) if nic.dhcp => tracing::info!(
@@ -738,7 +738,12 @@ impl Rollback<'_> {
                         nic.name,
                         wanted.network
                     ),
-                    None => tracing::debug!("{}: {} is up on network {}", spec.name, nic.name, wanted.network),
+                    None => tracing::debug!(
+                        "{}: {} is up on network {}",
+                        spec.name,
+                        nic.name,
+                        wanted.network
+                    ),
                 }
             }
         }

@@ -264,7 +264,10 @@ impl Journal {
         Ok(())
     }
 
-    pub fn update_details(&mut self, f: impl FnOnce(&mut DeploymentDetails)) -> Result<(), JournalError> {
+    pub fn update_details(
+        &mut self,
+        f: impl FnOnce(&mut DeploymentDetails),
+    ) -> Result<(), JournalError> {
         f(&mut self.data.details);
         self.persist()
     }
@@ -343,7 +346,8 @@ mod tests {
             path: "/x/disk".into(),
         })
         .unwrap();
-        j.update_details(|f| f.backend = Some("qemu".into())).unwrap();
+        j.update_details(|f| f.backend = Some("qemu".into()))
+            .unwrap();
         let again = Journal::open(dir.path(), "job-1").unwrap().unwrap();
         assert_eq!(again.data(), j.data());
         let order: Vec<_> = again.undo_order().cloned().collect();

@@ -697,7 +697,6 @@ mod tests {
         assert!(virtual_size(&dir.path().join("raw"), DiskFormat::Qcow2).is_err());
     }
 
-
     fn blocks(path: &Path) -> u64 {
         std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap())
     }

@@ -250,9 +250,10 @@ pub fn in_root(root: &Path, path: &str) -> Result<PathBuf, String> {
 /// command run in `/`).
 pub fn dir_in_root(root: &Path, path: &str) -> Result<PathBuf, String> {
     match in_root(root, path) {
-        Err(_) if Path::new(path)
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::CurDir)) =>
+        Err(_)
+            if Path::new(path)
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::CurDir)) =>
         {
             Ok(root.to_path_buf())
         }

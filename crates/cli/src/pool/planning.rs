@@ -114,9 +114,11 @@ pub(super) fn request_of(
         save_image: member.get_bool("saveImage"),
         save_as: text("saveAs").map(str::to_string),
         // A member is known by its name to the others (`/etc/hosts`).
-        hostname: text("hostname")
-            .map(str::to_string)
-            .or_else(|| sd_site::validate_hostname(&member.name).ok().map(|()| member.name.clone())),
+        hostname: text("hostname").map(str::to_string).or_else(|| {
+            sd_site::validate_hostname(&member.name)
+                .ok()
+                .map(|()| member.name.clone())
+        }),
         networks: member.network_requests(),
     };
     Ok((request, text("vo").map(str::to_string)))

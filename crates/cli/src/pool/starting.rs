@@ -169,21 +169,13 @@ impl Launcher<'_> {
             segment: Some(format!("pool-{}", self.name)),
             hosts: self.plans.iter().flat_map(PlannedMember::hosts).collect(),
         };
-        let d = Deployment::deploy_among(
-            self.site,
-            &plan.id,
-            &plan.env,
-            self.uid,
-            None,
-            &neighbours,
-        )
-        .map_err(
-            |error| PoolError::Deploy {
+        let d =
+            Deployment::deploy_among(self.site, &plan.id, &plan.env, self.uid, None, &neighbours)
+                .map_err(|error| PoolError::Deploy {
                 id: plan.id.clone(),
                 fault: error.fault(&plan.env),
                 error,
-            },
-        )?;
+            })?;
         tracing::info!(
             "pool {}: {} up in {:.1} s under {}",
             self.name,

@@ -111,7 +111,8 @@ impl TestSite {
     /// `sd` with this site's config.
     pub fn sd(&self) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sd"));
-        c.env("SD_CONFIG", self.path("site.yaml")).env_remove("SD_LOG");
+        c.env("SD_CONFIG", self.path("site.yaml"))
+            .env_remove("SD_LOG");
         c
     }
 

@@ -1,4 +1,3 @@
-use crate::test_images::noise;
 use super::cache::*;
 use super::error::bytes;
 use super::files::*;
@@ -6,6 +5,7 @@ use super::locking::*;
 use super::progress::progress_step;
 use super::save::*;
 use super::*;
+use crate::test_images::noise;
 use sd_site::DiskFormat;
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -548,7 +548,6 @@ fn refused_when_the_store_has_too_little_free_space() {
     assert!(msg.contains(&format!("{free} bytes (")), "{msg}");
     assert_eq!(files_in(store.dir()), Vec::<String>::new());
 }
-
 
 #[test]
 fn disk_full_while_saving_leaves_nothing() {

@@ -89,7 +89,10 @@ fn names_fit_ifnamsiz_and_macs_are_local_unicast_and_stable() {
         assert!(n.len() <= IFNAME_MAX, "{n}");
     }
     assert_eq!(nat_bridge_name("1a2b", "nat"), "sdn-nat-1a2b");
-    assert_ne!(nat_bridge_name("1a2b", "nat"), nat_bridge_name("3c4d", "nat"));
+    assert_ne!(
+        nat_bridge_name("1a2b", "nat"),
+        nat_bridge_name("3c4d", "nat")
+    );
     assert_ne!(
         private_bridge_name("1a2b", "p", "a"),
         private_bridge_name("1a2b", "p", "b")
@@ -254,8 +257,15 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
         l.contains(&format!("{}:", nat_br(state.path()))) && l.contains(&format!("{}:", nic.tap)),
         "{l}"
     );
-    assert!(l.contains(&format!("master {}", nat_br(state.path()))), "{l}");
-    let addr = cmd::run("ip", &["-o", "-4", "addr", "show", "dev", &nat_br(state.path())]).unwrap();
+    assert!(
+        l.contains(&format!("master {}", nat_br(state.path()))),
+        "{l}"
+    );
+    let addr = cmd::run(
+        "ip",
+        &["-o", "-4", "addr", "show", "dev", &nat_br(state.path())],
+    )
+    .unwrap();
     assert!(addr.contains("10.77.0.1/24"), "{addr}");
     let detail = cmd::run("ip", &["-d", "link", "show", "dev", &nic.tap]).unwrap();
     assert!(detail.contains("isolated on"), "{detail}");
@@ -297,7 +307,10 @@ fn nat_attach_makes_bridge_tap_and_tables_and_undo_removes_all_idempotently() {
 
     undo_all(&j);
     let l = links();
-    assert!(!l.contains(&nat_br(state.path())) && !l.contains(&nic.tap), "{l}");
+    assert!(
+        !l.contains(&nat_br(state.path())) && !l.contains(&nic.tap),
+        "{l}"
+    );
     assert!(!tables().contains("sd-"), "{}", tables());
     assert!(!lease_path(state.path(), "nat-nat").exists());
     // Twice is fine: everything is gone already.
@@ -343,7 +356,10 @@ fn shared_parts_stay_until_the_last_lease_and_static_addresses_are_taken_once() 
     undo_all(&c);
     assert!(links().contains(&format!("{}:", nat_br(state.path()))));
     undo_all(&a);
-    assert!(links().contains(&format!("{}:", nat_br(state.path()))), "b still holds a lease");
+    assert!(
+        links().contains(&format!("{}:", nat_br(state.path()))),
+        "b still holds a lease"
+    );
     assert!(tables().contains(&nat_tb(state.path())));
     assert!(!links().contains(&na.tap));
     undo_all(&b);
