@@ -304,11 +304,21 @@ fn check_config(path: &Path) -> ExitCode {
                 eprintln!("sd: {m}");
             }
             if missing.is_empty() {
+                let networks: Vec<String> = site
+                    .networks
+                    .values()
+                    .map(|n| format!("{} {}", n.name, n.kind.name()))
+                    .collect();
                 println!(
-                    "{}: OK ({} images, {} VOs)",
+                    "{}: OK ({} images, {} VOs, networks: {})",
                     path.display(),
                     site.images.len(),
-                    site.vos.len()
+                    site.vos.len(),
+                    if networks.is_empty() {
+                        "none".to_string()
+                    } else {
+                        networks.join(", ")
+                    }
                 );
                 ExitCode::SUCCESS
             } else {
