@@ -307,7 +307,10 @@ fn check_config(path: &Path) -> ExitCode {
                 let networks: Vec<String> = site
                     .networks
                     .values()
-                    .map(|n| format!("{} {}", n.name, n.kind.name()))
+                    .map(|n| match n.kind.name() {
+                        kind if kind == n.name => kind.to_string(),
+                        kind => format!("{} ({kind})", n.name),
+                    })
                     .collect();
                 println!(
                     "{}: OK ({} images, {} VOs, networks: {})",
