@@ -660,7 +660,13 @@ sdbackend = "qemu"
         let empty = JobAd::parse("ClusterId = 3\nProcId = 1\nsdenvironment = \"  \"\n");
         assert_eq!(empty.request(), None);
         let image = JobAd::parse("SDENVIRONMENT = \"busybox\"");
-        assert_eq!(image.request(), Some(RequestSpec::Image("busybox".into())));
+        assert_eq!(
+            image.request(),
+            Some(RequestSpec::Image {
+                name: "busybox".into(),
+                networks: vec![],
+            })
+        );
         assert!(JobAd::parse("ProcId = 0").job_id().is_err());
     }
 

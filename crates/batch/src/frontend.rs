@@ -19,20 +19,30 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A request names a JDL file or an image.
+/// A request names a JDL file, or an image and the networks its domain
+/// joins: `IMAGE[:NETWORK[,NETWORK...]]` (`busybox:nat`), what a JDL's
+/// `VirtualEnvironment = [ Image = ...; Network = ...; ]` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestSpec {
     Jdl(PathBuf),
-    Image(String),
+    Image { name: String, networks: Vec<String> },
 }
 
 impl RequestSpec {
     pub fn parse(value: &str) -> RequestSpec {
         let value = value.trim();
         if value.ends_with(".jdl") || value.contains('/') {
-            RequestSpec::Jdl(PathBuf::from(value))
-        } else {
-            RequestSpec::Image(value.to_string())
+            return RequestSpec::Jdl(PathBuf::from(value));
+        }
+        let (name, networks) = value.split_once(':').unwrap_or((value, ""));
+        RequestSpec::Image {
+            name: name.trim().to_string(),
+            networks: networks
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -43,8 +53,12 @@ impl RequestSpec {
 pub enum Request {
     /// A JDL's text and the path it was read from (for error messages).
     Jdl { path: PathBuf, text: String },
-    /// A catalogue image name.
-    Image(String),
+    /// A catalogue image name, and the networks (site names) to join.
+    Image {
+        name: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        networks: Vec<String>,
+    },
 }
 
 /// Reads the JDL a request names, as `user`, relative to `work_dir`. The
@@ -56,7 +70,10 @@ pub fn read_request(
     max_bytes: u64,
 ) -> Result<Request, String> {
     match spec {
-        RequestSpec::Image(name) => Ok(Request::Image(name.clone())),
+        RequestSpec::Image { name, networks } => Ok(Request::Image {
+            name: name.clone(),
+            networks: networks.clone(),
+        }),
         RequestSpec::Jdl(path) => {
             let path = work_dir.join(path);
             let text = user
@@ -100,11 +117,17 @@ pub fn admit(
 ) -> Result<ResolvedEnvironment, Refusal> {
     let request = match request {
         Request::Jdl { path, text } => parse_jail::parse_jdl(owner, path, text)?,
-        Request::Image(name) => JobRequest {
+        Request::Image { name, networks } => JobRequest {
             vo: account
                 .filter(|a| site.vos.contains_key(*a))
                 .map(str::to_string),
-            environment: EnvironmentRequest::image_only(name),
+            environment: EnvironmentRequest {
+                networks: networks
+                    .iter()
+                    .map(|n| sd_request::NetworkRequest::named(n))
+                    .collect(),
+                ..EnvironmentRequest::image_only(name)
+            },
         },
     };
     admit_parsed(site, owner, &request).map_err(Refusal::Policy)
@@ -385,11 +408,54 @@ mod tests {
             RequestSpec::parse("hello.jdl"),
             RequestSpec::Jdl("hello.jdl".into())
         );
+        let image = |name: &str, networks: &[&str]| RequestSpec::Image {
+            name: name.into(),
+            networks: networks.iter().map(|n| n.to_string()).collect(),
+        };
         assert_eq!(
             RequestSpec::parse(" debian-minimal "),
-            RequestSpec::Image("debian-minimal".into())
+            image("debian-minimal", &[])
+        );
+        assert_eq!(
+            RequestSpec::parse("busybox:nat"),
+            image("busybox", &["nat"])
+        );
+        assert_eq!(
+            RequestSpec::parse("busybox: nat, private"),
+            image("busybox", &["nat", "private"])
         );
         // A path is a file, never an image: the catalogue decides what images exist.
         assert_eq!(RequestSpec::parse("../x"), RequestSpec::Jdl("../x".into()));
+    }
+
+    /// The networks of an image-only request are admitted as a JDL's
+    /// `Network` is: the VO's, or refused with the VO's list.
+    #[test]
+    fn an_image_request_carries_its_networks_to_admission() {
+        let site = SiteConfig::from_str(
+            "images:\n  busybox: { disk: b.qcow2, kernel: k, initrd: i }\n\
+             networks:\n  nat: { kind: nat, subnet: 10.213.0.0/24 }\n\
+             \x20 lab: { kind: private, subnet: 10.214.0.0/24 }\n\
+             vos:\n  demo: { images: \"*\", networks: [nat] }\ndefault_vo: demo\n",
+            Path::new("site.yaml"),
+        )
+        .unwrap();
+        let request = |spec: &str| {
+            let RequestSpec::Image { name, networks } = RequestSpec::parse(spec) else {
+                panic!("an image")
+            };
+            admit(
+                &site,
+                &Owner::Root,
+                &Request::Image { name, networks },
+                None,
+            )
+        };
+        let env = request("busybox:nat").unwrap();
+        assert_eq!(env.networks.len(), 1);
+        assert_eq!(env.networks[0].network, "nat");
+        assert!(request("busybox").unwrap().networks.is_empty());
+        let refused = request("busybox:lab").unwrap_err().to_string();
+        assert!(refused.contains("may not use network \"lab\""), "{refused}");
     }
 }

@@ -575,7 +575,10 @@ fn deploy(
 ) -> ServiceReply {
     let what = match request {
         Request::Jdl { path, .. } => path.display().to_string(),
-        Request::Image(name) => format!("image {name}"),
+        Request::Image { name, networks } if networks.is_empty() => format!("image {name}"),
+        Request::Image { name, networks } => {
+            format!("image {name} on network(s) {}", networks.join(", "))
+        }
     };
     tracing::info!("request {what} for uid {}", caller.uid);
     let owner = match sd_host::owner::Owner::of_uid(caller.uid) {
@@ -721,10 +724,13 @@ mod tests {
         let r = ServiceRequest::Deploy {
             job: "7.0".into(),
             global_id: "vm#7.0#1".into(),
-            request: Request::Image("busybox".into()),
+            request: Request::Image {
+                name: "busybox".into(),
+                networks: vec![],
+            },
             account: None,
         };
-        insta::assert_snapshot!(serde_json::to_string(&r).unwrap(), @r#"{"op":"deploy","job":"7.0","global_id":"vm#7.0#1","request":{"image":"busybox"},"account":null}"#);
+        insta::assert_snapshot!(serde_json::to_string(&r).unwrap(), @r#"{"op":"deploy","job":"7.0","global_id":"vm#7.0#1","request":{"image":{"name":"busybox"}},"account":null}"#);
         let back: ServiceRequest =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);

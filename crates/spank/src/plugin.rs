@@ -159,9 +159,10 @@ pub unsafe extern "C" fn slurm_spank_init(sp: spank_t, ac: c_int, av: *mut *mut 
         }
         let mut option = sys::spank_option {
             name: c"sd-env".as_ptr().cast_mut(),
-            arginfo: c"JDL|IMAGE".as_ptr().cast_mut(),
+            arginfo: c"JDL|IMAGE[:NETWORK,...]".as_ptr().cast_mut(),
             usage: c"Run the job inside a SmartDomains VM: a JDL file (relative to the \
-                     working directory) or an image name from the site catalogue"
+                     working directory) or an image name from the site catalogue, with \
+                     the site networks to join after a colon (busybox:nat)"
                 .as_ptr()
                 .cast_mut(),
             has_arg: 1,

@@ -1,5 +1,5 @@
 //! `sd-condor-prepare`: HTCondor's PREPARE_JOB hook (`SD_HOOK_PREPARE_JOB`).
-//! Reads the job ad on stdin; for a job with `+SDEnvironment = "JDL|IMAGE"`,
+//! Reads the job ad on stdin; for a job with `+SDEnvironment = "JDL|IMAGE[:NETWORK,...]"`,
 //! reads the JDL with the job owner's rights and has the SmartDomains node
 //! service boot the job's domain. Prints `SDDomain`, `SDBackend`, ... as job
 //! ad updates. Exit 2 (user error) or 1 (site fault) holds the job with the

@@ -19,8 +19,8 @@ fn main() -> ExitCode {
                  Runs COMMAND inside the SmartDomains domain of the current Slurm job\n\
                  (SLURM_JOB_ID), with this process's stdin, stdout, stderr, working\n\
                  directory and environment, and exits with COMMAND's status.\n\
-                 A job asks for a domain with `--sd-env=JDL|IMAGE` (SPANK plugin) or\n\
-                 `--comment=sd-env:JDL|IMAGE`."
+                 A job asks for a domain with `--sd-env=JDL|IMAGE[:NETWORK,...]` (SPANK\n\
+                 plugin) or `--comment=sd-env:JDL|IMAGE[:NETWORK,...]`."
             );
             return ExitCode::from(sd_site::ExitCode::REFUSED as u8);
         }
