@@ -263,6 +263,23 @@ fn exit_code_from_the_guest_is_the_jobs() {
     assert_no_leftovers(&id);
 }
 
+/// An image and its network in the option, as a JDL's `Network` says:
+/// the job's domain has its NAT address, and nothing is left after it.
+#[test]
+fn an_image_on_a_network_gets_its_address() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &["--sd-env=busybox:nat", "--wrap", "ip -o -4 addr show dev eth0"],
+    );
+    assert_eq!(wait_done(&id), "COMPLETED");
+    let (out, err) = output(dir.path(), &id);
+    // config/site.yaml's nat network, which the demo VO may use.
+    assert!(out.contains("inet 10.213.0."), "{out}{err}");
+    assert_no_leftovers(&id);
+}
+
 #[test]
 fn two_jobs_at_once_get_their_own_domains() {
     let _serial = serial();
