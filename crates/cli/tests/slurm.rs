@@ -271,7 +271,11 @@ fn an_image_on_a_network_gets_its_address() {
     let dir = workdir();
     let id = sbatch(
         dir.path(),
-        &["--sd-env=busybox:nat", "--wrap", "ip -o -4 addr show dev eth0"],
+        &[
+            "--sd-env=busybox:nat",
+            "--wrap",
+            "ip -o -4 addr show dev eth0",
+        ],
     );
     assert_eq!(wait_done(&id), "COMPLETED");
     let (out, err) = output(dir.path(), &id);
