@@ -37,6 +37,19 @@ fn nat(network: &str, ip: Option<Ipv4Addr>) -> NicConfig {
     }
 }
 
+/// A NIC on network "private" (192.168.50.0/24), in `segment`.
+fn private_nic(segment: &str) -> NicConfig {
+    NicConfig {
+        network: "private".into(),
+        kind: NetworkKind::Private {
+            subnet: net("192.168.50.0/24"),
+            segment: segment.into(),
+        },
+        ip: None,
+        host_end: HostEnd::Tap { user: 65534 },
+    }
+}
+
 fn undo_all(journal: &Journal) {
     for r in journal.undo_order() {
         assert!(undo(r).unwrap(), "{r:?} is a network resource");
@@ -371,15 +384,7 @@ fn shared_parts_stay_until_the_last_lease_and_static_addresses_are_taken_once() 
 fn private_segments_get_bridges_of_their_own_with_no_address_and_no_forwarding() {
     in_fresh_netns();
     let state = tempfile::tempdir().unwrap();
-    let private = |segment: &str| NicConfig {
-        network: "private".into(),
-        kind: NetworkKind::Private {
-            subnet: net("192.168.50.0/24"),
-            segment: segment.into(),
-        },
-        ip: None,
-        host_end: HostEnd::Tap { user: 65534 },
-    };
+    let private = private_nic;
     let mut a = Journal::create(state.path(), "pool1-a").unwrap();
     let mut b = Journal::create(state.path(), "pool2-a").unwrap();
     let na = attach(&mut a, state.path(), 0, &private("pool1")).unwrap();
@@ -795,15 +800,7 @@ fn private_segments_do_not_meet_but_members_of_one_do() {
     use std::io::Write;
     in_fresh_netns();
     let state = tempfile::tempdir().unwrap();
-    let nic = |segment: &str| NicConfig {
-        network: "private".into(),
-        kind: NetworkKind::Private {
-            subnet: net("192.168.50.0/24"),
-            segment: segment.into(),
-        },
-        ip: None,
-        host_end: HostEnd::Tap { user: 65534 },
-    };
+    let nic = private_nic;
     let mut j1 = Journal::create(state.path(), "p1-a").unwrap();
     let mut j2 = Journal::create(state.path(), "p1-b").unwrap();
     let mut j3 = Journal::create(state.path(), "p2-a").unwrap();
