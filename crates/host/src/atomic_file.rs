@@ -83,6 +83,32 @@ pub fn temporary_pid(file_name: &str) -> Option<i32> {
     pid.parse().ok().filter(|&p| p > 0)
 }
 
+/// Removes the temporaries of `target` that a dead process left (a writer
+/// killed between its write and its rename); a live writer's stay.
+pub fn remove_stale_temporaries(target: &Path) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!("{}.tmp-", name.to_string_lossy());
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and(temporary_pid(&file)) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// fsyncs directory `dir`: what was renamed into it stays after a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -202,6 +228,23 @@ fn parent_of(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_writers_temporary_is_removed_a_live_ones_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("j.json");
+        // A pid that runs no process: beyond the kernel's pid_max.
+        let dead = dir.path().join("j.json.tmp-99999999");
+        let live = temporary_path(&target);
+        let other = dir.path().join("k.json.tmp-99999999");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"{").unwrap();
+        }
+        remove_stale_temporaries(&target).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists(), "ours: this process is alive");
+        assert!(other.exists(), "another target's");
+    }
 
     #[test]
     fn files_are_private() {

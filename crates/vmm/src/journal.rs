@@ -279,6 +279,13 @@ impl Journal {
 
     /// Drops the journal once everything in it is undone.
     pub fn remove(self) -> Result<(), JournalError> {
+        // A writer killed between its write and its rename left its temporary.
+        sd_host::atomic_file::remove_stale_temporaries(&self.path).map_err(|source| {
+            JournalError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
         match fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
