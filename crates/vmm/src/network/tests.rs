@@ -576,22 +576,7 @@ fn spoofed_source_ip_and_mac_from_a_tap_are_dropped_the_real_ones_pass() {
     sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
         .unwrap();
     let mut tap = open_tap(&nic.tap);
-    let bridge_mac = {
-        let out = cmd::run("ip", &["-o", "link", "show", "dev", &nat_br(state.path())]).unwrap();
-        let hex = out
-            .split("link/ether ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        let v: Vec<u8> = hex
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).unwrap())
-            .collect();
-        <[u8; 6]>::try_from(v).unwrap()
-    };
+    let bridge_mac = bridge_mac(&nat_br(state.path()));
     let table = spoof_table_name(&nic.tap);
     let recv = |sock: &std::net::UdpSocket| {
         let mut buf = [0u8; 64];
