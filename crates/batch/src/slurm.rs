@@ -17,6 +17,7 @@ use sd_host::owner::Owner;
 use sd_host::user_files::UserFiles;
 use sd_policy::ResolvedEnvironment;
 use sd_site::{ExitCode, SiteConfig};
+use sd_vmm::deployment;
 use sd_vmm::guest_link::JobOutcome;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -173,7 +174,7 @@ fn site_fault_before_config(hook: &'static str, message: &str) -> i32 {
 /// (then the node is drained: it holds leftovers an admin must see).
 pub fn epilog() -> i32 {
     let Some(value) = requested_sd_env(env_var) else {
-        return 0;
+        return epilog_of_steps();
     };
     let site = match SiteConfig::load(&SiteConfig::default_path()) {
         Ok(s) => s,
@@ -193,7 +194,7 @@ pub fn epilog() -> i32 {
     let succeeded = env_var("SLURM_JOB_EXIT_CODE2").as_deref() == Some("0:0")
         && !outcome.contains("CANCELLED")
         && !outcome.contains("TIMEOUT");
-    match crate::frontend::finish_logged(&site, &id, succeeded) {
+    let own = match crate::frontend::finish_logged(&site, &id, succeeded) {
         Ok(true) => ExitCode::HOOK_OK,
         Ok(false) => {
             tracing::info!("no domain to clean up (the prolog refused the request or never ran)");
@@ -203,6 +204,56 @@ pub fn epilog() -> i32 {
             tracing::error!("cleanup failed, the node keeps leftovers: {e}");
             ExitCode::HOOK_SITE
         }
+    };
+    match clean_steps_domains(&site, &job_id) {
+        Ok(()) => own,
+        Err(()) => ExitCode::HOOK_SITE,
+    }
+}
+
+/// The epilog of a job that asked for no domain of its own: its steps may
+/// still have made some (`sd start` of a pool over the allocation), which
+/// a step killed before its own teardown left. Quiet (no log, exit 0) when
+/// there are none, as for any job SmartDomains has nothing to do with.
+fn epilog_of_steps() -> i32 {
+    let (Some(job_id), Ok(site)) = (
+        env_var("SLURM_JOB_ID"),
+        SiteConfig::load(&SiteConfig::default_path()),
+    ) else {
+        return ExitCode::HOOK_OK;
+    };
+    match deployment::of_slurm_job(&site, &job_id) {
+        Ok(ids) if ids.is_empty() => ExitCode::HOOK_OK,
+        _ => {
+            let (_log, _span) = crate::hook_log::init("sd-epilog", &site.log_dir, &job_id);
+            match clean_steps_domains(&site, &job_id) {
+                Ok(()) => ExitCode::HOOK_OK,
+                Err(()) => ExitCode::HOOK_SITE,
+            }
+        }
+    }
+}
+
+/// Undoes every deployment the job's steps made on this node (pool
+/// members), from their journals.
+fn clean_steps_domains(site: &SiteConfig, job_id: &str) -> Result<(), ()> {
+    let ids = deployment::of_slurm_job(site, job_id).map_err(|e| {
+        tracing::error!("cannot list the domains of the job's steps: {e}");
+    })?;
+    let mut failed = false;
+    for id in ids {
+        match deployment::cleanup(site, &id) {
+            Ok(_) => tracing::info!("{id}: left by a step of the job; cleaned up"),
+            Err(e) => {
+                tracing::error!("{id}: cleanup failed, the node keeps leftovers: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        Err(())
+    } else {
+        Ok(())
     }
 }
 

@@ -97,6 +97,39 @@ pub fn resolve(site: &SiteConfig, name: &str) -> Result<String, ExecError> {
     member_id(&record, member)
 }
 
+/// For `POOL/MEMBER` naming a member on a node of the pool's allocation:
+/// a job step there running `sd SD_ARGS… ID REST…` (the node's own sd,
+/// which checks ownership there), with this process's stdio. None for
+/// anything on this host.
+pub fn on_node(
+    site: &SiteConfig,
+    name: &str,
+    sd_args: &[&str],
+    rest: &[String],
+) -> Result<Option<std::process::Command>, ExecError> {
+    let Some((pool_name, member)) = name.split_once('/') else {
+        return Ok(None);
+    };
+    let Ok(Some(record)) = pool::load(site, pool_name) else {
+        return Ok(None);
+    };
+    let id = member_id(&record, member)?;
+    let m = record.members.iter().find(|m| m.id == id);
+    let (Some(alloc), Some(node)) = (&record.allocation, m.and_then(|m| m.node.as_ref())) else {
+        return Ok(None);
+    };
+    if !pool::job_running(&alloc.job_id) {
+        return Err(ExecError::Site(format!(
+            "{name} ran on {node} in allocation {}, which has ended",
+            alloc.job_id
+        )));
+    }
+    let mut args: Vec<&str> = sd_args.to_vec();
+    args.push(&id);
+    args.extend(rest.iter().map(String::as_str));
+    Ok(Some(alloc.step(node, &format!("sd-{}", sd_args[0]), &args)))
+}
+
 fn member_id(record: &pool::PoolRecord, member: &str) -> Result<String, ExecError> {
     let below_root = |path: &str| path.strip_prefix("sfConfig:").unwrap_or(path).to_string();
     let exact: Vec<&pool::MemberRecord> = record
@@ -351,6 +384,8 @@ mod tests {
             boot_ms: Some(1),
             liveness_delay_secs: 10,
             liveness_factor: 2,
+            node: None,
+            step: None,
         }
     }
 
@@ -365,6 +400,7 @@ mod tests {
             monitor_pid: None,
             terminated_because: None,
             terminated_unix_ms: None,
+            allocation: None,
         };
         let dir = pool::pools_dir(site);
         std::fs::create_dir_all(&dir).unwrap();

@@ -784,6 +784,28 @@ impl Builder<'_> {
             None => None,
         };
 
+        // Hosts a pool description may name.
+        let mut hosts = BTreeMap::new();
+        for (name, target) in raw.hosts.iter().flat_map(|m| m.0.iter()) {
+            let p = format!("hosts.{}", name.value);
+            let t = &target.value;
+            let index_ok = t.strip_prefix('@').is_some_and(|n| {
+                !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !index_ok && t != "localhost" {
+                validate_hostname(t).map_err(|why| {
+                    self.invalid(
+                        Some(target.referenced),
+                        &p,
+                        format!(
+                            "{t:?} is not a host: write a node name, an index into the allocation's nodes (@0, @1, ...) or localhost ({why})"
+                        ),
+                    )
+                })?;
+            }
+            hosts.insert(name.value.clone(), t.clone());
+        }
+
         Ok(SiteConfig {
             path: file_abs,
             state_dir,
@@ -815,6 +837,7 @@ impl Builder<'_> {
             save_images: raw.save_images.unwrap_or(SavePolicy::OnRequest),
             lvm,
             node_limits,
+            hosts,
         })
     }
 }

@@ -71,6 +71,11 @@ pub struct SiteConfig {
     /// front end.
     #[serde(skip_serializing_if = "NodeLimits::is_default")]
     pub node_limits: NodeLimits,
+    /// The `hosts:` section: what a pool description's `sfProcessHost`
+    /// names (`PhysHost01.cern.ch`) stand for here: a node of the
+    /// allocation by name or index (`@0`), or `localhost`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, String>,
 }
 
 /// The `node_limits:` section. Checked before a deployment makes anything,

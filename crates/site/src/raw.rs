@@ -37,6 +37,7 @@ pub(crate) struct RawSite {
     pub(crate) save_images: Option<SavePolicy>,
     pub(crate) lvm: Option<RawLvm>,
     pub(crate) node_limits: Option<RawNodeLimits>,
+    pub(crate) hosts: Option<SpannedMap<S<String>>>,
 }
 
 #[derive(Deserialize)]

@@ -202,6 +202,8 @@ pub struct Neighbourhood {
     /// None: the deployment's own segment.
     pub segment: Option<String>,
     pub hosts: Vec<(String, Ipv4Addr)>,
+    /// The segment's other hosts, when the pool spans several.
+    pub tunnel: Option<crate::network::Tunnel>,
 }
 
 /// A running domain with its agent answering.
@@ -244,17 +246,20 @@ impl Deployment {
         uid: u32,
         owner: Option<ProcessStamp>,
     ) -> Result<Deployment, DeployError> {
-        Deployment::deploy_among(site, id, env, uid, owner, &Neighbourhood::default())
+        Deployment::deploy_among(site, id, env, uid, owner, None, &Neighbourhood::default())
     }
 
     /// [`Deployment::deploy_owned`] of a member of a pool: its private
     /// networks are the pool's segment, its `/etc/hosts` names the others.
+    /// Made by a step of Slurm job `slurm_job`, it is that job's epilog's
+    /// to clean up on this node, whatever becomes of the step.
     pub fn deploy_among(
         site: &SiteConfig,
         id: &str,
         env: &ResolvedEnvironment,
         uid: u32,
         owner: Option<ProcessStamp>,
+        slurm_job: Option<&str>,
         neighbours: &Neighbourhood,
     ) -> Result<Deployment, DeployError> {
         let backend = backend_for(site, None)?;
@@ -283,6 +288,7 @@ impl Deployment {
                 f.uid = Some(uid);
                 f.owner_pid = owner.map(|o| o.pid as u32);
                 f.owner_start_time = owner.map(|o| o.start_time);
+                f.slurm_job = slurm_job.map(str::to_string);
                 f.environment = Some(env.clone());
             })?;
             j
@@ -806,7 +812,11 @@ fn attach_networks(
     for (index, nic) in env.networks.iter().enumerate() {
         let config = crate::network::NicConfig {
             network: nic.network.clone(),
-            kind: crate::network::NetworkKind::of_site(&nic.kind, &segment),
+            kind: crate::network::NetworkKind::of_site(
+                &nic.kind,
+                &segment,
+                neighbours.tunnel.as_ref(),
+            ),
             ip: nic.ip,
             host_end,
         };
@@ -881,6 +891,7 @@ fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
             }
             r @ (Resource::Tap { .. }
             | Resource::Bridge { .. }
+            | Resource::Tunnel { .. }
             | Resource::NftTable { .. }
             | Resource::Lease { .. }) => {
                 crate::network::undo(r).map_err(DeployError::NetworkCleanup)?;
@@ -919,6 +930,20 @@ fn cleanup_unlocked(site: &SiteConfig, id: &str) -> Result<bool, DeployError> {
         Some(journal) => undo(site, journal).map(|()| true),
         None => Ok(false),
     }
+}
+
+/// Deployments made by steps of Slurm job `job` (pool members on this
+/// node), for its epilog.
+pub fn of_slurm_job(site: &SiteConfig, job: &str) -> Result<Vec<String>, DeployError> {
+    let mut out = vec![];
+    for id in Journal::list(&site.state_dir)? {
+        if let Some(j) = Journal::open(&site.state_dir, &id)? {
+            if j.details().slurm_job.as_deref() == Some(job) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Deployments whose owning process (an `sd run`, an HTCondor job's

@@ -36,6 +36,9 @@ pub enum Resource {
     /// A network's bridge, shared by the deployments on it: the undo
     /// removes it only when the lease file `leases` holds no lease.
     Bridge { name: String, leases: PathBuf },
+    /// The VXLAN port of a private segment's bridge towards its other
+    /// hosts, shared like the bridge.
+    Tunnel { name: String, leases: PathBuf },
     /// An nftables table `family name`. With `leases`, it is a network's
     /// shared table, removed only when that lease file holds no lease.
     NftTable {
@@ -87,6 +90,10 @@ pub struct DeploymentDetails {
     /// with the same pid is not the owner. None in older journals.
     #[serde(default)]
     pub owner_start_time: Option<u64>,
+    /// The Slurm job whose step made it (a pool member on a node of an
+    /// allocation): that job's epilog on this node cleans it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
 }
 
 /// The journal format this build writes and reads. A change that would

@@ -119,6 +119,13 @@ enum Command {
     /// The liveness monitor of pool NAME (`sd start` runs it, detached).
     #[command(hide = true)]
     PoolMonitor { name: String },
+    /// A pool member on a node of a Slurm allocation (`sd start` runs it as
+    /// a job step there).
+    #[command(hide = true)]
+    PoolMember {
+        #[command(subcommand)]
+        action: PoolMemberAction,
+    },
     /// Print a description (YAML, or SmartFrog's .sf text) fully resolved:
     /// templates extended, references followed, defaults filled in.
     ///
@@ -179,6 +186,14 @@ tar c data | sd exec farm/worker1 -- tar x -C /tmp")]
 }
 
 #[derive(Subcommand)]
+enum PoolMemberAction {
+    /// Deploy the plan on stdin here, report, beat it, tear it down on SIGUSR1/2.
+    Run,
+    /// Undo deployment ID here from its journal.
+    Clean { id: String },
+}
+
+#[derive(Subcommand)]
 enum ImagesAction {
     /// Remove a saved image (root, or the user who saved it). Catalogue
     /// images belong to the site config and are not removed here.
@@ -196,7 +211,10 @@ fn main() -> ExitCode {
         .with_target(false);
     // A pool monitor's log is a file read later: its lines carry the time,
     // and no colours.
-    if matches!(cli.command, Command::PoolMonitor { .. }) {
+    if matches!(
+        cli.command,
+        Command::PoolMonitor { .. } | Command::PoolMember { .. }
+    ) {
         subscriber.with_ansi(false).init();
     } else {
         subscriber.without_time().init();
@@ -231,6 +249,12 @@ fn main() -> ExitCode {
                     vo,
                 } => start(&site, &name, &file, &library, vo.as_deref()),
                 Command::Terminate { name } => terminate(&site, &name),
+                Command::PoolMember {
+                    action: PoolMemberAction::Run,
+                } => ExitCode::from(pool::run_step(&site) as u8),
+                Command::PoolMember {
+                    action: PoolMemberAction::Clean { id },
+                } => ExitCode::from(pool::clean_step(&site, &id) as u8),
                 Command::PoolMonitor { name } => match pool::run_monitor(&site, &name) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
@@ -457,6 +481,13 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
 }
 
 fn exec(site: &SiteConfig, name: &str, cwd: &str, command: Vec<String>) -> ExitCode {
+    let mut rest = vec!["--".to_string()];
+    rest.extend(command.iter().cloned());
+    match smartdomains::exec::on_node(site, name, &["exec", "--cwd", cwd], &rest) {
+        Ok(Some(step)) => return run_step(step),
+        Ok(None) => {}
+        Err(e) => return fail(e.exit_code() as u8, &e.to_string()),
+    }
     // Blocked before any thread exists, so that every thread inherits it.
     let signals = frontend::block_forwarded_signals();
     match smartdomains::exec::exec(site, name, command, cwd, signals) {
@@ -465,7 +496,25 @@ fn exec(site: &SiteConfig, name: &str, cwd: &str, command: Vec<String>) -> ExitC
     }
 }
 
+/// A job step with our stdio; its exit status as ours (srun's is the task's).
+fn run_step(mut step: std::process::Command) -> ExitCode {
+    match step.status() {
+        Ok(status) => ExitCode::from(status.code().unwrap_or(EXIT_SITE_FAULT as i32) as u8),
+        Err(e) => fail(EXIT_SITE_FAULT, &format!("cannot run srun: {e}")),
+    }
+}
+
 fn console(site: &SiteConfig, name: &str, follow: bool) -> ExitCode {
+    let args: &[&str] = if follow {
+        &["console", "--follow"]
+    } else {
+        &["console"]
+    };
+    match smartdomains::exec::on_node(site, name, args, &[]) {
+        Ok(Some(step)) => return run_step(step),
+        Ok(None) => {}
+        Err(e) => return fail(e.exit_code() as u8, &e.to_string()),
+    }
     match smartdomains::exec::console(site, name, follow, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code() as u8, &e.to_string()),
@@ -743,9 +792,31 @@ fn pool_status(site: &SiteConfig, name: &str) -> ExitCode {
     if let Some(why) = &record.terminated_because {
         println!("terminating: {why}");
     }
+    if let Some(alloc) = &record.allocation {
+        println!(
+            "allocation: Slurm job {}, nodes {}",
+            alloc.job_id,
+            alloc
+                .nodes
+                .iter()
+                .map(|n| format!("{} ({})", n.name, n.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let here = "here".to_string();
     println!(
-        "{:<40} {:<8} {:<16} {:>8} {:>6} {:>8} {:>10} {:>9} {:>9}",
-        "MEMBER", "STATE", "IMAGE", "MEMORY", "VCPUS", "UPTIME", "LAST BEAT", "MISSED", "EVERY"
+        "{:<40} {:<8} {:<12} {:<16} {:>8} {:>6} {:>8} {:>10} {:>9} {:>9}",
+        "MEMBER",
+        "STATE",
+        "NODE",
+        "IMAGE",
+        "MEMORY",
+        "VCPUS",
+        "UPTIME",
+        "LAST BEAT",
+        "MISSED",
+        "EVERY"
     );
     let states = pool::member_states(site, &record);
     for (m, state) in record.members.iter().zip(states) {
@@ -758,9 +829,10 @@ fn pool_status(site: &SiteConfig, name: &str) -> ExitCode {
             .and_then(|l| l.members.iter().find(|b| b.id == m.id));
         let l = m.liveness();
         println!(
-            "{:<40} {:<8} {:<16} {:>7}M {:>6} {:>8} {:>10} {:>9} {:>8}s",
+            "{:<40} {:<8} {:<12} {:<16} {:>7}M {:>6} {:>8} {:>10} {:>9} {:>8}s",
             m.id,
             format!("{state:?}").to_lowercase(),
+            m.node.as_ref().unwrap_or(&here),
             m.image,
             m.memory_mib,
             m.vcpus,

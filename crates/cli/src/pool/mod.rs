@@ -71,19 +71,24 @@ use sd_vmm::journal::JournalError;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+mod allocation;
 mod liveness;
 mod monitor;
+mod node_member;
+mod placement;
 mod planning;
 mod record;
 mod starting;
 mod status;
 mod stopping;
 
+pub use allocation::{job_running, Allocation, Node};
 pub use liveness::{read_liveness, Beat, Liveness, LivenessReport};
 pub use monitor::{monitor_alive, run_monitor, spawn_monitor};
+pub use node_member::{clean_step, run_step, MemberPlan, Report};
 pub use record::{
     final_record_path, list, load, load_final, monitor_log_path, now_unix_ms, pools_dir,
-    valid_name, MemberRecord, PoolRecord,
+    valid_name, MemberRecord, PoolRecord, StepRecord,
 };
 pub use starting::{start, start_as, start_monitored};
 pub use status::{member_states, MemberState};
@@ -101,6 +106,10 @@ pub enum PoolError {
     NoDomains,
     #[error("member {path}: {message}")]
     Attribute { path: String, message: String },
+    #[error("member {path}: {message}")]
+    Placement { path: String, message: String },
+    #[error("the Slurm allocation: {0}")]
+    Allocation(String),
     #[error("member {path}: {error}")]
     Policy { path: String, error: PolicyError },
     #[error("{0}")]
@@ -112,6 +121,13 @@ pub enum PoolError {
         id: String,
         error: DeployError,
         fault: Fault,
+    },
+    #[error("member {id} on node {node}: {message}")]
+    OnNode {
+        id: String,
+        node: String,
+        message: String,
+        users: bool,
     },
     #[error("pool record {path}: {message}")]
     Record { path: PathBuf, message: String },
@@ -138,9 +154,11 @@ impl PoolError {
             | PoolError::Exists(_)
             | PoolError::NoDomains
             | PoolError::Attribute { .. }
+            | PoolError::Placement { .. }
             | PoolError::Owner(_)
             | PoolError::Memory { .. } => true,
             PoolError::Policy { error, .. } => error.fault() == Fault::User,
+            PoolError::OnNode { users, .. } => *users,
             PoolError::Deploy { error, fault, .. } => {
                 *fault == Fault::User
                     || matches!(
@@ -149,6 +167,7 @@ impl PoolError {
                     )
             }
             PoolError::Record { .. }
+            | PoolError::Allocation(_)
             | PoolError::Monitor { .. }
             | PoolError::Internal { .. }
             | PoolError::RollbackFailed { .. }

@@ -15,6 +15,7 @@ use sd_vmm::deployment;
 use sd_vmm::guest_link::GuestLink;
 
 use super::liveness::{write_liveness, Beat, LivenessReport};
+use super::node_member::StepWatch;
 use super::record::{load, monitor_log_path, now_unix_ms, save, MemberRecord, PoolRecord};
 use super::stopping::stop;
 use super::PoolError;
@@ -147,16 +148,19 @@ pub(super) fn beat(
     })
 }
 
-/// Beats member `i` every `delay` until `stop`.
+/// Beats member `i` every `delay` until `stop`: through its agent here,
+/// or, for a member on a node, by what its job step reports.
 pub(super) fn beat_member(
     site: &SiteConfig,
     i: usize,
-    id: &str,
+    member: &MemberRecord,
     delay: Duration,
     stop: &AtomicBool,
     events: &mpsc::Sender<Event>,
 ) {
     let timeout = delay.clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let id = member.id.as_str();
+    let mut on_node = member.node.as_ref().and_then(|_| StepWatch::new(member));
     let mut link = None;
     let mut next = Instant::now();
     loop {
@@ -167,7 +171,10 @@ pub(super) fn beat_member(
             std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
         }
         next += delay;
-        let result = beat(site, id, &mut link, timeout);
+        let result = match &mut on_node {
+            Some(step) => step.beat(),
+            None => beat(site, id, &mut link, timeout),
+        };
         if stop.load(Ordering::Relaxed) || events.send(Event::Beat(i, result)).is_err() {
             return;
         }
@@ -267,9 +274,9 @@ impl Watch {
             .enumerate()
             .map(|(i, m)| {
                 let (site, quit, events) = (site_shared.clone(), quit.clone(), events.clone());
-                let id = m.id.clone();
+                let member = m.clone();
                 let delay = Duration::from_secs(m.liveness().delay_secs);
-                std::thread::spawn(move || beat_member(&site, i, &id, delay, &quit, &events))
+                std::thread::spawn(move || beat_member(&site, i, &member, delay, &quit, &events))
             })
             .collect();
         Watch {

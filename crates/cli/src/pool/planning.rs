@@ -18,8 +18,17 @@ use super::PoolError;
 pub(super) struct PlannedMember {
     pub(super) id: String,
     pub(super) path: String,
+    /// What the description asks for it, and in which VO: a node's step
+    /// admits it again against that node's site.
+    pub(super) request: EnvironmentRequest,
+    pub(super) vo: Option<String>,
     pub(super) env: ResolvedEnvironment,
     pub(super) liveness: Liveness,
+    /// Its `sfProcessHost` as the description says.
+    pub(super) host: String,
+    /// The allocation's node it runs on (see [`super::placement`]); None:
+    /// on this host.
+    pub(super) node: Option<usize>,
 }
 
 impl PlannedMember {
@@ -45,6 +54,35 @@ impl PlannedMember {
             boot_ms: None,
             liveness_delay_secs: self.liveness.delay_secs,
             liveness_factor: self.liveness.factor,
+            node: None,
+            step: None,
+        }
+    }
+
+    /// Its request as a node's step is to admit it: the image, host name
+    /// and network addresses this host's planning resolved and assigned,
+    /// so that every node deploys the same pool.
+    pub(super) fn request_for_node(&self) -> EnvironmentRequest {
+        EnvironmentRequest {
+            image: Some(self.env.image.name.clone()),
+            hostname: Some(self.env.hostname.clone()),
+            networks: if self.env.networks.is_empty() {
+                // Not the VO's default networks, there.
+                vec![sd_request::NetworkRequest {
+                    name: "none".into(),
+                    ip: None,
+                }]
+            } else {
+                self.env
+                    .networks
+                    .iter()
+                    .map(|n| sd_request::NetworkRequest {
+                        name: n.network.clone(),
+                        ip: n.ip,
+                    })
+                    .collect()
+            },
+            ..self.request.clone()
         }
     }
 }
@@ -145,10 +183,11 @@ pub(super) fn walk(
             });
         }
         let (request, own_vo) = request_of(c)?;
+        let vo = own_vo.or(vo.map(str::to_string));
         let env = policy::admit(
             site,
             owner,
-            own_vo.as_deref().or(vo),
+            vo.as_deref(),
             &request,
             &sd_vmm::image_store::ImageStore::of_site(site),
         )
@@ -159,8 +198,15 @@ pub(super) fn walk(
         plans.push(PlannedMember {
             id,
             path: c.path.clone(),
+            request,
+            vo,
             env,
             liveness,
+            host: c
+                .get_str("sfProcessHost")
+                .unwrap_or("localhost")
+                .to_string(),
+            node: None,
         });
         return Ok(Some(StartOrder::Member(plans.len() - 1)));
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::allocation::Allocation;
 use super::liveness::Liveness;
 use super::PoolError;
 
@@ -34,6 +35,23 @@ pub struct MemberRecord {
     /// Missed beats before it counts as dead.
     #[serde(default)]
     pub liveness_factor: u32,
+    /// The allocation's node it runs on; None: on the host of the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The job step that deployed it there and holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepRecord>,
+}
+
+/// The Slurm job step holding a member on a node: the `srun` that started
+/// it (on the host of the record, detached), and what the step reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub srun_pid: u32,
+    /// Field 22 of /proc/PID/stat: a later process with that pid is not it.
+    pub srun_start_time: u64,
+    /// The step's output (its reports, and srun's own messages).
+    pub output: PathBuf,
 }
 
 impl MemberRecord {
@@ -72,6 +90,9 @@ pub struct PoolRecord {
     /// When its termination began (Unix time, milliseconds).
     #[serde(default)]
     pub terminated_unix_ms: Option<u64>,
+    /// The Slurm allocation its members run in, when it was started in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -92,6 +113,12 @@ pub(super) fn record_path(site: &SiteConfig, name: &str) -> PathBuf {
 /// Where the final record of a terminated pool is kept.
 pub fn final_record_path(site: &SiteConfig, name: &str) -> PathBuf {
     site.log_dir.join(format!("pool-{name}.pool.json"))
+}
+
+/// Where the job steps of pool `name`'s members write (`ID.step`) and
+/// read their plans (`ID.plan.json`).
+pub(super) fn steps_dir(site: &SiteConfig, name: &str) -> PathBuf {
+    pools_dir(site).join(format!("{name}.steps"))
 }
 
 /// The log of the pool's monitor.

@@ -5,10 +5,14 @@ use sd_host::owner::Owner;
 use sd_languages::description::ResolvedDescription;
 use sd_site::SiteConfig;
 use sd_vmm::deployment::{Deployment, Neighbourhood};
+use sd_vmm::network::Tunnel;
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::allocation::Allocation;
 use super::monitor::spawn_monitor;
+use super::node_member::{self, MemberPlan};
+use super::placement::place;
 use super::planning::{
     available_memory_mib, plan_members, terminates_concurrently, PlannedMember, StartOrder,
 };
@@ -49,11 +53,33 @@ pub fn start_as(
     }
     // The caller: members it may admit are those of its VOs (root: any).
     let owner = Owner::current().map_err(PoolError::Owner)?;
-    let (plans, shape) = plan_members(site, &owner, name, description, vo)?;
-    let needed: u64 = plans.iter().map(|p| p.env.memory_mib).sum();
-    if let Some(available) = available_memory_mib() {
-        if needed > available {
-            return Err(PoolError::Memory { needed, available });
+    let (mut plans, shape) = plan_members(site, &owner, name, description, vo)?;
+    let allocation = Allocation::current()?;
+    let placed = place(site, allocation.as_ref(), &plans)?;
+    for (plan, node) in plans.iter_mut().zip(placed) {
+        plan.node = node;
+    }
+    if let Some(alloc) = &allocation {
+        tracing::info!(
+            "pool {name}: in allocation {}: {}",
+            alloc.job_id,
+            plans
+                .iter()
+                .map(|p| format!(
+                    "{} on {}",
+                    p.id,
+                    p.node.map_or("?", |n| &alloc.nodes[n].name)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        // Each node checks its own memory as its step deploys.
+        let needed: u64 = plans.iter().map(|p| p.env.memory_mib).sum();
+        if let Some(available) = available_memory_mib() {
+            if needed > available {
+                return Err(PoolError::Memory { needed, available });
+            }
         }
     }
     let record = PoolRecord {
@@ -66,6 +92,7 @@ pub fn start_as(
         monitor_pid: None,
         terminated_because: None,
         terminated_unix_ms: None,
+        allocation: allocation.clone(),
     };
     let path = record_path(site, name);
     match write_atomic(&path, &record, true) {
@@ -80,6 +107,7 @@ pub fn start_as(
         name,
         uid: owner.uid(),
         plans: &plans,
+        allocation: allocation.as_ref(),
         record: Mutex::new(record),
     };
     let result = launcher.launch(&shape);
@@ -100,6 +128,7 @@ pub(super) struct Launcher<'a> {
     name: &'a str,
     uid: u32,
     plans: &'a [PlannedMember],
+    allocation: Option<&'a Allocation>,
     record: Mutex<PoolRecord>,
 }
 
@@ -157,25 +186,45 @@ impl Launcher<'_> {
         }
         let mut record = lock(&self.record);
         for &i in plans {
-            record.members.push(self.plans[i].record());
+            let mut member = self.plans[i].record();
+            member.node = self.node_name(i).map(str::to_string);
+            record.members.push(member);
         }
         save(self.site, &record)
     }
 
-    fn boot(&self, i: usize) -> Result<(), PoolError> {
-        let plan = &self.plans[i];
-        tracing::info!("pool {}: deploying {} ({})", self.name, plan.id, plan.path);
-        let neighbours = Neighbourhood {
+    fn node_name(&self, i: usize) -> Option<&str> {
+        Some(&self.allocation?.nodes[self.plans[i].node?].name)
+    }
+
+    fn neighbours(&self) -> Neighbourhood {
+        Neighbourhood {
             segment: Some(format!("pool-{}", self.name)),
             hosts: self.plans.iter().flat_map(PlannedMember::hosts).collect(),
-        };
-        let d =
-            Deployment::deploy_among(self.site, &plan.id, &plan.env, self.uid, None, &neighbours)
-                .map_err(|error| PoolError::Deploy {
-                id: plan.id.clone(),
-                fault: error.fault(&plan.env),
-                error,
-            })?;
+            tunnel: None,
+        }
+    }
+
+    fn boot(&self, i: usize) -> Result<(), PoolError> {
+        let plan = &self.plans[i];
+        if let (Some(alloc), Some(node)) = (self.allocation, plan.node) {
+            return self.boot_on_node(alloc, i, node);
+        }
+        tracing::info!("pool {}: deploying {} ({})", self.name, plan.id, plan.path);
+        let d = Deployment::deploy_among(
+            self.site,
+            &plan.id,
+            &plan.env,
+            self.uid,
+            None,
+            None,
+            &self.neighbours(),
+        )
+        .map_err(|error| PoolError::Deploy {
+            id: plan.id.clone(),
+            fault: error.fault(&plan.env),
+            error,
+        })?;
         tracing::info!(
             "pool {}: {} up in {:.1} s under {}",
             self.name,
@@ -193,6 +242,74 @@ impl Launcher<'_> {
         // its journal.
         drop(d);
         Ok(())
+    }
+
+    /// Member `i` on node `node` of the allocation, through a job step
+    /// there (see [`super::node_member`]), recorded before it is launched.
+    fn boot_on_node(&self, alloc: &Allocation, i: usize, node: usize) -> Result<(), PoolError> {
+        let plan = &self.plans[i];
+        let node_name = &alloc.nodes[node].name;
+        tracing::info!(
+            "pool {}: deploying {} ({}) on {node_name}",
+            self.name,
+            plan.id,
+            plan.path
+        );
+        // The segment's tunnel goes to every other node holding a member.
+        let mut peers: Vec<_> = self
+            .plans
+            .iter()
+            .filter_map(|p| p.node)
+            .filter(|&n| n != node)
+            .map(|n| alloc.nodes[n].addr)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        let neighbours = self.neighbours();
+        let member_plan = MemberPlan {
+            pool: self.name.to_string(),
+            id: plan.id.clone(),
+            path: plan.path.clone(),
+            request: plan.request_for_node(),
+            vo: plan.vo.clone(),
+            segment: neighbours.segment.clone().unwrap_or_default(),
+            hosts: neighbours.hosts,
+            tunnel: (!peers.is_empty()).then(|| Tunnel {
+                key: format!("slurm-{}/pool-{}", alloc.job_id, self.name),
+                peers,
+            }),
+            liveness_delay_secs: plan.liveness.delay_secs,
+            liveness_factor: plan.liveness.factor,
+        };
+        let launched = node_member::launch(self.site, alloc, node_name, &member_plan)?;
+        {
+            let mut record = lock(&self.record);
+            if let Some(m) = record.members.iter_mut().find(|m| m.id == plan.id) {
+                m.step = Some(launched.step.clone());
+            }
+            save(self.site, &record)?;
+        }
+        let (boot_ms, acceleration) =
+            launched
+                .wait_up(self.site, &plan.id)
+                .map_err(|(message, users)| PoolError::OnNode {
+                    id: plan.id.clone(),
+                    node: node_name.clone(),
+                    message,
+                    users,
+                })?;
+        tracing::info!(
+            "pool {}: {} up on {node_name} in {:.1} s under {acceleration}",
+            self.name,
+            plan.id,
+            boot_ms as f64 / 1000.0,
+        );
+        let mut record = lock(&self.record);
+        if let Some(m) = record.members.iter_mut().find(|m| m.id == plan.id) {
+            m.up_unix_ms = Some(now_unix_ms());
+            m.boot_ms = Some(boot_ms);
+        }
+        save(self.site, &record)
     }
 }
 

@@ -4,7 +4,8 @@ use sd_site::SiteConfig;
 use sd_vmm::status;
 use serde::Serialize;
 
-use super::record::PoolRecord;
+use super::node_member::{read_reports, step_alive, Report};
+use super::record::{MemberRecord, PoolRecord};
 
 /// What a member is doing now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,6 +29,9 @@ pub fn member_states(site: &SiteConfig, record: &PoolRecord) -> Vec<MemberState>
             if m.down_unix_ms.is_some() {
                 return MemberState::Down;
             }
+            if m.node.is_some() {
+                return on_node(m);
+            }
             let running = match status::of(site, &m.id) {
                 Ok(Some(s)) => s.is_running(site),
                 _ => return MemberState::Dead,
@@ -39,4 +43,24 @@ pub fn member_states(site: &SiteConfig, record: &PoolRecord) -> Vec<MemberState>
             }
         })
         .collect()
+}
+
+/// A member on a node: what its job step reports, and whether it runs.
+fn on_node(m: &MemberRecord) -> MemberState {
+    let Some(step) = &m.step else {
+        return MemberState::Booting;
+    };
+    let reports = read_reports(&step.output);
+    let ended = reports.iter().any(|r| {
+        matches!(
+            r,
+            Report::Dead { .. } | Report::Down { .. } | Report::Failed { .. }
+        )
+    });
+    let up = reports.iter().any(|r| matches!(r, Report::Up { .. }));
+    match (ended || !step_alive(step), up) {
+        (true, _) => MemberState::Dead,
+        (false, true) => MemberState::Up,
+        (false, false) => MemberState::Booting,
+    }
 }

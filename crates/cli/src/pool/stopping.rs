@@ -8,8 +8,10 @@ use std::sync::Mutex;
 
 use super::liveness::liveness_path;
 use super::monitor::stop_monitor;
+use super::node_member;
 use super::record::{
-    final_record_path, load, now_unix_ms, record_error, record_path, save, write_atomic, PoolRecord,
+    final_record_path, load, now_unix_ms, record_error, record_path, save, steps_dir, write_atomic,
+    PoolRecord,
 };
 use super::{lock, PoolError};
 
@@ -48,20 +50,28 @@ pub(super) fn stop(
             .filter(|&i| r.members[i].down_unix_ms.is_none())
             .collect()
     };
+    let allocation = lock(&record).allocation.clone();
     let stop_one = |i: usize| {
-        let id = lock(&record).members[i].id.clone();
-        let result = if graceful {
-            deployment::finish(site, &id, succeeded).map(|saved| match saved {
-                Some(Some(Err(e))) => {
-                    tracing::warn!("pool {name}: {id}: its disk was not saved: {e}")
-                }
-                Some(Some(Ok(image))) => {
-                    tracing::info!("pool {name}: {id}: disk saved as image {}", image.name)
-                }
-                _ => {}
-            })
+        let member = lock(&record).members[i].clone();
+        let id = member.id.clone();
+        let result = if let (Some(alloc), Some(_)) = (&allocation, &member.node) {
+            node_member::stop(site, alloc, &member, succeeded)
+        } else if graceful {
+            deployment::finish(site, &id, succeeded)
+                .map(|saved| match saved {
+                    Some(Some(Err(e))) => {
+                        tracing::warn!("pool {name}: {id}: its disk was not saved: {e}")
+                    }
+                    Some(Some(Ok(image))) => {
+                        tracing::info!("pool {name}: {id}: disk saved as image {}", image.name)
+                    }
+                    _ => {}
+                })
+                .map_err(|e| e.to_string())
         } else {
-            deployment::cleanup(site, &id).map(|_| ())
+            deployment::cleanup(site, &id)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         };
         match result {
             Ok(()) => {
@@ -97,6 +107,7 @@ pub(super) fn stop(
         tracing::warn!("pool {name}: cannot keep its final record: {e}");
     }
     let _ = fs::remove_file(liveness_path(site, &name));
+    let _ = fs::remove_dir_all(steps_dir(site, &name));
     let path = record_path(site, &name);
     match fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(record_error(&path, e)),

@@ -25,10 +25,13 @@ fn record(name: &str) -> PoolRecord {
             boot_ms: Some(1),
             liveness_delay_secs: 5,
             liveness_factor: 3,
+            node: None,
+            step: None,
         }],
         monitor_pid: Some(42),
         terminated_because: None,
         terminated_unix_ms: None,
+        allocation: None,
     }
 }
 

@@ -12,7 +12,8 @@ fn tool_path(tool: &str) -> &'static str {
     match tool {
         "ip" => "/usr/sbin/ip",
         "nft" => "/usr/sbin/nft",
-        _ => unreachable!("only ip and nft are run"),
+        "bridge" => "/usr/sbin/bridge",
+        _ => unreachable!("only ip, bridge and nft are run"),
     }
 }
 

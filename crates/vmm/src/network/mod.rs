@@ -9,7 +9,11 @@
 //!   an `isolated` bridge port: guests of one NAT network do not see each
 //!   other.
 //! - **private**: a bridge per segment (a pool or a job), no host address,
-//!   nothing routed in or out, nothing delivered to the host.
+//!   nothing routed in or out, nothing delivered to the host. A segment
+//!   that spans hosts (a pool over the nodes of an allocation) has a
+//!   [`Tunnel`]: a VXLAN port on its bridge, one VNI per segment and
+//!   network, flooding to the other hosts; its frames never meet another
+//!   segment's, here or there.
 //! - **bridge**: the tap joins an existing bridge of the site; the site's
 //!   DHCP hands out addresses. Only the MAC is checked.
 //!
@@ -157,6 +161,8 @@ pub enum NetworkKind {
         subnet: Subnet,
         /// The segment: a pool's or a job's id. Segments never meet.
         segment: String,
+        /// The segment's other hosts, when it spans several.
+        tunnel: Option<Tunnel>,
     },
     Bridge {
         /// An existing host bridge.
@@ -180,8 +186,12 @@ impl NetworkError {
 
 impl NetworkKind {
     /// The site's declaration of a network, for a deployment whose private
-    /// networks are `segment`.
-    pub fn of_site(kind: &sd_site::NetworkKind, segment: &str) -> NetworkKind {
+    /// networks are `segment` (reaching the other hosts of `tunnel`).
+    pub fn of_site(
+        kind: &sd_site::NetworkKind,
+        segment: &str,
+        tunnel: Option<&Tunnel>,
+    ) -> NetworkKind {
         let subnet = |net: &sd_site::Ipv4Net| Subnet {
             addr: net.network(),
             prefix_len: net.prefix_len(),
@@ -201,11 +211,37 @@ impl NetworkKind {
             sd_site::NetworkKind::Private { subnet: net } => NetworkKind::Private {
                 subnet: subnet(net),
                 segment: segment.to_string(),
+                tunnel: tunnel.cloned(),
             },
             sd_site::NetworkKind::Bridge { bridge } => NetworkKind::Bridge {
                 bridge: bridge.clone(),
             },
         }
+    }
+}
+
+/// How a private segment reaches its other hosts: VXLAN (UDP
+/// [`VXLAN_PORT`]) over the hosts' own network, the VNI derived from `key`
+/// and the network's name so that every host derives the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// Unique among the segments that may meet on the hosts' network at
+    /// once: the allocation and the pool (`slurm-JOB/pool-NAME`).
+    pub key: String,
+    /// The other hosts' addresses. Broadcast and unknown destinations are
+    /// sent to each; the bridge learns where each guest is.
+    pub peers: Vec<Ipv4Addr>,
+}
+
+/// VXLAN's IANA port.
+pub const VXLAN_PORT: u16 = 4789;
+
+impl Tunnel {
+    /// The VNI of `network` on this tunnel's segment: 24 bits of hash,
+    /// never 0.
+    pub fn vni(&self, network: &str) -> u32 {
+        let h = Sha256::digest(format!("vxlan\0{}\0{network}", self.key).as_bytes());
+        (u32::from_be_bytes([0, h[0], h[1], h[2]])).max(1)
     }
 }
 
@@ -466,7 +502,11 @@ pub fn attach(
                 true,
             )
         }
-        NetworkKind::Private { subnet, segment } => {
+        NetworkKind::Private {
+            subnet,
+            segment,
+            tunnel,
+        } => {
             let bridge = private_bridge_name(&scope, &nic.network, segment);
             let table = private_table_name(&bridge);
             let path = lease_path(
@@ -475,6 +515,9 @@ pub fn attach(
             );
             let mut locked = leases::lock(&path)?;
             shared_bridge(journal, &bridge, &path, None)?;
+            if let Some(tunnel) = tunnel {
+                shared_tunnel(journal, &bridge, &path, tunnel.vni(&nic.network), tunnel)?;
+            }
             journal.record(Resource::NftTable {
                 family: "inet".into(),
                 name: table.clone(),
@@ -643,6 +686,73 @@ fn shared_bridge(
     Ok(())
 }
 
+/// The VXLAN port of a private segment's bridge (`sdx-HASH`).
+pub fn tunnel_name(bridge: &str) -> String {
+    format!("sdx-{}", hex_tag(&["vxlan", bridge], 11))
+}
+
+/// Records, then makes (if missing) the VXLAN port of `bridge`, shared by
+/// the segment's deployments on this host like the bridge. The caller
+/// holds the lease lock.
+fn shared_tunnel(
+    journal: &mut Journal,
+    bridge: &str,
+    leases: &Path,
+    vni: u32,
+    tunnel: &Tunnel,
+) -> Result<(), NetworkError> {
+    let name = tunnel_name(bridge);
+    journal.record(Resource::Tunnel {
+        name: name.clone(),
+        leases: leases.to_path_buf(),
+    })?;
+    if !cmd::link_exists(&name)? {
+        // MTU 1500 as the guests' NICs have: the 50 bytes of VXLAN's own
+        // header may make the outer packet a fragment on a 1500-byte
+        // network (the kernel sets no DF on it), never a dropped frame.
+        cmd::run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &name,
+                "mtu",
+                "1500",
+                "type",
+                "vxlan",
+                "id",
+                &vni.to_string(),
+                "dstport",
+                &VXLAN_PORT.to_string(),
+            ],
+        )?;
+    }
+    for peer in &tunnel.peers {
+        let peer = peer.to_string();
+        let args = [
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            &name,
+            "dst",
+            &peer,
+        ];
+        // Another member of the segment on this host added it already.
+        let ran = cmd::run_raw("bridge", &args, None)?;
+        if !ran.ok && !ran.stderr.contains("File exists") {
+            return Err(NetworkError::Command {
+                command: format!("bridge {}", args.join(" ")),
+                stderr: ran.stderr,
+            });
+        }
+    }
+    cmd::sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1")?;
+    cmd::run("ip", &["link", "set", "dev", &name, "master", bridge])?;
+    cmd::run("ip", &["link", "set", "dev", &name, "up"])?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn lease(
     journal: &mut Journal,
@@ -674,7 +784,7 @@ pub fn undo(resource: &Resource) -> Result<bool, NetworkError> {
         Resource::Tap { name } => {
             cmd::delete_link(name)?;
         }
-        Resource::Bridge { name, leases } => {
+        Resource::Bridge { name, leases } | Resource::Tunnel { name, leases } => {
             let locked = leases::lock(leases)?;
             if locked.is_empty() {
                 cmd::delete_link(name)?;

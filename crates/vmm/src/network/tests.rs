@@ -44,6 +44,7 @@ fn private_nic(segment: &str) -> NicConfig {
         kind: NetworkKind::Private {
             subnet: net("192.168.50.0/24"),
             segment: segment.into(),
+            tunnel: None,
         },
         ip: None,
         host_end: HostEnd::Tap { user: 65534 },
@@ -421,6 +422,65 @@ fn private_segments_get_bridges_of_their_own_with_no_address_and_no_forwarding()
     undo_all(&b);
     assert!(!links().contains("sdp-"), "{}", links());
     assert!(!tables().contains("sd-"), "{}", tables());
+}
+
+#[test]
+fn a_segment_over_hosts_gets_one_vxlan_port_flooding_to_each_peer_until_its_last_lease() {
+    in_fresh_netns();
+    let state = tempfile::tempdir().unwrap();
+    let tunnel = Tunnel {
+        key: "slurm-7/pool-fig".into(),
+        peers: vec![Ipv4Addr::new(10, 215, 0, 12), Ipv4Addr::new(10, 215, 0, 13)],
+    };
+    let over_hosts = |segment: &str| {
+        let mut nic = private_nic(segment);
+        if let NetworkKind::Private { tunnel: t, .. } = &mut nic.kind {
+            *t = Some(tunnel.clone());
+        }
+        nic
+    };
+    let mut a = Journal::create(state.path(), "pool-fig-a").unwrap();
+    let mut b = Journal::create(state.path(), "pool-fig-b").unwrap();
+    let na = attach(&mut a, state.path(), 0, &over_hosts("pool-fig")).unwrap();
+    let nb = attach(&mut b, state.path(), 0, &over_hosts("pool-fig")).unwrap();
+    assert_eq!(na.bridge, nb.bridge);
+    let port = tunnel_name(&na.bridge);
+    let details = cmd::run("ip", &["-d", "-o", "link", "show", "dev", &port]).unwrap();
+    let vni = tunnel.vni("private");
+    assert!(
+        details.contains(&format!("vxlan id {vni} "))
+            && details.contains(&format!("dstport {VXLAN_PORT}"))
+            && details.contains(&format!("master {}", na.bridge))
+            && details.contains("mtu 1500"),
+        "{details}"
+    );
+    let fdb = cmd::run("bridge", &["fdb", "show", "dev", &port]).unwrap();
+    for peer in &tunnel.peers {
+        let entries = fdb
+            .lines()
+            .filter(|l| l.starts_with("00:00:00:00:00:00") && l.contains(&format!("dst {peer} ")))
+            .count();
+        assert_eq!(
+            entries, 1,
+            "one flood entry per peer, not one per member: {fdb}"
+        );
+    }
+    // Another pool's segment, or another network of this one: another VNI.
+    assert_ne!(vni, tunnel.vni("private2"));
+    let other = Tunnel {
+        key: "slurm-8/pool-fig".into(),
+        ..tunnel.clone()
+    };
+    assert_ne!(vni, other.vni("private"));
+    undo_all(&a);
+    assert!(
+        links().contains(&port),
+        "b still holds a lease: {}",
+        links()
+    );
+    undo_all(&b);
+    assert!(!links().contains("sdx-"), "{}", links());
+    assert!(!links().contains("sdp-"), "{}", links());
 }
 
 #[test]
