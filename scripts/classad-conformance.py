@@ -35,14 +35,10 @@ def reference(text):
     # A JDL file may be a bare list of attributes; gLite reads it as a record.
     if not text.lstrip().startswith("["):
         text = "[" + text + "]"
-    # The library keeps parser state across calls: a refusal can follow a
-    # previous bad input, so a refusal is confirmed once.
-    for attempt in (1, 2):
-        try:
-            return classad2.ClassAd(text), None
-        except Exception as e:  # the library raises several types
-            error = f"{type(e).__name__}: {e}"
-    return None, error
+    try:
+        return classad2.ClassAd(text), None
+    except Exception as e:  # the library raises several types
+        return None, f"{type(e).__name__}: {e}"
 
 
 def py_value(v):
