@@ -47,6 +47,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a request against this site's policy, as the prolog would for
+    /// you: print the environment it resolves to (image, kernel, memory,
+    /// vCPUs, disk, networks), or why it is refused (exit status 2). Boots
+    /// nothing, creates nothing.
+    Check {
+        /// A JDL file, or a catalogue image with networks (`busybox:nat`).
+        request: String,
+        /// The VO to act for, when the JDL names none (or for an image).
+        #[arg(long)]
+        vo: Option<String>,
+        /// Print one JSON object: {"admitted": true, "environment": ...} or
+        /// {"admitted": false, "error": ...}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a JDL job in its own VM: prolog, job, epilog in one process.
     ///
     /// The job's stdout and stderr arrive here, byte for byte and separate;
@@ -239,6 +254,7 @@ fn main() -> ExitCode {
                     output_dir,
                     id,
                 } => run(&site, &jdl, &output_dir, id),
+                Command::Check { request, vo, json } => check(&site, &request, vo.as_deref(), json),
                 Command::Cleanup { id, all } => cleanup(&site, id, all),
                 Command::Status { name: None } => status(&site),
                 Command::Status { name: Some(name) } => pool_status(&site, &name),
@@ -268,6 +284,27 @@ fn main() -> ExitCode {
                 Command::CheckConfig { .. } | Command::Describe { .. } => unreachable!(),
             }
         }
+    }
+}
+
+fn check(site: &SiteConfig, request: &str, vo: Option<&str>, json: bool) -> ExitCode {
+    let result = smartdomains::check::check(site, request, vo);
+    if json {
+        let answer = match &result {
+            Ok(env) => serde_json::json!({"admitted": true, "environment": env}),
+            Err(e) => serde_json::json!({"admitted": false, "error": e.to_string()}),
+        };
+        println!("{answer}");
+    }
+    match result {
+        Ok(env) => {
+            if !json {
+                print!("{}", smartdomains::check::describe(&env));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(_) if json => ExitCode::from(EXIT_REFUSED),
+        Err(e) => fail(EXIT_REFUSED, &e.to_string()),
     }
 }
 

@@ -149,10 +149,13 @@ pub enum Expr {
         op: UnaryOp,
         operand: Box<Expr>,
     },
-    Binary {
-        op: BinaryOp,
-        lhs: Box<Expr>,
-        rhs: Box<Expr>,
+    /// `first op1 e1 op2 e2 ...`: operators of one precedence level,
+    /// applied left to right. Flat, so a generated `Requirements` with
+    /// thousands of `||` is one level deep: dropping, printing and
+    /// comparing a tree recurse, one stack frame per level.
+    Chain {
+        first: Box<Expr>,
+        rest: Vec<(BinaryOp, Expr)>,
     },
     /// `cond ? then : otherwise`
     Conditional {
@@ -216,7 +219,9 @@ impl Expr {
     fn precedence(&self) -> u8 {
         match self {
             Expr::Conditional { .. } => CONDITIONAL_PREC,
-            Expr::Binary { op, .. } => op.precedence(),
+            Expr::Chain { rest, .. } => {
+                rest.first().map_or(POSTFIX_PREC, |(op, _)| op.precedence())
+            }
             Expr::Unary { .. } => UNARY_PREC,
             // A negative number prints with its sign, like a unary minus.
             Expr::Literal(Value::Integer(n)) if *n < 0 => UNARY_PREC,
@@ -254,18 +259,21 @@ impl fmt::Display for Expr {
             Expr::AttrRef {
                 scope: Some(scope),
                 name,
-            } => write!(f, "{scope}.{name}"),
-            Expr::AttrRef { scope: None, name } => f.write_str(name),
+            } => write!(f, "{scope}.{}", Name(name)),
+            Expr::AttrRef { scope: None, name } => write!(f, "{}", Name(name)),
             Expr::Unary { op, operand } => {
                 f.write_str(op.symbol())?;
                 operand.fmt_operand(f, UNARY_PREC)
             }
-            Expr::Binary { op, lhs, rhs } => {
-                let prec = op.precedence();
-                lhs.fmt_operand(f, prec)?;
-                write!(f, " {} ", op.symbol())?;
-                // Left-associative: an equal-precedence right operand needs parentheses.
-                rhs.fmt_operand(f, prec + 1)
+            Expr::Chain { first, rest } => {
+                let prec = self.precedence();
+                first.fmt_operand(f, prec)?;
+                for (op, operand) in rest {
+                    write!(f, " {} ", op.symbol())?;
+                    // Left-associative: an equal-precedence right operand needs parentheses.
+                    operand.fmt_operand(f, prec + 1)?;
+                }
+                Ok(())
             }
             Expr::Conditional {
                 cond,
@@ -286,7 +294,7 @@ impl fmt::Display for Expr {
             }
             Expr::Select { base, attr } => {
                 base.fmt_operand(f, POSTFIX_PREC)?;
-                write!(f, ".{attr}")
+                write!(f, ".{}", Name(attr))
             }
             Expr::Subscript { base, index } => {
                 base.fmt_operand(f, POSTFIX_PREC)?;
@@ -296,23 +304,50 @@ impl fmt::Display for Expr {
     }
 }
 
+/// An attribute name as source text: `'weird name'` when it is not an
+/// identifier (or is a keyword).
+struct Name<'a>(&'a str);
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = self
+            .0
+            .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && self
+                .0
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !super::lexer::is_keyword(self.0);
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write_quoted(f, self.0, '\'')
+        }
+    }
+}
+
+/// `text` between `quote`s, escaped so the lexer reads it back.
+fn write_quoted(f: &mut fmt::Formatter<'_>, text: &str, quote: char) -> fmt::Result {
+    write!(f, "{quote}")?;
+    for c in text.chars() {
+        match c {
+            '\\' => f.write_str("\\\\")?,
+            '\n' => f.write_str("\\n")?,
+            '\t' => f.write_str("\\t")?,
+            '\r' => f.write_str("\\r")?,
+            c if c == quote => write!(f, "\\{c}")?,
+            // Other control characters as octal, which any ClassAd reads.
+            c if c.is_ascii_control() => write!(f, "\\{:03o}", c as u32)?,
+            c => write!(f, "{c}")?,
+        }
+    }
+    write!(f, "{quote}")
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Value::String(s) => {
-                f.write_str("\"")?;
-                for c in s.chars() {
-                    match c {
-                        '"' => f.write_str("\\\"")?,
-                        '\\' => f.write_str("\\\\")?,
-                        '\n' => f.write_str("\\n")?,
-                        '\t' => f.write_str("\\t")?,
-                        '\r' => f.write_str("\\r")?,
-                        c => write!(f, "{c}")?,
-                    }
-                }
-                f.write_str("\"")
-            }
+            Value::String(s) => write_quoted(f, s, '"'),
             Value::Integer(n) => write!(f, "{n}"),
             // Debug always has a '.' or an exponent, so the text stays a real.
             Value::Real(r) => write!(f, "{r:?}"),
@@ -382,14 +417,14 @@ impl fmt::Display for ClassAd {
         if f.alternate() {
             f.write_str("[\n")?;
             for a in &self.attributes {
-                writeln!(f, "    {} = {};", a.name, a.value.node)?;
+                writeln!(f, "    {} = {};", Name(&a.name), a.value.node)?;
             }
             f.write_str("]")
         } else {
             f.write_str("[")?;
             for (i, a) in self.attributes.iter().enumerate() {
                 let sep = if i == 0 { "" } else { "; " };
-                write!(f, "{sep}{} = {}", a.name, a.value.node)?;
+                write!(f, "{sep}{} = {}", Name(&a.name), a.value.node)?;
             }
             f.write_str("]")
         }

@@ -20,7 +20,11 @@ pub(crate) enum Tok {
     /// An identifier or a keyword (keywords are case-insensitive, so the
     /// parser recognises them rather than the lexer).
     Ident(String),
-    Int(i64),
+    /// `'weird name'`: an attribute name that is not an identifier.
+    QuotedName(String),
+    /// The magnitude: `-9223372036854775808` is a minus and 2^63, which
+    /// only the parser (seeing the minus) can accept.
+    Int(u64),
     Real(f64),
     Str(String),
     LBracket,
@@ -100,7 +104,12 @@ impl Tok {
             Tok::Percent => "%",
             Tok::Bang => "!",
             Tok::Tilde => "~",
-            Tok::Ident(_) | Tok::Int(_) | Tok::Real(_) | Tok::Str(_) | Tok::Eof => "",
+            Tok::Ident(_)
+            | Tok::QuotedName(_)
+            | Tok::Int(_)
+            | Tok::Real(_)
+            | Tok::Str(_)
+            | Tok::Eof => "",
         }
     }
 }
@@ -111,6 +120,7 @@ impl fmt::Display for Tok {
         match self {
             Tok::Ident(word) if is_keyword(word) => write!(f, "keyword '{word}'"),
             Tok::Ident(word) => write!(f, "identifier '{word}'"),
+            Tok::QuotedName(name) => write!(f, "quoted name {name:?}"),
             Tok::Int(n) => write!(f, "integer {n}"),
             Tok::Real(r) => write!(f, "real {r:?}"),
             Tok::Str(s) => write!(f, "string {s:?}"),
@@ -163,7 +173,9 @@ impl<'a> Lexer<'a> {
         };
         let tok = match c {
             '"' => self.string()?,
+            '\'' => self.quoted_name()?,
             '0'..='9' => self.number()?,
+            '.' if self.peek(1).is_some_and(|c| c.is_ascii_digit()) => self.number()?,
             c if c.is_ascii_alphabetic() || c == '_' => Tok::Ident(self.take_while(is_ident_char)),
             _ => self.punct(span)?,
         };
@@ -206,7 +218,7 @@ impl<'a> Lexer<'a> {
     fn skip_trivia(&mut self) -> Result<(), JdlError> {
         loop {
             match (self.peek(0), self.peek(1)) {
-                (Some(c), _) if c.is_whitespace() => {
+                (Some(c), _) if is_space(c) => {
                     self.bump();
                 }
                 (Some('#'), _) | (Some('/'), Some('/')) => {
@@ -238,54 +250,136 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// A double-quoted string. Strings end on their line: a missing quote is
-    /// reported where the string starts, not at some later quote.
+    /// A double-quoted string, with C's escapes. Like ClassAd, a string
+    /// may span lines, and literals separated only by white space are one
+    /// string (`"ab" "cd"` is `"abcd"`), which lets long values be split.
     fn string(&mut self) -> Result<Tok, JdlError> {
         let start = self.here();
-        self.bump();
-        let mut value = String::new();
+        let mut bytes = vec![];
         loop {
-            let escape_at = self.here();
+            self.quoted('"', start, &mut bytes)?;
+            let rest = &self.src[self.pos..];
+            if !rest.trim_start_matches(is_space).starts_with('"') {
+                break;
+            }
+            while self.peek(0).is_some_and(is_space) {
+                self.bump();
+            }
+        }
+        self.utf8(start, bytes).map(Tok::Str)
+    }
+
+    /// `'weird name'`: ClassAd's quoted attribute name, same escapes.
+    fn quoted_name(&mut self) -> Result<Tok, JdlError> {
+        let start = self.here();
+        let mut bytes = vec![];
+        self.quoted('\'', start, &mut bytes)?;
+        if bytes.is_empty() {
+            return Err(self.error(start, "empty quoted attribute name ''"));
+        }
+        self.utf8(start, bytes).map(Tok::QuotedName)
+    }
+
+    /// Octal escapes can spell any byte, so the text is checked at the end.
+    fn utf8(&self, start: Span, bytes: Vec<u8>) -> Result<String, JdlError> {
+        String::from_utf8(bytes)
+            .map_err(|_| self.error(start, "string is not UTF-8 (after its octal escapes)"))
+    }
+
+    /// From an opening `quote` to its closing one, appending the text.
+    fn quoted(&mut self, quote: char, start: Span, out: &mut Vec<u8>) -> Result<(), JdlError> {
+        self.bump();
+        let mut buf = [0; 4];
+        loop {
+            let at = self.here();
             match self.bump() {
-                Some('"') => return Ok(Tok::Str(value)),
-                Some('\\') => match self.bump() {
-                    Some('"') => value.push('"'),
-                    Some('\\') => value.push('\\'),
-                    Some('n') => value.push('\n'),
-                    Some('t') => value.push('\t'),
-                    Some('r') => value.push('\r'),
-                    Some('\n') => return Err(self.unterminated(start, "end of line")),
-                    None => return Err(self.unterminated(start, "end of input")),
-                    Some(other) => {
-                        return Err(self.error(
-                            escape_at,
-                            format!(
-                                "unknown escape sequence '\\{other}' in string \
-                                 (known: \\\" \\\\ \\n \\t \\r)"
-                            ),
-                        ));
-                    }
-                },
-                Some('\n') => return Err(self.unterminated(start, "end of line")),
-                None => return Err(self.unterminated(start, "end of input")),
-                Some(c) => value.push(c),
+                None => return Err(self.unterminated(start, quote)),
+                Some(c) if c == quote => return Ok(()),
+                // The C++ library reads C strings: a NUL would cut the text.
+                Some('\0') => return Err(self.error(at, "NUL character in string")),
+                Some('\\') => out.push(self.escape(at, start, quote)?),
+                Some(c) => out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
             }
         }
     }
 
-    fn unterminated(&self, start: Span, before: &str) -> JdlError {
+    /// The byte a backslash sequence stands for (an octal escape is a byte,
+    /// not a character: `\303\251` is é).
+    fn escape(&mut self, at: Span, start: Span, quote: char) -> Result<u8, JdlError> {
+        let c = match self.bump() {
+            None => return Err(self.unterminated(start, quote)),
+            Some(c) => c,
+        };
+        Ok(match c {
+            '"' => b'"',
+            '\'' => b'\'',
+            '\\' => b'\\',
+            '?' => b'?',
+            'a' => 0x07,
+            'b' => 0x08,
+            'f' => 0x0c,
+            'n' => b'\n',
+            'r' => b'\r',
+            't' => b'\t',
+            'v' => 0x0b,
+            // Up to three digits from 0-3, two from 4-7: one byte, as in C.
+            '0'..='7' => {
+                let max = if c <= '3' { 3 } else { 2 };
+                let mut value = c.to_digit(8).unwrap_or_default();
+                for _ in 1..max {
+                    match self.peek(0).and_then(|d| d.to_digit(8)) {
+                        Some(d) => {
+                            value = value * 8 + d;
+                            self.bump();
+                        }
+                        None => break,
+                    }
+                }
+                if value == 0 {
+                    return Err(self.error(at, "NUL character in string"));
+                }
+                value as u8 // at most 0o377
+            }
+            other => {
+                // ClassAd drops the backslash; a `C:\data` path is more often
+                // a mistake than a wish for `C:data`.
+                return Err(self.error(
+                    at,
+                    format!(
+                        "unknown escape sequence '\\{other}' in string \
+                         (known: \\\" \\' \\\\ \\? \\a \\b \\f \\n \\r \\t \\v \\NNN)"
+                    ),
+                ));
+            }
+        })
+    }
+
+    fn unterminated(&self, start: Span, quote: char) -> JdlError {
+        let what = if quote == '"' {
+            "string"
+        } else {
+            "quoted name"
+        };
         self.error(
             start,
-            format!("unterminated string: no closing '\"' before {before}"),
+            format!("unterminated {what}: no closing {quote:?} before end of input"),
         )
     }
 
-    /// A decimal integer or a real (`1.5`, `2e3`, `1.5E-3`).
+    /// A decimal integer or a real (`1.5`, `.5`, `2e3`, `1.5E-3`).
     fn number(&mut self) -> Result<Tok, JdlError> {
         let start = self.here();
         let mut text = self.take_while(|c| c.is_ascii_digit());
         let mut real = false;
-        if self.peek(0) == Some('.') && self.peek(1).is_some_and(|c| c.is_ascii_digit()) {
+        if self.peek(0) == Some('.') {
+            // ClassAd refuses `1.`, `1.e5` and `1.x`: a '.' after digits
+            // starts a fraction, never a selection.
+            if !self.peek(1).is_some_and(|c| c.is_ascii_digit()) {
+                return Err(self.error(
+                    start,
+                    format!("invalid number '{text}.': a digit must follow the '.'"),
+                ));
+            }
             real = true;
             text.push('.');
             self.bump();
@@ -315,10 +409,21 @@ impl<'a> Lexer<'a> {
                 Ok(r) if r.is_finite() => Ok(Tok::Real(r)),
                 _ => Err(self.error(start, format!("real {text} is out of range"))),
             }
+        } else if text.len() > 1 && text.starts_with('0') {
+            Err(self.error(
+                start,
+                format!(
+                    "integer {text} has a leading zero (ClassAd would read it as octal); \
+                     write it without"
+                ),
+            ))
         } else {
-            text.parse::<i64>()
+            // Up to 2^63, the magnitude of i64::MIN; the parser checks the sign.
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= 1 << 63)
                 .map(Tok::Int)
-                .map_err(|_| self.error(start, format!("integer {text} is out of range")))
+                .ok_or_else(|| self.error(start, format!("integer {text} is out of range")))
         }
     }
 
@@ -362,11 +467,11 @@ impl<'a> Lexer<'a> {
             ('*', _, _) => (Tok::Star, 1),
             ('/', _, _) => (Tok::Slash, 1),
             ('%', _, _) => (Tok::Percent, 1),
-            ('\'', _, _) => {
+            (other, _, _) if other.is_whitespace() => {
                 return Err(self.error(
                     span,
-                    "unexpected single quote (strings are written in double quotes)",
-                ));
+                    format!("unexpected character {other:?} (only ASCII white space separates tokens, as in ClassAd)"),
+                ))
             }
             (other, _, _) => {
                 return Err(self.error(span, format!("unexpected character {other:?}")))
@@ -377,6 +482,11 @@ impl<'a> Lexer<'a> {
         }
         Ok(tok)
     }
+}
+
+/// ClassAd's white space (C's `isspace`): no Unicode spaces.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
 fn is_ident_char(c: char) -> bool {
@@ -445,10 +555,12 @@ mod tests {
     #[test]
     fn strings_and_escapes() {
         assert_eq!(
-            toks(r#""plain" "a\"b\\c\nd\te\rf" """#),
+            toks(r#""plain" , "a\"b\\c\nd\te\rf" , """#),
             vec![
                 Tok::Str("plain".into()),
+                Tok::Comma,
                 Tok::Str("a\"b\\c\nd\te\rf".into()),
+                Tok::Comma,
                 Tok::Str(String::new())
             ]
         );
@@ -456,25 +568,79 @@ mod tests {
             toks("\"héllo wörld\""),
             vec![Tok::Str("héllo wörld".into())]
         );
+        // C's other escapes, as ClassAd reads them.
+        assert_eq!(
+            toks(r#""\b\f\'\?\a\v""#),
+            vec![Tok::Str("\x08\x0c'?\x07\x0b".into())]
+        );
+    }
+
+    #[test]
+    fn octal_escapes_are_bytes() {
+        assert_eq!(toks(r#""\101\1012""#), vec![Tok::Str("AA2".into())]);
+        // Three digits only from 0-3: `\400` is `\40` then '0'.
+        assert_eq!(toks(r#""\400\777\7a""#), vec![Tok::Str(" 0?7\x07a".into())]);
+        assert_eq!(toks(r#""\303\251""#), vec![Tok::Str("é".into())]);
+        assert_eq!(
+            lex_error(r#"a = "\377";"#),
+            "t.jdl:1:5: string is not UTF-8 (after its octal escapes)"
+        );
+        assert_eq!(
+            lex_error(r#"a = "x\0";"#),
+            "t.jdl:1:7: NUL character in string"
+        );
+        assert_eq!(
+            lex_error("a = \"x\0\";"),
+            "t.jdl:1:7: NUL character in string"
+        );
+    }
+
+    #[test]
+    fn strings_span_lines_and_adjacent_ones_join() {
+        assert_eq!(
+            toks("\"a\n b\" x"),
+            vec![Tok::Str("a\n b".into()), Tok::Ident("x".into())]
+        );
+        assert_eq!(
+            toks("\"ab\" \"cd\"\n\t\"ef\""),
+            vec![Tok::Str("abcdef".into())]
+        );
+        // Only white space joins them (ClassAd refuses a comment between).
+        assert_eq!(
+            toks("\"ab\" /**/ \"cd\""),
+            vec![Tok::Str("ab".into()), Tok::Str("cd".into())]
+        );
+    }
+
+    #[test]
+    fn quoted_names() {
+        assert_eq!(
+            toks(r"'weird name' 'it\'s' 'true'"),
+            ["weird name", "it's", "true"].map(|w| Tok::QuotedName(w.into()))
+        );
+        assert_eq!(
+            lex_error("a = '';"),
+            "t.jdl:1:5: empty quoted attribute name ''"
+        );
+        assert_eq!(
+            lex_error("a = 'x;"),
+            "t.jdl:1:5: unterminated quoted name: no closing '\\'' before end of input"
+        );
     }
 
     #[test]
     fn unknown_escape_is_reported_at_the_backslash() {
         assert_eq!(
             lex_error(r#"a = "x\qy";"#),
-            r#"t.jdl:1:7: unknown escape sequence '\q' in string (known: \" \\ \n \t \r)"#
+            r#"t.jdl:1:7: unknown escape sequence '\q' in string (known: \" \' \\ \? \a \b \f \n \r \t \v \NNN)"#
         );
     }
 
     #[test]
     fn unterminated_string_is_reported_at_its_start() {
         assert_eq!(
-            lex_error("a = 1;\n  b = \"abc;\n c = \"d\";"),
-            "t.jdl:2:7: unterminated string: no closing '\"' before end of line"
-        );
-        assert_eq!(
-            lex_error("b = \"abc"),
-            "t.jdl:1:5: unterminated string: no closing '\"' before end of input"
+            lex_error("a = 1;\n  b = \"abc;\n c = 1;"),
+            "t.jdl:2:7: unterminated string: no closing '\"' before end of input"
         );
         assert_eq!(
             lex_error("b = \"abc\\"),
@@ -485,30 +651,33 @@ mod tests {
     #[test]
     fn numbers() {
         assert_eq!(
-            toks("0 42 007 1.5 2e3 1.5E-3 4e+2"),
+            toks("0 42 1.5 .5 2e3 1.5E-3 4e+2 0.25"),
             vec![
                 Tok::Int(0),
                 Tok::Int(42),
-                Tok::Int(7),
                 Tok::Real(1.5),
+                Tok::Real(0.5),
                 Tok::Real(2000.0),
                 Tok::Real(0.0015),
-                Tok::Real(400.0)
+                Tok::Real(400.0),
+                Tok::Real(0.25)
             ]
         );
-        // A dot not followed by a digit is a selection, not a fraction.
+        assert_eq!(toks("9223372036854775807"), vec![Tok::Int(i64::MAX as u64)]);
+        // i64::MIN's magnitude; the parser accepts it only after a minus.
+        assert_eq!(toks("9223372036854775808"), vec![Tok::Int(1 << 63)]);
+        // Separated by a space, a dot after an integer is a selection.
         assert_eq!(
-            toks("1.x"),
+            toks("1 .x"),
             vec![Tok::Int(1), Tok::Dot, Tok::Ident("x".into())]
         );
-        assert_eq!(toks("9223372036854775807"), vec![Tok::Int(i64::MAX)]);
     }
 
     #[test]
     fn bad_numbers() {
         assert_eq!(
-            lex_error("a = 9223372036854775808;"),
-            "t.jdl:1:5: integer 9223372036854775808 is out of range"
+            lex_error("a = 9223372036854775809;"),
+            "t.jdl:1:5: integer 9223372036854775809 is out of range"
         );
         assert_eq!(
             lex_error("a = 1e999;"),
@@ -516,6 +685,19 @@ mod tests {
         );
         assert_eq!(lex_error("a = 12abc;"), "t.jdl:1:5: invalid number '12abc'");
         assert_eq!(lex_error("a = 2e;"), "t.jdl:1:5: invalid number '2e'");
+        for src in ["1.e5", "1.x", "5."] {
+            assert_eq!(
+                lex_error(&format!("a = {src};")),
+                format!(
+                    "t.jdl:1:5: invalid number '{}.': a digit must follow the '.'",
+                    &src[..1]
+                )
+            );
+        }
+        assert_eq!(
+            lex_error("a = 010;"),
+            "t.jdl:1:5: integer 010 has a leading zero (ClassAd would read it as octal); write it without"
+        );
     }
 
     #[test]
@@ -561,9 +743,19 @@ mod tests {
     #[test]
     fn unexpected_characters() {
         assert_eq!(lex_error("a = @;"), "t.jdl:1:5: unexpected character '@'");
+        for space in ['\u{a0}', '\u{3000}', '\u{2028}'] {
+            assert_eq!(
+                lex_error(&format!("a ={space}1;")),
+                format!(
+                    "t.jdl:1:4: unexpected character {space:?} \
+                     (only ASCII white space separates tokens, as in ClassAd)"
+                )
+            );
+        }
+        // C's vertical tab and form feed are white space.
         assert_eq!(
-            lex_error("a = 'x';"),
-            "t.jdl:1:5: unexpected single quote (strings are written in double quotes)"
+            toks("a\x0b=\x0c1"),
+            vec![Tok::Ident("a".into()), Tok::Assign, Tok::Int(1)]
         );
     }
 

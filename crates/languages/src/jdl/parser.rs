@@ -1,5 +1,9 @@
 //! The recursive-descent parser of JDL text into the syntax tree of
 //! [`super::ast`].
+//!
+//! Recursion happens only at nesting (parentheses, lists, records,
+//! arguments, subscripts, `?:` branches), bounded by `MAX_NESTING`; a run
+//! of binary operators is read in a loop into one flat `Expr::Chain`.
 
 use super::ast::*;
 use super::error::{spanned, JdlError, Span, Spanned};
@@ -12,9 +16,14 @@ use std::path::Path;
 const MAX_NESTING: u32 = 32;
 
 /// How tall an expression tree may grow. Dropping, printing, comparing and
-/// serializing a tree recurse; a chain like `a || b || c ...` is one level
-/// per operator, so this allows long chains but not unbounded ones.
+/// serializing a tree recurse. A run of binary operators of one level is a
+/// single node, so this bounds prefix operators, selections, subscripts and
+/// alternating precedence levels, not long `||` chains.
 const MAX_HEIGHT: u32 = 200;
+
+/// Operators in one flat chain. Generated `Requirements` listing every CE
+/// of a grid run to a few thousand `||`; this leaves room for ten times that.
+const MAX_CHAIN: usize = 50_000;
 
 /// The operator a token stands for (the parser's reading of it).
 trait FromTok: Sized {
@@ -72,6 +81,10 @@ pub fn parse_str(src: &str, file: &Path) -> Result<ClassAd, JdlError> {
     let mut parser = Parser::new(src, file)?;
     if parser.tok.tok == Tok::LBracket {
         let (ad, _) = parser.class_ad()?;
+        // ClassAd allows `;` after the record (a WMS test JDL ends so).
+        while parser.tok.tok == Tok::Semi {
+            parser.advance()?;
+        }
         if parser.tok.tok != Tok::Eof {
             return Err(parser.unexpected("end of input after ']'"));
         }
@@ -97,6 +110,9 @@ struct Parser<'a> {
     tok: Token,
     /// Current recursion depth through `expr()`, bounded by `MAX_NESTING`.
     depth: u32,
+    /// Where the token just consumed started, if it was a string over
+    /// several lines: then a later error is most likely a missing '"'.
+    multiline_string: Option<Span>,
 }
 
 impl<'a> Parser<'a> {
@@ -107,13 +123,19 @@ impl<'a> Parser<'a> {
             lexer,
             tok,
             depth: 0,
+            multiline_string: None,
         })
     }
 
     /// Consumes the current token and returns it.
     fn advance(&mut self) -> Result<Token, JdlError> {
         let next = self.lexer.next_token()?;
-        Ok(std::mem::replace(&mut self.tok, next))
+        let token = std::mem::replace(&mut self.tok, next);
+        self.multiline_string = match &token.tok {
+            Tok::Str(text) if text.contains('\n') => Some(token.span),
+            _ => None,
+        };
+        Ok(token)
     }
 
     fn error(&self, span: Span, message: impl Into<String>) -> JdlError {
@@ -122,9 +144,13 @@ impl<'a> Parser<'a> {
 
     /// "expected X, found <current token>", at the current token.
     fn unexpected(&self, expected: &str) -> JdlError {
+        let hint = match self.multiline_string {
+            Some(at) => format!(" (the string at {at} runs over a line end: is a '\"' missing?)"),
+            None => String::new(),
+        };
         self.error(
             self.tok.span,
-            format!("expected {expected}, found {}", self.tok.tok),
+            format!("expected {expected}, found {}{hint}", self.tok.tok),
         )
     }
 
@@ -136,10 +162,13 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// An identifier that is not a keyword (attribute and field names).
+    /// An identifier that is not a keyword, or a `'quoted name'`
+    /// (attribute and field names).
     fn name(&mut self, expected: &str) -> Result<(String, Span), JdlError> {
         match &self.tok.tok {
-            Tok::Ident(word) if !is_keyword(word) => {
+            Tok::Ident(word) | Tok::QuotedName(word)
+                if matches!(self.tok.tok, Tok::QuotedName(_)) || !is_keyword(word) =>
+            {
                 let word = word.clone();
                 Ok((word, self.advance()?.span))
             }
@@ -194,6 +223,11 @@ impl<'a> Parser<'a> {
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
         let mut height = 0;
         while self.tok.tok != end {
+            // Empty statements (`;;`) are allowed, as in ClassAd.
+            if self.tok.tok == Tok::Semi {
+                self.advance()?;
+                continue;
+            }
             if let (Tok::Eof, Some(open)) = (&self.tok.tok, open) {
                 return Err(self.unexpected(&format!("']' to close '[' at {open}")));
             }
@@ -251,6 +285,14 @@ impl<'a> Parser<'a> {
             return Ok(cond);
         }
         let question = self.advance()?;
+        if self.tok.tok == Tok::Colon {
+            return Err(self.error(
+                question.span,
+                "'?:' (HTCondor's newer \"elvis\" operator) is not JDL, which the WMS \
+                 and CREAM read with the older ClassAd library; write \
+                 'a isnt undefined ? a : b'",
+            ));
+        }
         let then = self.expr()?;
         self.expect(Tok::Colon, "':' of conditional expression")?;
         let otherwise = self.expr()?;
@@ -264,24 +306,40 @@ impl<'a> Parser<'a> {
     }
 
     /// Binary operators binding at least as tightly as `min_prec`, by
-    /// precedence climbing.
+    /// precedence climbing: each level's run of operators is one flat chain,
+    /// so recursion goes one call per precedence level, not per operator.
     fn binary(&mut self, min_prec: u8) -> Result<Built, JdlError> {
         let mut lhs = self.unary()?;
-        while let Some(op) = BinaryOp::from_tok(&self.tok.tok) {
-            if op.precedence() < min_prec {
+        while let Some(prec) = self.binary_op().map(BinaryOp::precedence) {
+            if prec < min_prec {
                 break;
             }
-            let op_span = self.advance()?.span;
-            let rhs = self.binary(op.precedence() + 1)?;
-            let heights = [lhs.height, rhs.height];
-            let expr = Expr::Binary {
-                op,
-                lhs: Box::new(lhs.expr),
-                rhs: Box::new(rhs.expr),
+            let span = self.tok.span;
+            let mut height = lhs.height;
+            let mut rest = vec![];
+            while let Some(op) = self.binary_op().filter(|op| op.precedence() == prec) {
+                if rest.len() == MAX_CHAIN {
+                    return Err(self.error(
+                        self.tok.span,
+                        format!("expression too long (more than {MAX_CHAIN} operators in a row)"),
+                    ));
+                }
+                self.advance()?;
+                let rhs = self.binary(prec + 1)?;
+                height = height.max(rhs.height);
+                rest.push((op, rhs.expr));
+            }
+            let expr = Expr::Chain {
+                first: Box::new(lhs.expr),
+                rest,
             };
-            lhs = self.build(op_span, expr, &heights)?;
+            lhs = self.build(span, expr, &[height])?;
         }
         Ok(lhs)
+    }
+
+    fn binary_op(&self) -> Option<BinaryOp> {
+        BinaryOp::from_tok(&self.tok.tok)
     }
 
     /// Prefix operators, collected in a loop so `!!!!x` does not recurse.
@@ -292,7 +350,29 @@ impl<'a> Parser<'a> {
         while let Some(op) = UnaryOp::from_tok(&self.tok.tok) {
             ops.push((op, self.advance()?.span));
         }
-        let mut operand = self.postfix()?;
+        // `-9223372036854775808`: the one integer whose magnitude is no i64.
+        if let (Some((UnaryOp::Neg, _)), Tok::Int(n)) = (ops.last(), &self.tok.tok) {
+            if *n == 1 << 63 {
+                ops.pop();
+                self.advance()?;
+                let literal = Built {
+                    expr: Expr::Literal(Value::Integer(i64::MIN)),
+                    height: 1,
+                };
+                let operand = self.postfix_of(literal)?;
+                return self.apply_prefix(ops, operand);
+            }
+        }
+        let operand = self.postfix()?;
+        self.apply_prefix(ops, operand)
+    }
+
+    /// Wraps prefix operators (collected in reading order) around `operand`.
+    fn apply_prefix(
+        &self,
+        ops: Vec<(UnaryOp, Span)>,
+        mut operand: Built,
+    ) -> Result<Built, JdlError> {
         for (op, span) in ops.into_iter().rev() {
             operand = match (op, operand.expr) {
                 (UnaryOp::Plus, literal @ Expr::Literal(Value::Integer(_) | Value::Real(_))) => {
@@ -301,13 +381,10 @@ impl<'a> Parser<'a> {
                         height: operand.height,
                     }
                 }
-                (UnaryOp::Neg, Expr::Literal(Value::Integer(n))) => {
-                    // Literals stay within ±i64::MAX, so negating cannot overflow.
-                    Built {
-                        expr: Expr::Literal(Value::Integer(-n)),
-                        height: operand.height,
-                    }
-                }
+                (UnaryOp::Neg, Expr::Literal(Value::Integer(n))) if n != i64::MIN => Built {
+                    expr: Expr::Literal(Value::Integer(-n)),
+                    height: operand.height,
+                },
                 (UnaryOp::Neg, Expr::Literal(Value::Real(r))) => Built {
                     expr: Expr::Literal(Value::Real(-r)),
                     height: operand.height,
@@ -327,7 +404,11 @@ impl<'a> Parser<'a> {
 
     /// Selections `a.b` and subscripts `a[i]` after a primary.
     fn postfix(&mut self) -> Result<Built, JdlError> {
-        let mut base = self.primary()?;
+        let base = self.primary()?;
+        self.postfix_of(base)
+    }
+
+    fn postfix_of(&mut self, mut base: Built) -> Result<Built, JdlError> {
         loop {
             match self.tok.tok {
                 Tok::Dot => {
@@ -385,9 +466,11 @@ impl<'a> Parser<'a> {
         };
         match &self.tok.tok {
             Tok::Int(n) => {
-                let value = Value::Integer(*n);
+                let Ok(n) = i64::try_from(*n) else {
+                    return Err(self.error(span, format!("integer {n} is out of range")));
+                };
                 self.advance()?;
-                literal(value)
+                literal(Value::Integer(n))
             }
             Tok::Real(r) => {
                 let value = Value::Real(*r);
@@ -409,6 +492,18 @@ impl<'a> Parser<'a> {
                 };
                 self.advance()?;
                 literal(value)
+            }
+            Tok::Dot => Err(self.error(
+                span,
+                "'.name' (HTCondor's newer reference to the outermost record) is not JDL, \
+                 which the WMS and CREAM read with the older ClassAd library; write the name alone",
+            )),
+            Tok::QuotedName(_) => {
+                let (name, _) = self.name("a name")?;
+                Ok(Built {
+                    expr: Expr::AttrRef { scope: None, name },
+                    height: 1,
+                })
             }
             Tok::Ident(_) => {
                 let (name, _) = self.name("a name")?;
@@ -526,9 +621,10 @@ mod tests {
             }
             Expr::Record(ad) => ad.to_string(),
             Expr::Unary { op, operand } => format!("({} {})", op.symbol(), tree(operand)),
-            Expr::Binary { op, lhs, rhs } => {
-                format!("({} {} {})", op.symbol(), tree(lhs), tree(rhs))
-            }
+            // Folded left, as the chain means: `(- (- a b) c)`.
+            Expr::Chain { first, rest } => rest.iter().fold(tree(first), |lhs, (op, rhs)| {
+                format!("({} {lhs} {})", op.symbol(), tree(rhs))
+            }),
             Expr::Conditional {
                 cond,
                 then,
@@ -915,29 +1011,140 @@ mod tests {
     #[test]
     fn long_operator_chains_are_bounded() {
         let n = 100_000;
-        let cases = [
+        for src in [
             format!("x = {}a", "!".repeat(n)),
-            format!("x = 1{}", " + 1".repeat(n)),
             format!("x = a{}", ".b".repeat(n)),
             format!("x = a{}", "[0]".repeat(n)),
-        ];
-        for src in &cases {
-            let error = parse_str(src, Path::new("t.jdl")).unwrap_err();
+        ] {
+            let error = parse_str(&src, Path::new("t.jdl")).unwrap_err();
             assert_eq!(
                 error.message,
                 "expression too complex (more than 200 levels of operators)"
             );
         }
+        let error =
+            parse_str(&format!("x = 1{}", " + 1".repeat(n)), Path::new("t.jdl")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "t.jdl:1:{}: expression too long (more than 50000 operators in a row)",
+                5 + 1 + 50_000 * 4 + 1
+            )
+        );
         // `- - ... 1` folds into one literal.
         assert_eq!(
             expr(&format!("{}1", "- ".repeat(n))),
             Expr::Literal(Value::Integer(1))
         );
-        // The longest chain allowed can be printed, serialized and compared.
-        let ad = parse(&format!("x = a{}", " || a".repeat(199)));
-        assert_eq!(ad.to_string().len(), "[x = a]".len() + 199 * " || a".len());
+    }
+
+    /// A generated Requirements over every CE of a grid: thousands of `||`
+    /// of `&&` terms, one flat chain, printed, serialized and compared.
+    #[test]
+    fn long_generated_requirements() {
+        let term = |i| {
+            format!("(other.GlueCEUniqueID == \"ce{i}.example.org:8443/cream-pbs-atlas\" && other.GlueCEStateFreeCPUs > {i})")
+        };
+        let src = format!(
+            "x = {}",
+            (0..5000).map(term).collect::<Vec<_>>().join(" || ")
+        );
+        let ad = parse(&src);
+        let Expr::Chain { rest, .. } = &ad.get("x").unwrap().node else {
+            panic!("not a chain")
+        };
+        assert_eq!(rest.len(), 4999);
+        assert!(rest.iter().all(|(op, _)| *op == BinaryOp::Or));
+        let printed = ad.to_string();
+        assert!(parse(&printed).to_string() == printed);
         assert!(serde_saphyr::to_string(&ad).is_ok());
-        assert_eq!(ad.clone(), ad);
+        // Mixed operators of one level stay one chain, applied left to right.
+        let sum = format!("x = 1{}", " + 2 - 1".repeat(20_000));
+        assert_eq!(grouping("a - b + c"), "(+ (- a b) c)");
+        assert!(
+            matches!(&parse(&sum).get("x").unwrap().node, Expr::Chain { rest, .. } if rest.len() == 40_000)
+        );
+    }
+
+    #[test]
+    fn classad_forms_we_accept() {
+        // Empty statements and a `;` after the record.
+        assert_eq!(parse("[ ; a = 1;; b = 2; ; ];").len(), 2);
+        assert_eq!(parse("[ a = 1 ];;").len(), 1);
+        assert_eq!(parse(";; a = 1;;").len(), 1);
+        // Quoted attribute names, as names and as references; printed back quoted.
+        let ad = parse("[ 'weird name' = 1; 'true' = 2; b = 'weird name' + other.'x y' ]");
+        assert_eq!(
+            ad.get("WEIRD NAME").unwrap().node,
+            Expr::Literal(Value::Integer(1))
+        );
+        assert_eq!(
+            ad.get("true").unwrap().node,
+            Expr::Literal(Value::Integer(2))
+        );
+        assert_eq!(
+            ad.to_string(),
+            "['weird name' = 1; 'true' = 2; b = 'weird name' + other.'x y']"
+        );
+        assert_eq!(parse(&ad.to_string()).to_string(), ad.to_string());
+        // i64::MIN, a leading-dot real, joined and multi-line strings.
+        assert_eq!(
+            expr("-9223372036854775808"),
+            Expr::Literal(Value::Integer(i64::MIN))
+        );
+        assert_eq!(
+            expr("- 9223372036854775808"),
+            Expr::Literal(Value::Integer(i64::MIN))
+        );
+        assert_eq!(
+            grouping("- -9223372036854775808"),
+            "(- -9223372036854775808)"
+        );
+        assert_eq!(expr(".5"), Expr::Literal(Value::Real(0.5)));
+        assert_eq!(
+            expr("\"ab\" \"cd\""),
+            Expr::Literal(Value::String("abcd".into()))
+        );
+        assert_eq!(
+            expr("\"other.X > 1 &&\n  other.Y < 2\""),
+            Expr::Literal(Value::String("other.X > 1 &&\n  other.Y < 2".into()))
+        );
+        assert_eq!(
+            expr("\"\\b\\f\\101\""),
+            Expr::Literal(Value::String("\x08\x0cA".into()))
+        );
+        // Control characters print as octal and read back.
+        let control = expr("\"\\a\\b\\v\"");
+        assert_eq!(control.to_string(), "\"\\007\\010\\013\"");
+        assert_eq!(expr(&control.to_string()), control);
+    }
+
+    #[test]
+    fn classad_forms_we_refuse() {
+        assert_eq!(
+            parse_error("x = 9223372036854775808"),
+            "t.jdl:1:5: integer 9223372036854775808 is out of range"
+        );
+        assert_eq!(
+            parse_error("x = a ?: b"),
+            "t.jdl:1:7: '?:' (HTCondor's newer \"elvis\" operator) is not JDL, which the WMS \
+             and CREAM read with the older ClassAd library; write 'a isnt undefined ? a : b'"
+        );
+        assert_eq!(
+            parse_error("x = .a"),
+            "t.jdl:1:5: '.name' (HTCondor's newer reference to the outermost record) is not JDL, \
+             which the WMS and CREAM read with the older ClassAd library; write the name alone"
+        );
+        assert_eq!(
+            parse_error("[ a = 1 ]; b = 2"),
+            "t.jdl:1:12: expected end of input after ']', found identifier 'b'"
+        );
+        // A missing '"' swallows a line; the error says so.
+        assert_eq!(
+            parse_error("[\n  a = \"x;\n  b = \"y\";\n]"),
+            "t.jdl:3:8: expected ';' or ']' after attribute value, found identifier 'y' \
+             (the string at 2:7 runs over a line end: is a '\"' missing?)"
+        );
     }
 
     #[test]
