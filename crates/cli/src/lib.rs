@@ -6,3 +6,4 @@ pub mod exec;
 pub mod job;
 pub mod pool;
 pub mod progress;
+pub mod settings;

@@ -87,6 +87,11 @@ pub struct DeploymentDetails {
     /// with the same pid is not the owner. None in older journals.
     #[serde(default)]
     pub owner_start_time: Option<u64>,
+    /// The save-after-use flag as changed while the domain ran (`sd set
+    /// NAME save=...`, the console API): the teardown does what this says,
+    /// not what the request said. None: unchanged since admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save: Option<sd_policy::live::SaveSetting>,
 }
 
 /// The journal format this build writes and reads. A change that would
@@ -272,6 +277,36 @@ impl Journal {
         self.persist()
     }
 
+    /// Records a live change of the save flag in deployment `id`'s journal
+    /// (written by another process than the one that deployed it: the
+    /// deployer's own copy in memory is not what the teardown reads, see
+    /// [`Journal::current_save`]).
+    pub fn set_save(
+        state_dir: &Path,
+        id: &str,
+        setting: sd_policy::live::SaveSetting,
+    ) -> Result<(), JournalError> {
+        let mut journal = Journal::open(state_dir, id)?.ok_or_else(|| JournalError::Io {
+            path: journal_path(state_dir, id),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        journal.data.details.save = Some(setting);
+        journal.persist()
+    }
+
+    /// The save flag as it is now on disk: a live change (`set_save`) by
+    /// another process, else this journal's own.
+    pub fn current_save(&self) -> Option<sd_policy::live::SaveSetting> {
+        let on_disk = Journal::open_path(&self.path)
+            .ok()
+            .and_then(|d| d.details.save);
+        on_disk.or_else(|| self.data.details.save.clone())
+    }
+
+    fn open_path(path: &Path) -> Result<JournalData, ()> {
+        serde_json::from_slice(&fs::read(path).map_err(drop)?).map_err(drop)
+    }
+
     /// Resources in the order they must be undone.
     pub fn undo_order(&self) -> impl Iterator<Item = &Resource> {
         self.data.resources.iter().rev()
@@ -301,7 +336,15 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
+        // A live change of the save flag, made by another process since this
+        // journal was read, is kept.
+        let mut data = self.data.clone();
+        if data.details.save.is_none() {
+            data.details.save = Journal::open_path(&self.path)
+                .ok()
+                .and_then(|d| d.details.save);
+        }
+        let text = serde_json::to_vec_pretty(&data).expect("journal serialises");
         // The deployment's user reads it (sd-exec finds its agent there) but
         // may not change it: root undoes what it lists.
         let readers = match self.data.details.uid.filter(|&u| u != 0) {

@@ -79,7 +79,10 @@ mod starting;
 mod status;
 mod stopping;
 
-pub use liveness::{read_liveness, Beat, Liveness, LivenessReport};
+pub use liveness::{
+    read_liveness, read_liveness_overrides, write_liveness_overrides, Beat, Liveness,
+    LivenessOverrides, LivenessReport,
+};
 pub use monitor::{monitor_alive, run_monitor, spawn_monitor};
 pub use record::{
     final_record_path, list, load, load_final, monitor_log_path, now_unix_ms, pools_dir,
