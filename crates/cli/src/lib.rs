@@ -2,6 +2,7 @@
 //! pools (`pool`: `sd start`, `sd terminate`, after SmartFrog). The
 //! crates below it are in the README's "Architecture".
 
+pub mod console;
 pub mod exec;
 pub mod job;
 pub mod pool;

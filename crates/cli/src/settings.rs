@@ -32,7 +32,7 @@ pub const MAX_LIVENESS_FACTOR: u32 = 100;
 const BALLOON_WAIT: Duration = Duration::from_secs(20);
 
 /// The changes asked for; None: unchanged.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Changes {
     /// New memory target, MiB (at most the memory at boot).
@@ -54,7 +54,7 @@ impl Changes {
 }
 
 /// What changed in one deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Applied {
     pub id: String,
     /// The memory target set, MiB.
@@ -304,6 +304,8 @@ pub fn apply(
         if let Some(mib) = changes.memory_mib {
             a.memory_actual_mib = set_memory(site, t, mib)?;
             a.memory_target_mib = Some(mib);
+            Journal::set_memory_target(&site.state_dir, &t.id, mib)
+                .map_err(|e| SettingsError::Site(e.to_string()))?;
         }
         if let Some(pool_name) = &t.pool {
             if changes.liveness_secs.is_some() || changes.liveness_factor.is_some() {

@@ -92,6 +92,9 @@ pub struct DeploymentDetails {
     /// not what the request said. None: unchanged since admission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub save: Option<sd_policy::live::SaveSetting>,
+    /// The memory target last set while it ran (`sd set NAME memory=`), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_target_mib: Option<u64>,
 }
 
 /// The journal format this build writes and reads. A change that would
@@ -286,11 +289,24 @@ impl Journal {
         id: &str,
         setting: sd_policy::live::SaveSetting,
     ) -> Result<(), JournalError> {
+        Journal::set_live(state_dir, id, |d| d.save = Some(setting))
+    }
+
+    /// Records the memory target set while the domain runs.
+    pub fn set_memory_target(state_dir: &Path, id: &str, mib: u64) -> Result<(), JournalError> {
+        Journal::set_live(state_dir, id, |d| d.memory_target_mib = Some(mib))
+    }
+
+    fn set_live(
+        state_dir: &Path,
+        id: &str,
+        f: impl FnOnce(&mut DeploymentDetails),
+    ) -> Result<(), JournalError> {
         let mut journal = Journal::open(state_dir, id)?.ok_or_else(|| JournalError::Io {
             path: journal_path(state_dir, id),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
-        journal.data.details.save = Some(setting);
+        f(&mut journal.data.details);
         journal.persist()
     }
 
@@ -339,10 +355,12 @@ impl Journal {
         // A live change of the save flag, made by another process since this
         // journal was read, is kept.
         let mut data = self.data.clone();
-        if data.details.save.is_none() {
-            data.details.save = Journal::open_path(&self.path)
-                .ok()
-                .and_then(|d| d.details.save);
+        if data.details.save.is_none() || data.details.memory_target_mib.is_none() {
+            if let Ok(on_disk) = Journal::open_path(&self.path) {
+                let d = &mut data.details;
+                d.save = d.save.take().or(on_disk.details.save);
+                d.memory_target_mib = d.memory_target_mib.or(on_disk.details.memory_target_mib);
+            }
         }
         let text = serde_json::to_vec_pretty(&data).expect("journal serialises");
         // The deployment's user reads it (sd-exec finds its agent there) but
