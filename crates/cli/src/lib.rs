@@ -3,7 +3,9 @@
 //! crates below it are in the README's "Architecture".
 
 pub mod check;
+pub mod console;
 pub mod exec;
 pub mod job;
 pub mod pool;
 pub mod progress;
+pub mod settings;

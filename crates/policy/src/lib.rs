@@ -10,6 +10,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod live;
+
 use sd_host::owner::Owner;
 use sd_request::{EnvironmentRequest, NetworkRequest};
 use sd_site::{

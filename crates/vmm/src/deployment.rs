@@ -177,6 +177,17 @@ pub fn domain_running(site: &SiteConfig, backend: Option<&str>, id: &str) -> boo
         .is_ok_and(|d| d.is_some_and(|d| d.is_running()))
 }
 
+/// The running domain of deployment `id` (its journal names the backend),
+/// for live changes (`sd set`): None if it does not run.
+pub fn running_domain(
+    site: &SiteConfig,
+    backend: Option<&str>,
+    id: &str,
+) -> Result<Option<Arc<dyn Domain>>, DeployError> {
+    let backend = backend_for(site, backend)?;
+    Ok(find_domain(site, backend.as_ref(), id)?.filter(|d| d.is_running()))
+}
+
 /// Name of the hypervisor domain of deployment `id`.
 pub fn domain_name(site: &SiteConfig, id: &str) -> String {
     // Ids are unique within one state directory; the hypervisor's names are
@@ -395,9 +406,26 @@ fn save_if_wanted(
     job_succeeded: bool,
 ) -> SaveOutcome {
     let env = journal.details().environment.as_ref()?;
-    if !env.save_image {
+    // A live change (`sd set NAME save=...`) is in the journal on disk.
+    let live = journal.current_save();
+    let save_image = live.as_ref().map_or(env.save_image, |s| s.save_image);
+    if !save_image {
+        if live.is_some() && env.save_image {
+            tracing::info!(
+                "{}: not saved (save=false was set while it ran)",
+                journal.id()
+            );
+        }
         return None;
     }
+    let mut env = env.clone();
+    if let Some(live) = live {
+        env.save_image = true;
+        if live.save_as.is_some() {
+            env.save_as = live.save_as;
+        }
+    }
+    let env = &env;
     if env.save_only_on_success && !job_succeeded {
         tracing::info!("the job failed: its disk is not saved (save_images: on_success)");
         return None;

@@ -94,6 +94,14 @@ pub struct DeploymentDetails {
     /// allocation): that job's epilog on this node cleans it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job: Option<String>,
+    /// The save-after-use flag as changed while the domain ran (`sd set
+    /// NAME save=...`, the console API): the teardown does what this says,
+    /// not what the request said. None: unchanged since admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save: Option<sd_policy::live::SaveSetting>,
+    /// The memory target last set while it ran (`sd set NAME memory=`), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_target_mib: Option<u64>,
 }
 
 /// The journal format this build writes and reads. A change that would
@@ -279,6 +287,49 @@ impl Journal {
         self.persist()
     }
 
+    /// Records a live change of the save flag in deployment `id`'s journal
+    /// (written by another process than the one that deployed it: the
+    /// deployer's own copy in memory is not what the teardown reads, see
+    /// [`Journal::current_save`]).
+    pub fn set_save(
+        state_dir: &Path,
+        id: &str,
+        setting: sd_policy::live::SaveSetting,
+    ) -> Result<(), JournalError> {
+        Journal::set_live(state_dir, id, |d| d.save = Some(setting))
+    }
+
+    /// Records the memory target set while the domain runs.
+    pub fn set_memory_target(state_dir: &Path, id: &str, mib: u64) -> Result<(), JournalError> {
+        Journal::set_live(state_dir, id, |d| d.memory_target_mib = Some(mib))
+    }
+
+    fn set_live(
+        state_dir: &Path,
+        id: &str,
+        f: impl FnOnce(&mut DeploymentDetails),
+    ) -> Result<(), JournalError> {
+        let mut journal = Journal::open(state_dir, id)?.ok_or_else(|| JournalError::Io {
+            path: journal_path(state_dir, id),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        f(&mut journal.data.details);
+        journal.persist()
+    }
+
+    /// The save flag as it is now on disk: a live change (`set_save`) by
+    /// another process, else this journal's own.
+    pub fn current_save(&self) -> Option<sd_policy::live::SaveSetting> {
+        let on_disk = Journal::open_path(&self.path)
+            .ok()
+            .and_then(|d| d.details.save);
+        on_disk.or_else(|| self.data.details.save.clone())
+    }
+
+    fn open_path(path: &Path) -> Result<JournalData, ()> {
+        serde_json::from_slice(&fs::read(path).map_err(drop)?).map_err(drop)
+    }
+
     /// Resources in the order they must be undone.
     pub fn undo_order(&self) -> impl Iterator<Item = &Resource> {
         self.data.resources.iter().rev()
@@ -308,7 +359,17 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
+        // A live change of the save flag, made by another process since this
+        // journal was read, is kept.
+        let mut data = self.data.clone();
+        if data.details.save.is_none() || data.details.memory_target_mib.is_none() {
+            if let Ok(on_disk) = Journal::open_path(&self.path) {
+                let d = &mut data.details;
+                d.save = d.save.take().or(on_disk.details.save);
+                d.memory_target_mib = d.memory_target_mib.or(on_disk.details.memory_target_mib);
+            }
+        }
+        let text = serde_json::to_vec_pretty(&data).expect("journal serialises");
         // The deployment's user reads it (sd-exec finds its agent there) but
         // may not change it: root undoes what it lists.
         let readers = match self.data.details.uid.filter(|&u| u != 0) {

@@ -189,6 +189,37 @@ tar c data | sd exec farm/worker1 -- tar x -C /tmp")]
         #[arg(short, long)]
         follow: bool,
     },
+    /// Change a running domain, or every member of a pool, without a restart.
+    ///
+    /// memory=MiB sets the guest's memory (its balloon), within the VO's
+    /// limit and at most what it booted with; liveness=SECONDS[,factor=N]
+    /// how often the pool's monitor beats a member and how many beats it may
+    /// miss; save=true|false (and save_as=NAME) whether its teardown keeps
+    /// the disk as a new image. Only the domain's owner and root may.
+    #[command(after_help = "Examples:\n  sd set farm/worker1 memory=256\n  \
+sd set farm liveness=2,factor=3\n  sd set run-42 save=true save_as=my-image")]
+    Set {
+        /// A deployment id, POOL/MEMBER, or POOL (every member).
+        name: String,
+        /// SETTING=VALUE, one or more.
+        #[arg(required = true, value_name = "SETTING=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Serve the console API (root): deployments and pools, live, and their
+    /// settings to change, over HTTP with an OpenAPI document at
+    /// /api/openapi.json. `sd console NAME` is a domain's serial console;
+    /// this is the node's management console.
+    ///
+    /// Each user has a token (made for every user with a deployment here);
+    /// `sd serve --token` prints the URL with one's own.
+    Serve {
+        /// Address to listen on (localhost unless told otherwise).
+        #[arg(long, default_value = smartdomains::console::DEFAULT_LISTEN)]
+        listen: String,
+        /// Print the URL with one's own token, and exit.
+        #[arg(long)]
+        token: bool,
+    },
     /// List the image catalogue and the saved images of the store.
     ///
     /// A job saves its disk as a new image with `SaveImage = true;` (and
@@ -277,6 +308,8 @@ fn main() -> ExitCode {
                 },
                 Command::Exec { name, cwd, command } => exec(&site, &name, &cwd, command),
                 Command::Console { name, follow } => console(&site, &name, follow),
+                Command::Set { name, settings } => set(&site, &name, &settings),
+                Command::Serve { listen, token } => serve(site, &listen, token),
                 Command::Images { action: None } => images(&site),
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
@@ -555,6 +588,94 @@ fn console(site: &SiteConfig, name: &str, follow: bool) -> ExitCode {
     match smartdomains::exec::console(site, name, follow, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+    }
+}
+
+fn serve(site: SiteConfig, listen: &str, token: bool) -> ExitCode {
+    use smartdomains::console;
+    if token {
+        return match console::token_url(&site, listen, nix::unistd::getuid().as_raw()) {
+            Ok(url) => {
+                println!("{url}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_REFUSED, &e.to_string()),
+        };
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return fail(
+            EXIT_REFUSED,
+            "sd serve runs as root (it acts for every user of the node); as a user, `sd serve --token` prints your URL",
+        );
+    }
+    match console::serve(site, listen) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+    }
+}
+
+fn set(site: &SiteConfig, name: &str, settings: &[String]) -> ExitCode {
+    use sd_site::Blame;
+    use smartdomains::settings;
+    let refuse = |e: settings::SettingsError| {
+        let code = match e.fault() {
+            sd_site::Fault::User => EXIT_REFUSED,
+            sd_site::Fault::Site => EXIT_SITE_FAULT,
+        };
+        fail(code, &e.to_string())
+    };
+    let changes = match settings::parse_assignments(settings) {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
+    };
+    let caller = nix::unistd::getuid().as_raw();
+    if !nix::unistd::geteuid().is_root() {
+        // The journal and the hypervisor's control socket are root's: a user
+        // changes their domains through the console API, which runs as root.
+        let target = name.split('/').next().unwrap_or(name);
+        let whose = smartdomains::exec::resolve(site, name)
+            .and_then(|id| smartdomains::exec::owned(site, &id, caller).map(drop));
+        if let Err(e) = whose.or_else(|e| {
+            if name.contains('/') {
+                Err(e)
+            } else {
+                smartdomains::exec::owned(site, target, caller).map(drop)
+            }
+        }) {
+            return fail(e.exit_code() as u8, &e.to_string());
+        }
+        return fail(
+            EXIT_REFUSED,
+            "sd set changes root's files (the journal, the hypervisor's control socket): \
+             run it as root, or change your domains through the console API \
+             (`sd serve --token` prints your URL)",
+        );
+    }
+    match settings::apply(site, name, caller, &changes) {
+        Ok(applied) => {
+            for a in applied {
+                let mut said = vec![];
+                if let Some(t) = a.memory_target_mib {
+                    said.push(match a.memory_actual_mib {
+                        Some(actual) => format!("memory target {t} MiB, guest has {actual} MiB"),
+                        None => format!("memory target {t} MiB (the guest does not report)"),
+                    });
+                }
+                if let (Some(s), Some(f)) = (a.liveness_secs, a.liveness_factor) {
+                    said.push(format!("liveness every {s} s, dead after {f} missed"));
+                }
+                if let Some(save) = a.save {
+                    said.push(match (save, &a.save_as) {
+                        (true, Some(n)) => format!("saved as {n} at teardown"),
+                        (true, None) => "saved at teardown".into(),
+                        (false, _) => "not saved at teardown".into(),
+                    });
+                }
+                println!("{}: {}", a.id, said.join("; "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => refuse(e),
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use super::record::pools_dir;
 
 /// `sfLivenessDelay` / `sfLivenessFactor` of the pool holding a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Liveness {
     /// Seconds between beats.
     pub delay_secs: u64,
@@ -80,4 +80,33 @@ pub(super) fn write_liveness(site: &SiteConfig, name: &str, report: &LivenessRep
     if let Err(e) = atomic_file::write(&path, &text) {
         tracing::warn!("{}: {e}", path.display());
     }
+}
+
+/// Live changes of the members' liveness (`sd set POOL[/MEMBER]
+/// liveness=SECONDS[,factor=N]`), `STATE_DIR/pools/NAME.liveness-settings`:
+/// member id to its new delay and factor. The monitor rereads it every
+/// second and beats at the new rate without a restart.
+pub type LivenessOverrides = std::collections::BTreeMap<String, Liveness>;
+
+fn overrides_path(site: &SiteConfig, name: &str) -> PathBuf {
+    pools_dir(site).join(format!("{name}.liveness-settings"))
+}
+
+/// The live changes of pool `name`'s liveness (empty: none). A file that
+/// is not there or is corrupt is none: the members keep their own.
+pub fn read_liveness_overrides(site: &SiteConfig, name: &str) -> LivenessOverrides {
+    fs::read(overrides_path(site, name))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Replaces pool `name`'s live liveness changes (atomically).
+pub fn write_liveness_overrides(
+    site: &SiteConfig,
+    name: &str,
+    overrides: &LivenessOverrides,
+) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(overrides).expect("liveness settings serialise");
+    atomic_file::write(&overrides_path(site, name), &text)
 }

@@ -83,7 +83,10 @@ mod status;
 mod stopping;
 
 pub use allocation::{job_running, Allocation, Node};
-pub use liveness::{read_liveness, Beat, Liveness, LivenessReport};
+pub use liveness::{
+    read_liveness, read_liveness_overrides, write_liveness_overrides, Beat, Liveness,
+    LivenessOverrides, LivenessReport,
+};
 pub use monitor::{monitor_alive, run_monitor, spawn_monitor};
 pub use node_member::{clean_step, run_step, MemberPlan, Report};
 pub use record::{

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use sd_site::SiteConfig;
 use sd_vmm::deployment;
 use sd_vmm::guest_link::GuestLink;
 
-use super::liveness::{write_liveness, Beat, LivenessReport};
+use super::liveness::{read_liveness_overrides, write_liveness, Beat, LivenessReport};
 use super::node_member::StepWatch;
 use super::record::{load, monitor_log_path, now_unix_ms, save, MemberRecord, PoolRecord};
 use super::stopping::stop;
@@ -148,29 +148,36 @@ pub(super) fn beat(
     })
 }
 
-/// Beats member `i` every `delay` until `stop`: through its agent here,
-/// or, for a member on a node, by what its job step reports.
+/// Beats member `i` every `delay_ms` (read before each wait: a live change
+/// takes effect at once, counted from the last beat) until `stop`: through
+/// its agent here, or, for a member on a node, by what its job step reports.
 pub(super) fn beat_member(
     site: &SiteConfig,
     i: usize,
     member: &MemberRecord,
-    delay: Duration,
+    delay_ms: &AtomicU64,
     stop: &AtomicBool,
     events: &mpsc::Sender<Event>,
 ) {
-    let timeout = delay.clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let delay = || Duration::from_millis(delay_ms.load(Ordering::Relaxed));
     let id = member.id.as_str();
     let mut on_node = member.node.as_ref().and_then(|_| StepWatch::new(member));
     let mut link = None;
-    let mut next = Instant::now();
+    // When the last beat was due (None: the first is due at once).
+    let mut last: Option<Instant> = None;
     loop {
-        while Instant::now() < next {
+        let due = loop {
+            let due = last.map_or_else(Instant::now, |l| l + delay());
+            let now = Instant::now();
+            if now >= due {
+                break due;
+            }
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
-        }
-        next += delay;
+            std::thread::sleep(Duration::from_millis(50).min(due - now));
+        };
+        let timeout = delay().clamp(Duration::from_secs(1), Duration::from_secs(30));
         let result = match &mut on_node {
             Some(step) => step.beat(),
             None => beat(site, id, &mut link, timeout),
@@ -178,8 +185,13 @@ pub(super) fn beat_member(
         if stop.load(Ordering::Relaxed) || events.send(Event::Beat(i, result)).is_err() {
             return;
         }
-        // After a slow beat, the next one is due a whole delay later.
-        next = next.max(Instant::now());
+        // After a slow beat, the next one is due at once.
+        let now = Instant::now();
+        last = Some(if now > due + delay() {
+            now - delay()
+        } else {
+            due
+        });
     }
 }
 
@@ -241,6 +253,8 @@ pub(super) struct Watch {
     members: Vec<MemberRecord>,
     /// `beats[i]` is `members[i]`'s.
     beats: Vec<Beat>,
+    /// `delays[i]` is `members[i]`'s delay in ms, read by its beating thread.
+    delays: Vec<Arc<AtomicU64>>,
     quit: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -269,23 +283,57 @@ impl Watch {
             .collect();
         let quit = Arc::new(AtomicBool::new(false));
         let site_shared = Arc::new(site.clone());
+        let delays: Vec<Arc<AtomicU64>> = members
+            .iter()
+            .map(|m| Arc::new(AtomicU64::new(m.liveness().delay_secs * 1000)))
+            .collect();
         let threads = members
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let (site, quit, events) = (site_shared.clone(), quit.clone(), events.clone());
                 let member = m.clone();
-                let delay = Duration::from_secs(m.liveness().delay_secs);
-                std::thread::spawn(move || beat_member(&site, i, &member, delay, &quit, &events))
+                let delay = delays[i].clone();
+                std::thread::spawn(move || beat_member(&site, i, &member, &delay, &quit, &events))
             })
             .collect();
-        Watch {
+        let mut watch = Watch {
             me: std::process::id(),
             members,
             beats,
+            delays,
             quit,
             threads,
+        };
+        watch.take_live_settings(site, &record.name);
+        watch
+    }
+
+    /// Takes the live changes of the members' liveness (`sd set ...
+    /// liveness=`); true if one changed.
+    fn take_live_settings(&mut self, site: &SiteConfig, name: &str) -> bool {
+        let overrides = read_liveness_overrides(site, name);
+        let mut changed = false;
+        for (i, b) in self.beats.iter_mut().enumerate() {
+            let Some(l) = overrides.get(&b.id) else {
+                continue;
+            };
+            if (l.delay_secs, l.factor) != (b.delay_secs, b.factor) {
+                tracing::info!(
+                    "pool {name}: {} now beaten every {} s, dead after {} missed (was {} s, {})",
+                    b.id,
+                    l.delay_secs,
+                    l.factor,
+                    b.delay_secs,
+                    b.factor
+                );
+                b.delay_secs = l.delay_secs;
+                b.factor = l.factor;
+                self.delays[i].store(l.delay_secs * 1000, Ordering::Relaxed);
+                changed = true;
+            }
         }
+        changed
     }
 
     fn log_start(&self, name: &str) {
@@ -326,9 +374,17 @@ impl Watch {
     ) -> Result<Option<usize>, PoolError> {
         self.write_report(site, name);
         let mut written = Instant::now();
+        let mut settings_read = Instant::now();
         let mut dirty = false;
         loop {
             let mut urgent = false;
+            if settings_read.elapsed() >= Duration::from_secs(1) {
+                settings_read = Instant::now();
+                if self.take_live_settings(site, name) {
+                    urgent = true;
+                    dirty = true;
+                }
+            }
             match incoming.recv_timeout(Duration::from_millis(500)) {
                 Ok(Event::Stop(signal)) => {
                     tracing::info!(
@@ -343,7 +399,7 @@ impl Watch {
                     return Ok(None);
                 }
                 Ok(Event::Beat(i, result)) => {
-                    urgent = self.note_beat(name, i, result);
+                    urgent |= self.note_beat(name, i, result);
                     dirty = true;
                     let b = &self.beats[i];
                     if b.missed >= b.factor {

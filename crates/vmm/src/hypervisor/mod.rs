@@ -213,6 +213,12 @@ pub trait Domain: Send + Sync {
         Err(self.unsupported("memory target changes"))
     }
 
+    /// The memory the guest has now, as it reports it (QMP query-balloon's
+    /// `actual`), in MiB.
+    fn memory_actual_mib(&self) -> Result<u64, HypervisorError> {
+        Err(self.unsupported("reporting the guest's memory"))
+    }
+
     /// Pauses or resumes every vCPU of the domain.
     fn pause(&self, _paused: bool) -> Result<(), HypervisorError> {
         Err(self.unsupported("pause"))

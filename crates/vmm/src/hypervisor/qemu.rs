@@ -186,6 +186,10 @@ impl Qemu {
                 "virtserialport,chardev=exec,name={}",
                 sd_proto::EXEC_PORT_NAME
             ),
+            // The memory balloon: `sd set NAME memory=MiB` lowers (and
+            // raises again, up to `-m`) what the guest may use.
+            "-device".into(),
+            "virtio-balloon-pci,id=balloon0".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp.display()),
             "-pidfile".into(),
@@ -340,6 +344,58 @@ impl QemuDomain {
     }
 }
 
+impl QemuDomain {
+    /// Its QMP socket, from its own command line (`-qmp unix:PATH,...`): the
+    /// process was found by name among our uids, so this is ours.
+    fn qmp_socket(&self) -> Result<PathBuf, HypervisorError> {
+        let pid = *self.processes().first().ok_or_else(|| {
+            HypervisorError::Control(format!("domain {} is not running", self.name))
+        })?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.windows(2)
+            .find(|w| w[0] == b"-qmp")
+            .and_then(|w| {
+                let text = std::str::from_utf8(w[1]).ok()?;
+                let path = text.strip_prefix("unix:")?.split(',').next()?;
+                Some(PathBuf::from(path))
+            })
+            .ok_or_else(|| {
+                HypervisorError::Control(format!("domain {} has no QMP socket", self.name))
+            })
+    }
+
+    /// One QMP exchange, bounded: 5 s to connect (QEMU serves one QMP client
+    /// at a time), 10 s per answer.
+    fn qmp<T>(
+        &self,
+        f: impl FnOnce(
+            &mut qapi::Qmp<qapi::Stream<std::io::BufReader<&UnixStream>, &UnixStream>>,
+        ) -> Result<T, qapi::ExecuteError>,
+    ) -> Result<T, HypervisorError> {
+        let path = self.qmp_socket()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(HypervisorError::Control(format!(
+                        "QMP socket {}: {e}",
+                        path.display()
+                    )))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut qmp = qapi::Qmp::from_stream(&stream);
+        let control = |e: qapi::ExecuteError| HypervisorError::Control(e.to_string());
+        qmp.handshake().map_err(control)?;
+        f(&mut qmp).map_err(control)
+    }
+}
+
 impl Domain for QemuDomain {
     fn name(&self) -> &str {
         &self.name
@@ -351,6 +407,17 @@ impl Domain for QemuDomain {
 
     fn is_running(&self) -> bool {
         !self.processes().is_empty()
+    }
+
+    fn set_memory_target(&self, mib: u64) -> Result<(), HypervisorError> {
+        let value = i64::try_from(mib << 20)
+            .map_err(|_| HypervisorError::Control(format!("memory target {mib} MiB too large")))?;
+        self.qmp(|qmp| qmp.execute(&qapi::qmp::balloon { value }).map(drop))
+    }
+
+    fn memory_actual_mib(&self) -> Result<u64, HypervisorError> {
+        let info = self.qmp(|qmp| qmp.execute(&qapi::qmp::query_balloon {}))?;
+        Ok(info.actual.max(0) as u64 >> 20)
     }
 
     fn destroy(&self) -> Result<(), HypervisorError> {

@@ -1,0 +1,563 @@
+//! The console API, `sd serve`: the node's deployments and pools, live, and
+//! their three live settings (memory, liveness, save) to change, over HTTP
+//! with an OpenAPI document (`/api/openapi.json`) and server-sent events
+//! (`/api/events`).
+//!
+//! Run by root. Who asks is the owner of a per-user token,
+//! `STATE_DIR/console/tokens/UID` (mode 0600, that user's): made for every
+//! user who has a deployment here, and for root; `sd serve --token` prints
+//! the URL with one's own. The token comes as `Authorization: Bearer`, or
+//! as `?token=` on the first load, which sets an HttpOnly SameSite=Strict
+//! cookie (a page of another site cannot send it: no CSRF). A user sees and
+//! changes only their own deployments (the journal's uid), root all. It
+//! binds to 127.0.0.1 unless told otherwise. Changes go through
+//! [`crate::settings::apply`], as `sd set`'s do.
+
+use crate::pool;
+use crate::settings::{self, Applied, Changes, SettingsError};
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use sd_site::{Blame, Fault, SiteConfig};
+use sd_vmm::{deployment, status};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::{OpenApi, ToSchema};
+
+/// Where `sd serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8217";
+/// Largest request body taken (a settings change is a few dozen bytes).
+const MAX_BODY: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error(
+        "cannot listen on {addr}: {source} (another `sd serve`? give --listen 127.0.0.1:PORT)"
+    )]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the console's token of uid {uid} ({path}): {source}")]
+    Token {
+        uid: u32,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no console token for uid {uid} yet ({path}): `sd serve` makes one for every user with a deployment here; is it running?")]
+    NoToken { uid: u32, path: PathBuf },
+    #[error("{0}")]
+    Runtime(std::io::Error),
+}
+
+fn tokens_dir(site: &SiteConfig) -> PathBuf {
+    site.state_dir.join("console/tokens")
+}
+
+fn token_path(site: &SiteConfig, uid: u32) -> PathBuf {
+    tokens_dir(site).join(uid.to_string())
+}
+
+/// The token of `uid`, made if it has none (root only: it is chowned).
+pub fn ensure_token(site: &SiteConfig, uid: u32) -> Result<String, ConsoleError> {
+    let path = token_path(site, uid);
+    let err = |source| ConsoleError::Token {
+        uid,
+        path: path.clone(),
+        source,
+    };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    let dir = tokens_dir(site);
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    // Others may reach their own file by name, and list nothing.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(err)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711)).map_err(err)?;
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(err)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(token.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::os::unix::fs::chown(&tmp, Some(uid), None).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(token)
+}
+
+/// One's own token, as the URL to open (`sd serve --token`).
+pub fn token_url(site: &SiteConfig, listen: &str, uid: u32) -> Result<String, ConsoleError> {
+    let path = token_path(site, uid);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(format!("http://{listen}/?token={}", t.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ConsoleError::NoToken { uid, path })
+        }
+        Err(source) => Err(ConsoleError::Token { uid, path, source }),
+    }
+}
+
+/// Makes a token for every user with a deployment here (and root).
+fn tokens_for_owners(site: &SiteConfig) {
+    let mut uids = vec![0];
+    for id in status::list(site).unwrap_or_default() {
+        if let Ok(Some(st)) = status::of(site, &id) {
+            uids.extend(st.uid);
+        }
+    }
+    uids.sort();
+    uids.dedup();
+    for uid in uids {
+        if let Err(e) = ensure_token(site, uid) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Whose `token` it is.
+fn token_owner(site: &SiteConfig, token: &str) -> Option<u32> {
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let entries = std::fs::read_dir(tokens_dir(site)).ok()?;
+    entries.flatten().find_map(|e| {
+        let uid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let known = std::fs::read_to_string(e.path()).ok()?;
+        let known = known.trim().as_bytes();
+        // Constant time in the token's bytes.
+        let same = known.len() == token.len()
+            && known
+                .iter()
+                .zip(token.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then_some(uid)
+    })
+}
+
+/// The caller, as authenticated.
+#[derive(Debug, Clone, Copy)]
+struct Caller(u32);
+
+#[derive(Clone)]
+struct Ctx {
+    site: Arc<SiteConfig>,
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("sd_token=").map(str::to_string))
+}
+
+async fn authenticate(
+    State(ctx): State<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let headers = req.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let from_query = q.get("token").cloned();
+    let token = bearer
+        .or_else(|| cookie_token(headers))
+        .or(from_query.clone());
+    let Some(uid) = token.as_deref().and_then(|t| token_owner(&ctx.site, t)) else {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "no valid console token: open the URL `sd serve --token` prints, or send Authorization: Bearer TOKEN",
+            Fault::User,
+        );
+    };
+    req.extensions_mut().insert(Caller(uid));
+    let mut response = next.run(req).await;
+    if let (Some(t), Some(_)) = (token, from_query) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("sd_token={t}; HttpOnly; SameSite=Strict; Path=/"))
+        {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+/// An error as the API gives it.
+#[derive(Serialize, ToSchema)]
+struct Problem {
+    error: String,
+    /// Whose to fix: `user` or `site`.
+    fault: String,
+}
+
+fn problem(status: StatusCode, error: &str, fault: Fault) -> Response {
+    let fault = match fault {
+        Fault::User => "user",
+        Fault::Site => "site",
+    };
+    (
+        status,
+        Json(Problem {
+            error: error.to_string(),
+            fault: fault.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn settings_problem(e: &SettingsError) -> Response {
+    let status = if e.is_forbidden() {
+        StatusCode::FORBIDDEN
+    } else if e.is_not_found() {
+        StatusCode::NOT_FOUND
+    } else if e.fault() == Fault::User {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    problem(status, &e.to_string(), e.fault())
+}
+
+/// A deployment as the console shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+struct DeploymentView {
+    id: String,
+    uid: Option<u32>,
+    /// `running`, `stopped` or `creating`.
+    state: String,
+    backend: Option<String>,
+    vcpus: Option<u32>,
+    memory_boot_mib: Option<u64>,
+    /// The balloon target last set (None: never changed, i.e. the boot memory).
+    memory_target_mib: Option<u64>,
+    /// What the guest has now (query-balloon), None if not reported.
+    memory_actual_mib: Option<u64>,
+    uptime_secs: u64,
+    /// The pool it is a member of.
+    pool: Option<String>,
+    liveness_secs: Option<u64>,
+    liveness_factor: Option<u32>,
+    last_beat_unix_ms: Option<u64>,
+    missed_beats: Option<u32>,
+    save: bool,
+    save_as: Option<String>,
+    /// `network=address` of each interface (address: assigned by the host side when absent).
+    addresses: Vec<String>,
+}
+
+/// A pool and its members' ids.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+struct PoolView {
+    name: String,
+    kind: String,
+    started_unix_ms: u64,
+    members: Vec<String>,
+    monitor_pid: Option<u32>,
+}
+
+fn view(site: &SiteConfig, id: &str, st: &status::DeploymentStatus) -> DeploymentView {
+    let env = st.environment.as_ref();
+    let domain = deployment::running_domain(site, st.backend.as_deref(), id)
+        .ok()
+        .flatten();
+    let journal = sd_vmm::journal::Journal::open(&site.state_dir, id)
+        .ok()
+        .flatten();
+    let details = journal
+        .as_ref()
+        .map(|j| j.details().clone())
+        .unwrap_or_default();
+    let pool = pool::list(site).into_iter().find(|p| {
+        pool::load(site, p)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.members.iter().any(|m| m.id == id))
+    });
+    let beat = pool
+        .as_deref()
+        .and_then(|p| pool::read_liveness(site, p))
+        .and_then(|r| r.members.into_iter().find(|b| b.id == id));
+    let save = env.map(|e| settings::current_save(site, id, e));
+    DeploymentView {
+        id: id.to_string(),
+        uid: st.uid,
+        state: match (&domain, env) {
+            (Some(_), _) => "running",
+            (None, None) => "creating",
+            (None, Some(_)) => "stopped",
+        }
+        .into(),
+        backend: st.backend.clone(),
+        vcpus: env.map(|e| e.vcpus),
+        memory_boot_mib: env.map(|e| e.memory_mib),
+        memory_target_mib: details.memory_target_mib,
+        memory_actual_mib: domain.and_then(|d| d.memory_actual_mib().ok()),
+        uptime_secs: st.uptime_secs(),
+        pool,
+        liveness_secs: beat.as_ref().map(|b| b.delay_secs),
+        liveness_factor: beat.as_ref().map(|b| b.factor),
+        last_beat_unix_ms: beat.as_ref().and_then(|b| b.last_beat_unix_ms),
+        missed_beats: beat.as_ref().map(|b| b.missed),
+        save: save.as_ref().is_some_and(|s| s.save_image),
+        save_as: save.and_then(|s| s.save_as),
+        addresses: env
+            .map(|e| {
+                e.networks
+                    .iter()
+                    .map(|n| match n.ip {
+                        Some(ip) => format!("{}={ip}", n.network),
+                        None => n.network.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn visible(site: &SiteConfig, caller: u32) -> Vec<DeploymentView> {
+    status::list(site)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| {
+            let st = crate::exec::owned(site, &id, caller).ok()?;
+            Some(view(site, &id, &st))
+        })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a console worker panicked")
+}
+
+#[utoipa::path(get, path = "/api/deployments", responses(
+    (status = 200, body = Vec<DeploymentView>, description = "The caller's deployments (root: all)"),
+    (status = 401, body = Problem)))]
+async fn list_deployments(
+    State(ctx): State<Ctx>,
+    Extension(Caller(uid)): Extension<Caller>,
+) -> Response {
+    blocking(move || {
+        tokens_for_owners(&ctx.site);
+        Json(visible(&ctx.site, uid)).into_response()
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/deployments/{id}",
+    params(("id" = String, Path, description = "A deployment id, as `sd status` lists")),
+    responses((status = 200, body = DeploymentView), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn get_deployment(
+    State(ctx): State<Ctx>,
+    Extension(Caller(uid)): Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    blocking(move || match crate::exec::owned(&ctx.site, &id, uid) {
+        Ok(st) => Json(view(&ctx.site, &id, &st)).into_response(),
+        Err(e) => settings_problem(&SettingsError::Target(e)),
+    })
+    .await
+}
+
+#[utoipa::path(patch, path = "/api/deployments/{id}", request_body = Changes,
+    params(("id" = String, Path, description = "A deployment id")),
+    responses((status = 200, body = Vec<Applied>, description = "What changed"),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 502, body = Problem, description = "The hypervisor failed (the site's fault)")))]
+async fn patch_deployment(
+    State(ctx): State<Ctx>,
+    Extension(Caller(uid)): Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+    Json(changes): Json<Changes>,
+) -> Response {
+    change(ctx, uid, id, changes).await
+}
+
+async fn change(ctx: Ctx, uid: u32, target: String, changes: Changes) -> Response {
+    blocking(
+        move || match settings::apply(&ctx.site, &target, uid, &changes) {
+            Ok(applied) => Json(applied).into_response(),
+            Err(e) => settings_problem(&e),
+        },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/pools", responses(
+    (status = 200, body = Vec<PoolView>, description = "Pools with a member of the caller's"),
+    (status = 401, body = Problem)))]
+async fn list_pools(State(ctx): State<Ctx>, Extension(Caller(uid)): Extension<Caller>) -> Response {
+    blocking(move || {
+        let mine: Vec<String> = visible(&ctx.site, uid).into_iter().map(|d| d.id).collect();
+        let pools: Vec<PoolView> = pool::list(&ctx.site)
+            .into_iter()
+            .filter_map(|p| pool::load(&ctx.site, &p).ok().flatten())
+            .filter(|r| r.members.iter().any(|m| mine.contains(&m.id)))
+            .map(|r| PoolView {
+                name: r.name,
+                kind: r.kind,
+                started_unix_ms: r.started_unix_ms,
+                members: r.members.into_iter().map(|m| m.id).collect(),
+                monitor_pid: r.monitor_pid,
+            })
+            .collect();
+        Json(pools).into_response()
+    })
+    .await
+}
+
+#[utoipa::path(patch, path = "/api/pools/{name}", request_body = Changes,
+    params(("name" = String, Path, description = "A pool: every member not down")),
+    responses((status = 200, body = Vec<Applied>), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem), (status = 502, body = Problem)))]
+async fn patch_pool(
+    State(ctx): State<Ctx>,
+    Extension(Caller(uid)): Extension<Caller>,
+    UrlPath(name): UrlPath<String>,
+    Json(changes): Json<Changes>,
+) -> Response {
+    if name.contains('/') || !pool::valid_name(&name) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no pool {name:?}"),
+            Fault::User,
+        );
+    }
+    change(ctx, uid, name, changes).await
+}
+
+#[utoipa::path(get, path = "/api/events", responses(
+    (status = 200, content_type = "text/event-stream",
+     description = "`deployments` events: the caller's deployments (as GET /api/deployments) whenever they change, checked every second"),
+    (status = 401, body = Problem)))]
+async fn events(
+    State(ctx): State<Ctx>,
+    Extension(Caller(uid)): Extension<Caller>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let stream = futures_util::stream::unfold(None::<String>, move |last| {
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                if last.is_some() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let site = ctx.site.clone();
+                let now = blocking(move || {
+                    serde_json::to_string(&visible(&site, uid)).unwrap_or_default()
+                })
+                .await;
+                if last.as_deref() != Some(now.as_str()) {
+                    let event = Event::default().event("deployments").data(now.clone());
+                    return Some((Ok(event), Some(now)));
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "SmartDomains console API", description = "Deployments and pools of this node, and their live settings."),
+    paths(list_deployments, get_deployment, patch_deployment, list_pools, patch_pool, events),
+    components(schemas(DeploymentView, PoolView, Changes, Applied, Problem)),
+    modifiers(&BearerAuth),
+    security(("token" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served at `/api/openapi.json`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
+
+/// The API's routes for `site`.
+pub fn router(site: SiteConfig) -> Router {
+    let ctx = Ctx {
+        site: Arc::new(site),
+    };
+    let api = Router::new()
+        .route("/api/deployments", get(list_deployments))
+        .route(
+            "/api/deployments/{id}",
+            get(get_deployment).patch(patch_deployment),
+        )
+        .route("/api/pools", get(list_pools))
+        .route("/api/pools/{name}", axum::routing::patch(patch_pool))
+        .route("/api/events", get(events))
+        .layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
+    Router::new()
+        .route(
+            "/api/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+/// `sd serve --listen ADDR`: serves until killed.
+pub fn serve(site: SiteConfig, listen: &str) -> Result<(), ConsoleError> {
+    tokens_for_owners(&site);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(ConsoleError::Runtime)?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ConsoleError::Listen {
+                addr: listen.to_string(),
+                source,
+            })?;
+        tracing::info!("console API on http://{listen}/api/openapi.json");
+        axum::serve(listener, router(site))
+            .await
+            .map_err(ConsoleError::Runtime)
+    })
+}

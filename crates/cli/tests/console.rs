@@ -1,0 +1,153 @@
+//! The console API (`sd serve`) as a user sees it: the OpenAPI document is
+//! served; without a token nothing is; another user's token neither sees
+//! nor changes a domain (403) and the journal is untouched; the token set
+//! by `?token=` comes back as an HttpOnly SameSite=Strict cookie. No VM:
+//! access is decided before any domain is asked (the settings themselves
+//! are tested on real VMs in tests/settings.rs).
+
+mod common;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+struct Server(std::process::Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+#[test]
+fn another_users_token_gets_403_and_changes_nothing() {
+    let _serial = common::serial();
+    sd_host::needs_root("serving the console API as root");
+    let config = format!(
+        "{}default_vo: demo\n\
+         images:\n  busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+         vos:\n  demo: {{ images: [busybox] }}\n",
+        common::qemu_site_head()
+    );
+    let site = common::TestSite::new("sd-console-", &config);
+    let state = site.path("state");
+    for (id, uid) in [("job-alice", 1000), ("job-bob", 1001)] {
+        let mut j = sd_vmm::journal::Journal::create(&state, id).unwrap();
+        j.update_details(|d| d.uid = Some(uid)).unwrap();
+    }
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let _server = Server(
+        site.sd()
+            .args(["serve", "--listen", &addr])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sd serve did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Each owner's token is theirs alone.
+    let token_file = state.join("console/tokens/1001");
+    let meta = std::fs::metadata(&token_file).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (1001, 0o600));
+    let bob = std::fs::read_to_string(&token_file).unwrap();
+    let url = site
+        .sd()
+        .args(["serve", "--token", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&url.stdout).starts_with(&format!("http://{addr}/?token=")));
+
+    let (status, _, doc) = request(&addr, "GET", "/api/openapi.json", None, "");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(
+        doc["paths"]["/api/deployments/{id}"]["patch"].is_object(),
+        "{doc}"
+    );
+
+    let (status, _, _) = request(&addr, "GET", "/api/deployments", None, "");
+    assert_eq!(status, 401);
+    let (status, _, _) = request(&addr, "GET", "/api/deployments", Some(&"0".repeat(64)), "");
+    assert_eq!(status, 401);
+
+    // Bob sees his own, not Alice's; he may neither read nor change hers.
+    let (status, _, list) = request(&addr, "GET", "/api/deployments", Some(&bob), "");
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list.contains("job-bob") && !list.contains("job-alice"),
+        "{list}"
+    );
+    let (status, _, body) = request(&addr, "GET", "/api/deployments/job-alice", Some(&bob), "");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not yours"), "{body}");
+    let before = std::fs::read(state.join("journal/job-alice.json")).unwrap();
+    let (status, _, body) = request(
+        &addr,
+        "PATCH",
+        "/api/deployments/job-alice",
+        Some(&bob),
+        r#"{"memory_mib": 128, "save": true}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        std::fs::read(state.join("journal/job-alice.json")).unwrap(),
+        before
+    );
+    // Root sees both.
+    let root = std::fs::read_to_string(state.join("console/tokens/0")).unwrap();
+    let (_, _, list) = request(&addr, "GET", "/api/deployments", Some(&root), "");
+    assert!(
+        list.contains("job-bob") && list.contains("job-alice"),
+        "{list}"
+    );
+    // A body that is not the schema is the user's error, not a 500.
+    let (status, _, _) = request(
+        &addr,
+        "PATCH",
+        "/api/deployments/job-bob",
+        Some(&bob),
+        r#"{"colour": 1}"#,
+    );
+    assert_eq!(status, 422);
+
+    // The first load's token becomes a cookie no script and no other site gets.
+    let (status, head, _) = request(&addr, "GET", &format!("/api/pools?token={bob}"), None, "");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains(&format!("sd_token={bob}; HttpOnly; SameSite=Strict")),
+        "{head}"
+    );
+}
