@@ -61,6 +61,8 @@ fn leftovers() -> Vec<String> {
 
 #[test]
 fn two_nodes_each_in_its_own_namespace_with_its_own_state() {
+    // It stops the cluster the other tests here share.
+    let _serial = common::serial();
     let site = SiteConfig::load(&SiteConfig::default_path())
         .expect("the site config the hooks read (scripts/setup writes it)");
     let out = slurm_local(&["start", "--nodes", "2"]);
@@ -144,9 +146,17 @@ struct Allocation {
 
 impl Allocation {
     fn new(conf: &str) -> Allocation {
-        let out = Command::new("salloc")
+        let out = Command::new("timeout")
             .env("SLURM_CONF", conf)
-            .args(["-N2", "--no-shell", "--time=10", "-J", "sd-test-pool"])
+            .args([
+                "120",
+                "salloc",
+                "-N2",
+                "--no-shell",
+                "--time=10",
+                "-J",
+                "sd-test-pool",
+            ])
             .output()
             .unwrap();
         let said = text(&out.stderr);
