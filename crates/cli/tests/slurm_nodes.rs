@@ -181,6 +181,19 @@ impl Allocation {
         c
     }
 
+    /// `sd ARGS` in the allocation; its stdout, once it succeeded.
+    fn sd_ok(&self, args: &[&str]) -> String {
+        let mut c = self.sd();
+        c.args(args);
+        ok(c)
+    }
+
+    fn squeue(&self, args: &[&str]) -> String {
+        let mut c = self.slurm("squeue");
+        c.args(args);
+        ok(c)
+    }
+
     fn slurm(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", &self.conf);
@@ -300,6 +313,13 @@ fn assert_nothing_left(pool: &str) {
     }
 }
 
+/// A pool description `NAME.sf` in `dir`.
+fn description(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.sf"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The paper's Figure 1, its domains on busybox (which has ping).
 fn figure1_on_busybox(dir: &std::path::Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo().join("jobs/figure1.sf")).unwrap();
@@ -333,11 +353,7 @@ fn figure1_on_two_nodes_puts_each_hosts_domains_on_its_node_and_they_talk_by_nam
     let alloc = Allocation::new(&cluster());
     let dir = tempfile::tempdir().unwrap();
     let fig = figure1_on_busybox(dir.path());
-    ok({
-        let mut c = alloc.sd();
-        c.args(["start", "fig1", fig.to_str().unwrap()]);
-        c
-    });
+    alloc.sd_ok(&["start", "fig1", fig.to_str().unwrap()]);
     assert_eq!(
         members_by_node("fig1"),
         [
@@ -347,11 +363,7 @@ fn figure1_on_two_nodes_puts_each_hosts_domains_on_its_node_and_they_talk_by_nam
         ]
         .map(|(p, n)| (p.to_string(), n.to_string()))
     );
-    let status = ok({
-        let mut c = alloc.sd();
-        c.args(["status", "fig1"]);
-        c
-    });
+    let status = alloc.sd_ok(&["status", "fig1"]);
     assert!(
         status.contains(&format!("allocation: Slurm job {}", alloc.job)),
         "{status}"
@@ -370,27 +382,19 @@ fn figure1_on_two_nodes_puts_each_hosts_domains_on_its_node_and_they_talk_by_nam
     }
     // computer2's domain (node 2) reaches computer1's (node 1) by host name,
     // over the private network's tunnel between the nodes.
-    let ping = ok({
-        let mut c = alloc.sd();
-        c.args([
-            "exec",
-            "fig1/computer2:domain1",
-            "--",
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "5",
-            "PhysHost01-dom1",
-        ]);
-        c
-    });
+    let ping = alloc.sd_ok(&[
+        "exec",
+        "fig1/computer2:domain1",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "5",
+        "PhysHost01-dom1",
+    ]);
     assert!(ping.contains("from 10.214.0.11"), "{ping}");
-    ok({
-        let mut c = alloc.sd();
-        c.args(["terminate", "fig1"]);
-        c
-    });
+    alloc.sd_ok(&["terminate", "fig1"]);
     assert_nothing_left("fig1");
     let last = final_record("fig1");
     assert!(last["terminated_because"].is_null(), "{last}");
@@ -401,21 +405,16 @@ fn a_sequence_over_two_nodes_starts_the_second_once_the_first_is_up() {
     let _serial = common::serial();
     let alloc = Allocation::new(&cluster());
     let dir = tempfile::tempdir().unwrap();
-    let desc = dir.path().join("seq.sf");
-    std::fs::write(
-        &desc,
+    let desc = description(
+        dir.path(),
+        "seq",
         r#"sfConfig extends Sequence {
   first extends DefaultXenDomain { image "busybox"; memory 128; sfProcessHost "@0"; }
   second extends DefaultXenDomain { image "busybox"; memory 128; sfProcessHost "node2"; }
 }
 "#,
-    )
-    .unwrap();
-    ok({
-        let mut c = alloc.sd();
-        c.args(["start", "seq", desc.to_str().unwrap()]);
-        c
-    });
+    );
+    alloc.sd_ok(&["start", "seq", desc.to_str().unwrap()]);
     let record = pool_record("seq").unwrap();
     let m = record["members"].as_array().unwrap();
     let (first, second) = (&m[0], &m[1]);
@@ -430,11 +429,7 @@ fn a_sequence_over_two_nodes_starts_the_second_once_the_first_is_up() {
         second_began >= first_up,
         "the second began booting at {second_began}, before the first was up at {first_up}: {record}"
     );
-    ok({
-        let mut c = alloc.sd();
-        c.args(["terminate", "seq"]);
-        c
-    });
+    alloc.sd_ok(&["terminate", "seq"]);
     assert_nothing_left("seq");
 }
 
@@ -443,9 +438,9 @@ fn a_killed_step_on_node2_terminates_the_whole_compound_and_leaves_nothing() {
     let _serial = common::serial();
     let alloc = Allocation::new(&cluster());
     let dir = tempfile::tempdir().unwrap();
-    let desc = dir.path().join("two.sf");
-    std::fs::write(
-        &desc,
+    let desc = description(
+        dir.path(),
+        "two",
         r#"sfConfig extends Compound {
   sfLivenessDelay 1;
   sfLivenessFactor 2;
@@ -453,19 +448,10 @@ fn a_killed_step_on_node2_terminates_the_whole_compound_and_leaves_nothing() {
   b extends DefaultXenDomain { image "busybox"; memory 128; network "private"; sfProcessHost "@1"; }
 }
 "#,
-    )
-    .unwrap();
-    ok({
-        let mut c = alloc.sd();
-        c.args(["start", "kill2", desc.to_str().unwrap()]);
-        c
-    });
+    );
+    alloc.sd_ok(&["start", "kill2", desc.to_str().unwrap()]);
     // b's step, as Slurm knows it: the one on node2.
-    let steps = ok({
-        let mut c = alloc.slurm("squeue");
-        c.args(["-h", "-s", "-j", &alloc.job, "-o", "%i %N"]);
-        c
-    });
+    let steps = alloc.squeue(&["-h", "-s", "-j", &alloc.job, "-o", "%i %N"]);
     let step = steps
         .lines()
         .find(|l| l.ends_with(" node2"))
@@ -484,11 +470,7 @@ fn a_killed_step_on_node2_terminates_the_whole_compound_and_leaves_nothing() {
         "terminated because: {why}"
     );
     // The allocation is untouched: a member's end is the pool's, not the job's.
-    let state = ok({
-        let mut c = alloc.slurm("squeue");
-        c.args(["-h", "-j", &alloc.job, "-o", "%T"]);
-        c
-    });
+    let state = alloc.squeue(&["-h", "-j", &alloc.job, "-o", "%T"]);
     assert_eq!(state.trim(), "RUNNING");
 }
 
@@ -497,29 +479,20 @@ fn scancel_of_the_allocation_leaves_nothing_on_either_node() {
     let _serial = common::serial();
     let alloc = Allocation::new(&cluster());
     let dir = tempfile::tempdir().unwrap();
-    let desc = dir.path().join("two.sf");
-    std::fs::write(
-        &desc,
+    let desc = description(
+        dir.path(),
+        "two",
         r#"sfConfig extends Compound {
   a extends DefaultXenDomain { image "busybox"; memory 128; network "private"; sfProcessHost "@0"; }
   b extends DefaultXenDomain { image "busybox"; memory 128; network "private"; sfProcessHost "@1"; }
 }
 "#,
-    )
-    .unwrap();
-    ok({
-        let mut c = alloc.sd();
-        c.args(["start", "cancelled", desc.to_str().unwrap()]);
-        c
-    });
+    );
+    alloc.sd_ok(&["start", "cancelled", desc.to_str().unwrap()]);
     alloc.cancel();
     assert_nothing_left("cancelled");
     // After the allocation, terminate has nothing left to do and says so.
-    ok({
-        let mut c = alloc.sd();
-        c.args(["terminate", "cancelled"]);
-        c
-    });
+    alloc.sd_ok(&["terminate", "cancelled"]);
 }
 
 #[test]
