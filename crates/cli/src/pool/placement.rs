@@ -42,6 +42,12 @@ pub(super) fn place(
         };
         let Some(alloc) = allocation else {
             if named == "localhost" || same_host(named, &here) {
+                if p.host != "localhost" {
+                    tracing::warn!(
+                        "{}: sfProcessHost {mapped} is this host ({here}): it runs here",
+                        p.path
+                    );
+                }
                 placed.push(None);
                 continue;
             }
