@@ -275,7 +275,10 @@ async fn page(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) 
         return match (known, token_cookie(&q["token"])) {
             (true, Some(cookie)) => (
                 StatusCode::SEE_OTHER,
-                [(header::LOCATION, HeaderValue::from_static("/")), (header::SET_COOKIE, cookie)],
+                [
+                    (header::LOCATION, HeaderValue::from_static("/")),
+                    (header::SET_COOKIE, cookie),
+                ],
             )
                 .into_response(),
             _ => problem(
@@ -723,7 +726,11 @@ pub enum ClientError {
     },
     /// The API refused, in its words.
     #[error("{error}")]
-    Refused { status: u16, error: String, fault: Fault },
+    Refused {
+        status: u16,
+        error: String,
+        fault: Fault,
+    },
     #[error("the console's socket {path}: {message}")]
     Broken { path: PathBuf, message: String },
 }
@@ -812,7 +819,11 @@ pub fn set_via_socket(
         // axum's own refusals (a body not of the schema) are plain text.
         _ => (
             format!("HTTP {status}: {}", body.trim()),
-            if status >= 500 { Fault::Site } else { Fault::User },
+            if status >= 500 {
+                Fault::Site
+            } else {
+                Fault::User
+            },
         ),
     };
     Err(ClientError::Refused {

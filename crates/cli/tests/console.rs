@@ -153,11 +153,22 @@ fn another_users_token_gets_403_and_changes_nothing() {
 }
 
 /// `curl` over the console's Unix socket as `uid`: (status, body).
-fn over_socket(sock: &std::path::Path, uid: u32, method: &str, path: &str, body: &str) -> (u16, String) {
+fn over_socket(
+    sock: &std::path::Path,
+    uid: u32,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     use std::os::unix::process::CommandExt;
     let out = std::process::Command::new("curl")
         .args(["-s", "-m", "20", "-X", method, "-w", "\n%{http_code}"])
-        .args(["-H", "Content-Type: application/json", "--data-binary", body])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
         .arg("--unix-socket")
         .arg(sock)
         .arg(format!("http://localhost{path}"))
@@ -192,8 +203,11 @@ fn on_the_unix_socket_the_kernel_says_who_asks() {
     for dir in [site.dir.path(), state.as_path()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    std::fs::set_permissions(site.path("site.yaml"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        site.path("site.yaml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
 
     // No service yet: a user's `sd set` says what to do.
     let sd_as_sdtest = |args: &[&str]| {
@@ -225,7 +239,11 @@ fn on_the_unix_socket_the_kernel_says_who_asks() {
     let sock = state.join("console/console.sock");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "sd serve made no {}", sock.display());
+        assert!(
+            Instant::now() < deadline,
+            "sd serve made no {}",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let meta = std::fs::metadata(&sock).unwrap();
@@ -257,10 +275,16 @@ fn on_the_unix_socket_the_kernel_says_who_asks() {
     // Another uid is another caller.
     let (status, list) = over_socket(&sock, 1000, "GET", "/api/deployments", "");
     assert_eq!(status, 200);
-    assert!(list.contains("job-alice") && !list.contains("job-sdtest"), "{list}");
+    assert!(
+        list.contains("job-alice") && !list.contains("job-sdtest"),
+        "{list}"
+    );
     // Root sees both.
     let (_, list) = over_socket(&sock, 0, "GET", "/api/deployments", "");
-    assert!(list.contains("job-alice") && list.contains("job-sdtest"), "{list}");
+    assert!(
+        list.contains("job-alice") && list.contains("job-sdtest"),
+        "{list}"
+    );
 
     // sdtest's `sd set` goes through the socket: the service's answer (this
     // fake deployment has no domain yet) is what it says.

@@ -82,10 +82,29 @@ fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
         body.len()
     )
     .unwrap();
+    // chromedriver keeps the connection open: read what Content-Length says.
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let out = String::from_utf8_lossy(&out);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let mut buf = [0u8; 65536];
+    let (head, body) = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "WebDriver {method} {path}: connection closed");
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("a Content-Length");
+            if body.len() >= len {
+                break (head.to_string(), body[..len].to_string());
+            }
+        }
+    };
+    let (head, body) = (head.as_str(), body.as_str());
     let v: Value = serde_json::from_str(body)
         .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}: {head} {body}"));
     assert!(
@@ -121,9 +140,14 @@ impl Browser {
     }
     fn text(&self, css: &str) -> Option<String> {
         let e = self.find(css)?;
-        wd(&self.driver, "GET", &self.at(&format!("/element/{e}/text")), None)
-            .as_str()
-            .map(str::to_string)
+        wd(
+            &self.driver,
+            "GET",
+            &self.at(&format!("/element/{e}/text")),
+            None,
+        )
+        .as_str()
+        .map(str::to_string)
     }
     /// Waits until the text of `css` satisfies `ok`, and returns it.
     fn wait_text(&self, css: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
@@ -143,7 +167,12 @@ impl Browser {
     }
     fn type_into(&self, css: &str, value: &str) {
         let e = self.find(css).unwrap_or_else(|| panic!("no {css}"));
-        wd(&self.driver, "POST", &self.at(&format!("/element/{e}/clear")), Some(json!({})));
+        wd(
+            &self.driver,
+            "POST",
+            &self.at(&format!("/element/{e}/clear")),
+            Some(json!({})),
+        );
         wd(
             &self.driver,
             "POST",
@@ -153,7 +182,12 @@ impl Browser {
     }
     fn click(&self, css: &str) {
         let e = self.find(css).unwrap_or_else(|| panic!("no {css}"));
-        wd(&self.driver, "POST", &self.at(&format!("/element/{e}/click")), Some(json!({})));
+        wd(
+            &self.driver,
+            "POST",
+            &self.at(&format!("/element/{e}/click")),
+            Some(json!({})),
+        );
     }
     fn screenshot(&self, path: &std::path::Path) {
         let b64 = wd(&self.driver, "GET", &self.at("/screenshot"), None);
@@ -171,7 +205,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
         b'/' => 63,
         _ => panic!("not base64: {c}"),
     };
-    let bytes: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         let n = chunk
@@ -214,7 +251,12 @@ fn the_page_shows_the_pool_and_a_click_sets_memory() {
 
     let result = std::panic::catch_unwind(|| {
         let addr = format!("127.0.0.1:{}", free_port());
-        let _serve = Killed(site.sd().args(["serve", "--listen", &addr]).spawn().unwrap());
+        let _serve = Killed(
+            site.sd()
+                .args(["serve", "--listen", &addr])
+                .spawn()
+                .unwrap(),
+        );
         wait_listening(&addr);
         let url = sd(&site, &["serve", "--token", "--listen", &addr]);
         let url = text(&url.stdout).trim().to_string();
@@ -236,12 +278,14 @@ fn the_page_shows_the_pool_and_a_click_sets_memory() {
             &driver,
             "POST",
             "/session",
-            Some(json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,720",
-                         format!("--user-data-dir={}", profile.path().display())]
-            }}}})),
+            Some(
+                json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1280,720",
+                             format!("--user-data-dir={}", profile.path().display())]
+                }}}}),
+            ),
         );
         let browser = Browser {
             driver: driver.clone(),
@@ -249,7 +293,12 @@ fn the_page_shows_the_pool_and_a_click_sets_memory() {
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let t = Instant::now();
-            wd(&driver, "POST", &browser.at("/url"), Some(json!({ "url": url })));
+            wd(
+                &driver,
+                "POST",
+                &browser.at("/url"),
+                Some(json!({ "url": url })),
+            );
             // The token left the address bar for an HttpOnly cookie.
             let now = wd(&driver, "GET", &browser.at("/url"), None);
             assert_eq!(now.as_str(), Some(format!("http://{addr}/").as_str()));
@@ -275,10 +324,15 @@ fn the_page_shows_the_pool_and_a_click_sets_memory() {
             browser.type_into(&format!("{row} input[name=memory]"), "160");
             browser.click(&format!("{row} .mem button"));
             // `.actual` is written from the event stream only.
-            browser.wait_text(&format!("{row} .actual"), Duration::from_secs(30), |t| t == "160");
+            browser.wait_text(&format!("{row} .actual"), Duration::from_secs(30), |t| {
+                t == "160"
+            });
             let arrived = t.elapsed();
             let after = mem_total_kib(&site, "web/a");
-            assert!(after + 80 * 1024 < before, "MemTotal {before} -> {after} kB");
+            assert!(
+                after + 80 * 1024 < before,
+                "MemTotal {before} -> {after} kB"
+            );
             std::thread::sleep(Duration::from_secs(2)); // a few beats on the plot
             let shot = artefacts().join("web_console.png");
             browser.screenshot(&shot);
