@@ -72,6 +72,14 @@ fn wait_listening(addr: &str) {
 
 /// One WebDriver command: its `value`.
 fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    match wd_try(addr, method, path, body) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// One WebDriver command: its `value`, or what it answered instead.
+fn wd_try(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -107,11 +115,10 @@ fn wd(addr: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     let (head, body) = (head.as_str(), body.as_str());
     let v: Value = serde_json::from_str(body)
         .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}: {head} {body}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "WebDriver {method} {path}: {head}\n{body:.2000}"
-    );
-    v["value"].clone()
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("WebDriver {method} {path}: {head}\n{body:.2000}"));
+    }
+    Ok(v["value"].clone())
 }
 
 struct Browser {
