@@ -12,9 +12,19 @@
 //! changes only their own deployments (the journal's uid), root all. It
 //! binds to 127.0.0.1 unless told otherwise. Changes go through
 //! [`crate::settings::apply`], as `sd set`'s do.
+//!
+//! The same API is served on a Unix socket, `STATE_DIR/console/console.sock`
+//! (mode 0666), where the caller is the peer's uid as the kernel gives it
+//! (`SO_PEERCRED`, taken at `connect()`): no token there. A user's `sd set`
+//! goes through it ([`set_via_socket`]).
+//!
+//! `/` is the web console: one page (HTML, CSS and JS in `console.html`,
+//! embedded in the binary) that shows the caller's pools and domains live
+//! from `/api/events` and changes them with PATCH.
 
 use crate::pool;
 use crate::settings::{self, Applied, Changes, SettingsError};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -37,6 +47,10 @@ use utoipa::{OpenApi, ToSchema};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8217";
 /// Largest request body taken (a settings change is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
+/// Largest answer [`set_via_socket`] reads.
+const MAX_ANSWER: u64 = 1024 * 1024;
+/// The web console's page.
+const PAGE: &str = include_str!("console.html");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -57,6 +71,16 @@ pub enum ConsoleError {
     NoToken { uid: u32, path: PathBuf },
     #[error("{0}")]
     Runtime(std::io::Error),
+    #[error("the console's socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where `sd serve` serves the API for local users, who they are from the kernel.
+pub fn socket_path(site: &SiteConfig) -> PathBuf {
+    site.state_dir.join("console/console.sock")
 }
 
 fn tokens_dir(site: &SiteConfig) -> PathBuf {
@@ -199,13 +223,85 @@ async fn authenticate(
     req.extensions_mut().insert(Caller(uid));
     let mut response = next.run(req).await;
     if let (Some(t), Some(_)) = (token, from_query) {
-        if let Ok(v) =
-            HeaderValue::from_str(&format!("sd_token={t}; HttpOnly; SameSite=Strict; Path=/"))
-        {
+        if let Some(v) = token_cookie(&t) {
             response.headers_mut().append(header::SET_COOKIE, v);
         }
     }
     response
+}
+
+fn token_cookie(token: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "sd_token={token}; HttpOnly; SameSite=Strict; Path=/"
+    ))
+    .ok()
+}
+
+/// The uid of a Unix socket's peer, from `SO_PEERCRED` (None if the kernel
+/// would not say).
+#[derive(Debug, Clone, Copy)]
+struct PeerUid(Option<u32>);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for PeerUid {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
+    }
+}
+
+/// On the Unix socket, the caller is who connected.
+async fn from_peer(
+    ConnectInfo(PeerUid(uid)): ConnectInfo<PeerUid>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(uid) = uid else {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "the kernel did not say who connected (SO_PEERCRED)",
+            Fault::Site,
+        );
+    };
+    req.extensions_mut().insert(Caller(uid));
+    next.run(req).await
+}
+
+/// `/`: the web console. With `?token=`, a valid token becomes the cookie
+/// and the browser is sent to `/`, so the token leaves the address bar.
+async fn page(State(ctx): State<Ctx>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(t) = q.get("token") {
+        let t = t.clone();
+        let site = ctx.site.clone();
+        let known = blocking(move || token_owner(&site, &t).is_some()).await;
+        return match (known, token_cookie(&q["token"])) {
+            (true, Some(cookie)) => (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, HeaderValue::from_static("/")),
+                    (header::SET_COOKIE, cookie),
+                ],
+            )
+                .into_response(),
+            _ => problem(
+                StatusCode::UNAUTHORIZED,
+                "not a valid console token: `sd serve --token` prints your URL",
+                Fault::User,
+            ),
+        };
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 /// An error as the API gives it.
@@ -515,12 +611,9 @@ pub fn openapi_json() -> String {
         .expect("the OpenAPI document serialises")
 }
 
-/// The API's routes for `site`.
-pub fn router(site: SiteConfig) -> Router {
-    let ctx = Ctx {
-        site: Arc::new(site),
-    };
-    let api = Router::new()
+/// The API's routes, before the caller is known.
+fn api_routes() -> Router<Ctx> {
+    Router::new()
         .route("/api/deployments", get(list_deployments))
         .route(
             "/api/deployments/{id}",
@@ -529,7 +622,9 @@ pub fn router(site: SiteConfig) -> Router {
         .route("/api/pools", get(list_pools))
         .route("/api/pools/{name}", axum::routing::patch(patch_pool))
         .route("/api/events", get(events))
-        .layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
+}
+
+fn with_doc(api: Router<Ctx>, ctx: Ctx) -> Router {
     Router::new()
         .route(
             "/api/openapi.json",
@@ -540,7 +635,54 @@ pub fn router(site: SiteConfig) -> Router {
         .with_state(ctx)
 }
 
-/// `sd serve --listen ADDR`: serves until killed.
+/// The routes served over HTTP for `site`: the page, and the API for the
+/// owner of a token.
+pub fn router(site: SiteConfig) -> Router {
+    let ctx = Ctx {
+        site: Arc::new(site),
+    };
+    let api = api_routes()
+        .layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
+        .route("/", get(page));
+    with_doc(api, ctx)
+}
+
+/// The routes served on the Unix socket: the API for the peer.
+fn socket_router(site: Arc<SiteConfig>) -> Router {
+    let ctx = Ctx { site };
+    with_doc(api_routes().layer(middleware::from_fn(from_peer)), ctx)
+}
+
+/// Binds the console's socket: anyone may connect (mode 0666); who they
+/// are is the kernel's word.
+fn bind_socket(site: &SiteConfig) -> Result<tokio::net::UnixListener, ConsoleError> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = socket_path(site);
+    let err = |source| ConsoleError::Socket {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(err)?;
+    }
+    // A socket left by an `sd serve` that was killed; anything else is not ours to remove.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another `sd serve` answers there",
+            )));
+        }
+        std::fs::remove_file(&path).map_err(err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+/// `sd serve --listen ADDR`: serves until killed, over HTTP on ADDR and on
+/// the Unix socket.
 pub fn serve(site: SiteConfig, listen: &str) -> Result<(), ConsoleError> {
     tokens_for_owners(&site);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -555,9 +697,158 @@ pub fn serve(site: SiteConfig, listen: &str) -> Result<(), ConsoleError> {
                 addr: listen.to_string(),
                 source,
             })?;
-        tracing::info!("console API on http://{listen}/api/openapi.json");
-        axum::serve(listener, router(site))
-            .await
-            .map_err(ConsoleError::Runtime)
+        let unix = bind_socket(&site)?;
+        tracing::info!(
+            "console on http://{listen}/ (API: /api/openapi.json) and {}",
+            socket_path(&site).display()
+        );
+        let site = Arc::new(site);
+        let local = axum::serve(
+            unix,
+            socket_router(site.clone()).into_make_service_with_connect_info::<PeerUid>(),
+        );
+        let http = axum::serve(listener, router((*site).clone()));
+        tokio::select! {
+            r = http => r.map_err(ConsoleError::Runtime),
+            r = local => r.map_err(ConsoleError::Runtime),
+        }
     })
+}
+
+/// Why [`set_via_socket`] did not change anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No `sd serve` answers on the socket.
+    #[error("no console service answers on {path} ({source}): root runs `sd serve`")]
+    NoService {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The API refused, in its words.
+    #[error("{error}")]
+    Refused {
+        status: u16,
+        error: String,
+        fault: Fault,
+    },
+    #[error("the console's socket {path}: {message}")]
+    Broken { path: PathBuf, message: String },
+}
+
+impl Blame for ClientError {
+    fn fault(&self) -> Fault {
+        match self {
+            ClientError::Refused { fault, .. } => *fault,
+            _ => Fault::Site,
+        }
+    }
+}
+
+/// A path segment, percent-encoded (`pool/member` is one segment).
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `sd set` for a user: the change asked of the root service over its Unix
+/// socket, which knows the caller from the kernel.
+pub fn set_via_socket(
+    site: &SiteConfig,
+    name: &str,
+    changes: &Changes,
+) -> Result<Vec<Applied>, ClientError> {
+    use std::io::Read;
+    let path = socket_path(site);
+    let broken = |message: String| ClientError::Broken {
+        path: path.clone(),
+        message,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|source| {
+        ClientError::NoService {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    // The balloon may take its time (settings' BALLOON_WAIT), not forever.
+    let limit = Some(Duration::from_secs(90));
+    stream
+        .set_read_timeout(limit)
+        .and_then(|()| stream.set_write_timeout(limit))
+        .map_err(|e| broken(e.to_string()))?;
+    let body = serde_json::to_string(changes).expect("changes serialise");
+    write!(
+        stream,
+        "PATCH /api/deployments/{} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        encode_segment(name),
+        body.len()
+    )
+    .map_err(|e| broken(e.to_string()))?;
+    let mut answer = Vec::new();
+    stream
+        .take(MAX_ANSWER)
+        .read_to_end(&mut answer)
+        .map_err(|e| broken(e.to_string()))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| broken("no HTTP answer".into()))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| broken(format!("not an HTTP answer: {head:?}")))?;
+    if status == 200 {
+        return serde_json::from_str(body).map_err(|e| broken(format!("{e}: {body:?}")));
+    }
+    let (error, fault) = match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) if v["error"].is_string() => (
+            v["error"].as_str().unwrap_or_default().to_string(),
+            if v["fault"] == "site" {
+                Fault::Site
+            } else {
+                Fault::User
+            },
+        ),
+        // axum's own refusals (a body not of the schema) are plain text.
+        _ => (
+            format!("HTTP {status}: {}", body.trim()),
+            if status >= 500 {
+                Fault::Site
+            } else {
+                Fault::User
+            },
+        ),
+    };
+    Err(ClientError::Refused {
+        status,
+        error,
+        fault,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_one_path_segment() {
+        assert_eq!(encode_segment("farm/worker-1"), "farm%2Fworker-1");
+        assert_eq!(encode_segment("a b?c"), "a%20b%3Fc");
+    }
+
+    #[test]
+    fn the_page_is_whole_and_needs_nothing_from_elsewhere() {
+        assert!(PAGE.starts_with("<!doctype html>"));
+        assert!(PAGE.contains("/api/events") && PAGE.contains("PATCH"));
+        // Nothing from another site: the only URL is SVG's namespace, a name.
+        let rest = PAGE.replace("http://www.w3.org/2000/svg", "");
+        assert!(!rest.contains("http://") && !rest.contains("https://") && !rest.contains("//cdn"));
+    }
 }

@@ -151,3 +151,151 @@ fn another_users_token_gets_403_and_changes_nothing() {
         "{head}"
     );
 }
+
+/// `curl` over the console's Unix socket as `uid`: (status, body).
+fn over_socket(
+    sock: &std::path::Path,
+    uid: u32,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "20", "-X", method, "-w", "\n%{http_code}"])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg("--unix-socket")
+        .arg(sock)
+        .arg(format!("http://localhost{path}"))
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("curl (scripts/setup installs it)");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn on_the_unix_socket_the_kernel_says_who_asks() {
+    let _serial = common::serial();
+    sd_host::needs_root("serving the console API as root");
+    const SDTEST: u32 = 4242;
+    let config = format!(
+        "{}default_vo: demo\n\
+         images:\n  busybox: {{ disk: busybox.qcow2, format: qcow2, kernel: vmlinuz, initrd: initrd.img }}\n\
+         vos:\n  demo: {{ images: [busybox] }}\n",
+        common::qemu_site_head()
+    );
+    let site = common::TestSite::new("sd-console-sock-", &config);
+    let state = site.path("state");
+    for (id, uid) in [("job-sdtest", SDTEST), ("job-alice", 1000)] {
+        let mut j = sd_vmm::journal::Journal::create(&state, id).unwrap();
+        j.update_details(|d| d.uid = Some(uid)).unwrap();
+    }
+    // A site's directories are others' to traverse (its config to read).
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [site.dir.path(), state.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        site.path("site.yaml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+
+    // No service yet: a user's `sd set` says what to do.
+    let sd_as_sdtest = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        site.sd()
+            .args(args)
+            .uid(SDTEST)
+            .gid(SDTEST)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = sd_as_sdtest(&["set", "job-sdtest", "save=true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::text(&out.stderr).contains("no console service answers"),
+        "{}",
+        common::text(&out.stderr)
+    );
+
+    let port = 20000 + ((std::process::id() + 1) % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let _server = Server(
+        site.sd()
+            .args(["serve", "--listen", &addr])
+            .spawn()
+            .unwrap(),
+    );
+    let sock = state.join("console/console.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sd serve made no {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o666));
+
+    // No token: sdtest is who connected, and sees only its own.
+    let (status, list) = over_socket(&sock, SDTEST, "GET", "/api/deployments", "");
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list.contains("job-sdtest") && !list.contains("job-alice"),
+        "{list}"
+    );
+    let (status, body) = over_socket(&sock, SDTEST, "GET", "/api/deployments/job-alice", "");
+    assert_eq!(status, 403, "{body}");
+    let before = std::fs::read(state.join("journal/job-alice.json")).unwrap();
+    let (status, body) = over_socket(
+        &sock,
+        SDTEST,
+        "PATCH",
+        "/api/deployments/job-alice",
+        r#"{"save": true}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not yours"), "{body}");
+    assert_eq!(
+        std::fs::read(state.join("journal/job-alice.json")).unwrap(),
+        before
+    );
+    // Another uid is another caller.
+    let (status, list) = over_socket(&sock, 1000, "GET", "/api/deployments", "");
+    assert_eq!(status, 200);
+    assert!(
+        list.contains("job-alice") && !list.contains("job-sdtest"),
+        "{list}"
+    );
+    // Root sees both.
+    let (_, list) = over_socket(&sock, 0, "GET", "/api/deployments", "");
+    assert!(
+        list.contains("job-alice") && list.contains("job-sdtest"),
+        "{list}"
+    );
+
+    // sdtest's `sd set` goes through the socket: the service's answer (this
+    // fake deployment has no domain yet) is what it says.
+    let out = sd_as_sdtest(&["set", "job-sdtest", "save=true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out.stderr));
+    assert!(
+        common::text(&out.stderr).contains("still being created"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    let out = sd_as_sdtest(&["set", "job-alice", "save=true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(common::text(&out.stderr).contains("not yours"));
+}

@@ -644,38 +644,59 @@ fn set(site: &SiteConfig, name: &str, settings: &[String]) -> ExitCode {
         }) {
             return fail(e.exit_code() as u8, &e.to_string());
         }
-        return fail(
-            EXIT_REFUSED,
-            "sd set changes root's files (the journal, the hypervisor's control socket): \
-             run it as root, or change your domains through the console API \
-             (`sd serve --token` prints your URL)",
-        );
+        // The journal and the hypervisor's control socket are root's: a
+        // user's change is asked of the console service, which runs as root
+        // and knows the caller from the kernel (SO_PEERCRED).
+        return match smartdomains::console::set_via_socket(site, name, &changes) {
+            Ok(applied) => {
+                print_applied(&applied);
+                ExitCode::SUCCESS
+            }
+            Err(e @ smartdomains::console::ClientError::NoService { .. }) => fail(
+                EXIT_REFUSED,
+                &format!(
+                    "sd set changes root's files (the journal, the hypervisor's control socket): \
+                     as a user it asks the console service, and {e}; or run it as root"
+                ),
+            ),
+            Err(e) => {
+                let code = match e.fault() {
+                    sd_site::Fault::User => EXIT_REFUSED,
+                    sd_site::Fault::Site => EXIT_SITE_FAULT,
+                };
+                fail(code, &e.to_string())
+            }
+        };
     }
     match settings::apply(site, name, caller, &changes) {
         Ok(applied) => {
-            for a in applied {
-                let mut said = vec![];
-                if let Some(t) = a.memory_target_mib {
-                    said.push(match a.memory_actual_mib {
-                        Some(actual) => format!("memory target {t} MiB, guest has {actual} MiB"),
-                        None => format!("memory target {t} MiB (the guest does not report)"),
-                    });
-                }
-                if let (Some(s), Some(f)) = (a.liveness_secs, a.liveness_factor) {
-                    said.push(format!("liveness every {s} s, dead after {f} missed"));
-                }
-                if let Some(save) = a.save {
-                    said.push(match (save, &a.save_as) {
-                        (true, Some(n)) => format!("saved as {n} at teardown"),
-                        (true, None) => "saved at teardown".into(),
-                        (false, _) => "not saved at teardown".into(),
-                    });
-                }
-                println!("{}: {}", a.id, said.join("; "));
-            }
+            print_applied(&applied);
             ExitCode::SUCCESS
         }
         Err(e) => refuse(e),
+    }
+}
+
+fn print_applied(applied: &[smartdomains::settings::Applied]) {
+    for a in applied {
+        let mut said = vec![];
+        if let Some(t) = a.memory_target_mib {
+            said.push(match a.memory_actual_mib {
+                Some(actual) => format!("memory target {t} MiB, guest has {actual} MiB"),
+                None => format!("memory target {t} MiB (the guest does not report)"),
+            });
+        }
+        if let (Some(s), Some(f)) = (a.liveness_secs, a.liveness_factor) {
+            said.push(format!("liveness every {s} s, dead after {f} missed"));
+        }
+        if let Some(save) = a.save {
+            said.push(match (save, &a.save_as) {
+                (true, Some(n)) => format!("saved as {n} at teardown"),
+                (true, None) => "saved at teardown".into(),
+                (false, _) => "not saved at teardown".into(),
+            });
+        }
+        println!("{}: {}", a.id, said.join("; "));
     }
 }
 
