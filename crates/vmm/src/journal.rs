@@ -94,6 +94,10 @@ pub struct DeploymentDetails {
     /// allocation): that job's epilog on this node cleans it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job: Option<String>,
+    /// How the domain started: `boot`, or `clone` of a template. None in
+    /// older journals (they booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// The journal format this build writes and reads. A change that would

@@ -72,7 +72,7 @@ impl Qemu {
         })
     }
 
-    fn choose_accel(&self, kernel: &Path) -> (&'static str, Option<String>) {
+    pub(crate) fn choose_accel(&self, kernel: &Path) -> (&'static str, Option<String>) {
         match self.options.accel {
             AccelChoice::Kvm => ("kvm", None),
             AccelChoice::Tcg => ("tcg", None),
@@ -205,8 +205,29 @@ impl Qemu {
                 nic.mac_text()
             ));
         }
+        crate::template::adapt_qemu_args(&mut args, spec);
         args.extend(self.confinement());
         args
+    }
+
+    /// The binary, and its `--version` line (a template's validity).
+    pub(crate) fn binary_path(&self) -> PathBuf {
+        self.options.binary.clone()
+    }
+
+    pub(crate) fn version_banner(&self) -> Option<String> {
+        let out = Command::new(&self.options.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_string(),
+        )
     }
 }
 
@@ -287,6 +308,24 @@ impl Hypervisor for Qemu {
         };
         // Reap it when it ends, so that it does not linger as a zombie of ours.
         std::thread::spawn(move || child.wait());
+        // A clone of a template: its state, then a new QMP session.
+        let stream = match &spec.ram {
+            super::RamMode::Clone { state, .. } => {
+                crate::template::restore(stream, state).map_err(|e| {
+                    let _ = domain.destroy();
+                    HypervisorError::StartFailed {
+                        detail: format!(
+                            "the clone's restore failed: {e}: {}",
+                            std::fs::read_to_string(&qemu_log)
+                                .unwrap_or_default()
+                                .trim()
+                        ),
+                    }
+                })?;
+                UnixStream::connect(&qmp)?
+            }
+            _ => stream,
+        };
 
         let kvm = qmp_query_kvm(stream).map_err(|e| HypervisorError::StartFailed {
             detail: format!(
