@@ -906,7 +906,69 @@ pub(crate) fn adapt_qemu_args(args: &mut Vec<String>, spec: &DomainSpec) {
     if incoming {
         args.push("-incoming".into());
         args.push("defer".into());
+        // Its disk by descriptor: QEMU reopens its images when the incoming
+        // migration completes, after it dropped to run_as, which may not
+        // open the root-only run directory.
+        let by_path = format!("file={},", spec.disk.display());
+        for a in args.iter_mut() {
+            if a.starts_with(&by_path) {
+                *a = a.replacen(&by_path, "file=/dev/fdset/1,", 1);
+            }
+        }
+        for fd in [FIRST_DISK_FD, FIRST_DISK_FD + 1] {
+            args.push("-add-fd".into());
+            args.push(format!("fd={fd},set=1"));
+        }
+    } else {
+        // A template's QEMU keeps its user: after a drop to run_as, QEMU
+        // 10.0's save of a booted guest fails ("Bad address"). It runs only
+        // our kernel and initramfs (its disk is a throwaway overlay that is
+        // never mounted), under the seccomp sandbox; every clone drops.
+        for flag in ["-run-with", "-runas"] {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args.drain(i..(i + 2).min(args.len()));
+            }
+        }
     }
+}
+
+const FIRST_DISK_FD: i32 = 3;
+
+/// A clone's disk, opened read-write and read-only (QEMU takes from the
+/// fd set the one whose mode it asks for); nothing for other domains.
+pub(crate) fn disk_fds(spec: &DomainSpec) -> std::io::Result<Vec<std::fs::File>> {
+    if !matches!(spec.ram, RamMode::Clone { .. }) {
+        return Ok(vec![]);
+    }
+    Ok(vec![
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&spec.disk)?,
+        std::fs::File::open(&spec.disk)?,
+    ])
+}
+
+/// In the child before exec: `fds` become 3, 4, … and stay open across exec.
+/// Only async-signal-safe calls.
+pub(crate) fn inherit_fds(fds: &[i32]) -> std::io::Result<()> {
+    // Moved above the targets first, so that none is overwritten before it is moved.
+    let mut high = Vec::with_capacity(fds.len());
+    for &fd in fds {
+        // SAFETY: fcntl on a descriptor of ours.
+        let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64) };
+        if h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        high.push(h);
+    }
+    for (i, &h) in high.iter().enumerate() {
+        // SAFETY: dup2 onto a fixed number; the new descriptor has no CLOEXEC.
+        if unsafe { libc::dup2(h, FIRST_DISK_FD + i as i32) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -205,8 +205,8 @@ impl Qemu {
                 nic.mac_text()
             ));
         }
-        crate::template::adapt_qemu_args(&mut args, spec);
         args.extend(self.confinement());
+        crate::template::adapt_qemu_args(&mut args, spec);
         args
     }
 
@@ -270,9 +270,16 @@ impl Hypervisor for Qemu {
         // SAFETY: setsid is async-signal-safe.
         // umask 077: the QMP socket, the console log and QEMU's own log are
         // root's (QEMU makes them before it drops to run_as), nobody else's.
+        // A clone's disk, as descriptors 3 and 4 (see template::disk_fds).
+        let disk_fds = crate::template::disk_fds(spec)?;
+        let raw_fds: Vec<i32> = disk_fds
+            .iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+                crate::template::inherit_fds(&raw_fds)?;
                 nix::unistd::setsid().map(drop).map_err(Into::into)
             });
         }
