@@ -109,7 +109,10 @@ fn clones_are_jobs_with_their_own_identity_and_leave_nothing() {
         assert_eq!(field("host"), name);
         let guest_now: i64 = field("now").parse().unwrap();
         // The job ran within a second or two before the host's reading.
-        assert!((host_now - guest_now).abs() <= 3, "guest {guest_now}, host {host_now}");
+        assert!(
+            (host_now - guest_now).abs() <= 3,
+            "guest {guest_now}, host {host_now}"
+        );
         seen.push((field("mid"), field("boot"), field("rnd"), o.clone()));
     }
     let (a, b) = (&seen[0], &seen[1]);
@@ -118,7 +121,11 @@ fn clones_are_jobs_with_their_own_identity_and_leave_nothing() {
     assert_ne!(a.2, b.2, "random output");
     // A clone's disk is its own: the second did not see the first's /mine
     // (its job would have exited 7).
-    assert_eq!(site.shm_files().len(), 1, "the clones left the RAM file alone");
+    assert_eq!(
+        site.shm_files().len(),
+        1,
+        "the clones left the RAM file alone"
+    );
 
     // A different memory size: a template of its own is built, never a
     // clone of the 256 MiB one.
@@ -151,5 +158,9 @@ fn templates_off_boots() {
     let (_, e) = ok(&site.run("plain", "true", 256));
     assert!(e.contains("booted in"), "{e}");
     assert!(site.shm_files().is_empty());
-    assert!(!site.0.path("state/templates").join("busybox-256m-1c").exists());
+    assert!(!site
+        .0
+        .path("state/templates")
+        .join("busybox-256m-1c")
+        .exists());
 }
