@@ -90,7 +90,7 @@ fn clones_are_jobs_with_their_own_identity_and_leave_nothing() {
     // machine-id, host name, and the host's clock.
     let probe = "test ! -e /mine || exit 7; touch /mine; echo host=$(hostname); echo mid=$(cat /etc/machine-id); \
                  echo boot=$(cat /proc/sys/kernel/random/boot_id); \
-                 echo rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d \" \\n\"); echo now=$(date +%s)";
+                 echo rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d [:space:]); echo now=$(date +%s)";
     let mut seen = vec![];
     for name in ["clone-a", "clone-b"] {
         let out = site.run(name, probe, 256);
@@ -133,7 +133,8 @@ fn clones_are_jobs_with_their_own_identity_and_leave_nothing() {
     let (o, e) = ok(&out);
     assert!(e.contains("template busybox-320m-1c built"), "{e}");
     let kib: u64 = o.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(kib > 280 * 1024, "{o}");
+    // 256 MiB shows as ~204 MiB of MemTotal, 320 MiB as ~265 MiB.
+    assert!(kib > 240 * 1024, "a 320 MiB guest, not a clone of the 256 MiB template: {o}");
     assert_eq!(site.shm_files().len(), 2);
 
     let rm = ok(&site
