@@ -28,13 +28,22 @@ use std::net::Ipv4Addr;
 ///   the encoding of every older message is unchanged).
 /// - 3: [`GuestMsg::NetworkUp`] (appended): each NIC's name and the address
 ///   it has, the one the site's DHCP gave on a `bridge` network.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: [`HostMsg::Identity`] and [`GuestMsg::IdentitySet`] (appended): a
+///   domain's own randomness, clock and machine-id, and, for a clone of a
+///   template, the mount of its disk, before anything else sees the guest.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest host protocol the agent still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// The first version with [`HostMsg::Network`].
 pub const NETWORK_SINCE: u32 = 2;
 /// The first version whose agent answers a `Network` with [`GuestMsg::NetworkUp`].
 pub const NETWORK_UP_SINCE: u32 = 3;
+/// The first version with [`HostMsg::Identity`].
+pub const IDENTITY_SINCE: u32 = 4;
+/// A [`CloneIdentity`]'s seed: at least this many bytes (256 bits)...
+pub const MIN_SEED: usize = 32;
+/// ...and at most this many.
+pub const MAX_SEED: usize = 512;
 /// At most this many NICs in a [`NetworkConfig`].
 pub const MAX_INTERFACES: usize = 16;
 /// At most this many `/etc/hosts` entries in a [`NetworkConfig`].
@@ -152,6 +161,45 @@ impl NetworkConfig {
     }
 }
 
+/// What makes one domain its own, sent right after the Hello (the host
+/// name came with it) and before anything else: a domain started from a
+/// template shares its template's memory, so its entropy pool, clock and
+/// machine-id are the template's until this arrives. A booted domain gets
+/// it too (the same path for both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneIdentity {
+    /// Mixed into the guest's entropy pool (`RNDADDENTROPY`), on top of the
+    /// reseed the kernel does on a vmgenid change.
+    pub seed: Vec<u8>,
+    /// The host's real-time clock when sent, in nanoseconds since the epoch.
+    pub unix_time_ns: u64,
+    /// 32 lowercase hex digits, written to the VO image's `/etc/machine-id`.
+    pub machine_id: String,
+}
+
+impl CloneIdentity {
+    pub fn check(&self) -> Result<(), String> {
+        if !(MIN_SEED..=MAX_SEED).contains(&self.seed.len()) {
+            return Err(format!(
+                "seed of {} bytes: {MIN_SEED} to {MAX_SEED}",
+                self.seed.len()
+            ));
+        }
+        if self.machine_id.len() != 32
+            || !self
+                .machine_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "machine-id {:?}: expected 32 lowercase hex digits",
+                self.machine_id
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Host → guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMsg {
@@ -184,6 +232,10 @@ pub enum HostMsg {
     /// [`GuestMsg::NetworkConfigured`] or an `Error`. Sent only if the Hello
     /// agreed on [`NETWORK_SINCE`] or later.
     Network(NetworkConfig),
+    /// (version 4) This domain's own identity: answered by
+    /// [`GuestMsg::IdentitySet`] or an `Error`. A clone of a template mounts
+    /// its disk here (its template stopped before that).
+    Identity(CloneIdentity),
 }
 
 /// Guest → host.
@@ -235,6 +287,11 @@ pub enum GuestMsg {
     /// (version 3) The `Network` was applied: each NIC, in order.
     NetworkUp {
         interfaces: Vec<InterfaceUp>,
+    },
+    /// (version 4) The `Identity` was applied; `mounted_root`: the VO disk
+    /// was mounted for it (a clone of a template), not by the boot.
+    IdentitySet {
+        mounted_root: bool,
     },
 }
 
@@ -389,6 +446,34 @@ mod tests {
         // than the agent will accept reading.
         assert!(encode(&HostMsg::Network(big)).is_ok());
         assert!(valid_hostname("a.b-c.d9") && !valid_hostname("a..b") && !valid_hostname(""));
+    }
+
+    #[test]
+    fn identity_roundtrips_and_is_checked() {
+        let id = CloneIdentity {
+            seed: vec![7; 64],
+            unix_time_ns: 1_700_000_000_000_000_000,
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+        };
+        assert_eq!(id.check(), Ok(()));
+        roundtrip(HostMsg::Identity(id.clone()));
+        roundtrip(GuestMsg::IdentitySet { mounted_root: true });
+        let mut bad = id.clone();
+        bad.seed = vec![0; 8];
+        assert!(bad.check().is_err());
+        let mut bad = id.clone();
+        bad.machine_id = "0123456789ABCDEF0123456789abcdef".into();
+        assert!(bad.check().is_err());
+        let mut bad = id;
+        bad.machine_id = "../../etc/passwd\n".into();
+        assert!(bad.check().is_err());
+        assert_eq!(
+            encode(&GuestMsg::IdentitySet {
+                mounted_root: false
+            })
+            .unwrap()[6],
+            15
+        );
     }
 
     #[test]

@@ -813,6 +813,7 @@ impl Builder<'_> {
             log_dir,
             backend: raw.backend.unwrap_or(Backend::Auto),
             acceleration: raw.acceleration.unwrap_or(Acceleration::Auto),
+            templates: raw.templates.unwrap_or(Templates::Off),
             qemu,
             xen: XenConfig {
                 guest_type: raw

@@ -43,6 +43,8 @@ pub struct SiteConfig {
     pub log_dir: PathBuf,
     pub backend: Backend,
     pub acceleration: Acceleration,
+    /// Whether domains start from booted templates (QEMU).
+    pub templates: Templates,
     pub qemu: QemuConfig,
     pub xen: XenConfig,
     pub boot_timeout_secs: u64,
@@ -155,6 +157,17 @@ pub enum Acceleration {
     Auto,
     Kvm,
     Tcg,
+}
+
+/// Starting domains from booted templates (copy-on-write RAM, QEMU only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Templates {
+    /// Every domain that can be cloned is; a missing or stale template is
+    /// built on first need.
+    Auto,
+    /// Every domain boots.
+    Off,
 }
 
 /// Format of a catalogue disk.

@@ -24,6 +24,7 @@ pub(crate) struct RawSite {
     pub(crate) log_dir: Option<S<PathBuf>>,
     pub(crate) backend: Option<Backend>,
     pub(crate) acceleration: Option<Acceleration>,
+    pub(crate) templates: Option<Templates>,
     pub(crate) qemu: Option<RawQemu>,
     pub(crate) xen: Option<RawXen>,
     pub(crate) boot_timeout_secs: Option<S<u64>>,

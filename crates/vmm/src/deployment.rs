@@ -226,6 +226,8 @@ pub struct Deployment {
     pub link: GuestLink,
     pub acceleration: String,
     pub boot_time: Duration,
+    /// How it started: `boot`, or `clone` of a template.
+    pub start: &'static str,
 }
 
 impl Deployment {
@@ -309,7 +311,7 @@ impl Deployment {
             site,
             backend: Some(backend),
         };
-        let (link, booted, boot_time) = rollback.boot(id, env, neighbours)?;
+        let (link, booted, boot_time, start) = rollback.boot(id, env, neighbours)?;
         let (journal, backend) = rollback.disarm();
         watch_domain(&link, backend.as_ref(), &booted.domain);
         Ok(Deployment {
@@ -320,6 +322,7 @@ impl Deployment {
             link,
             acceleration: booted.acceleration,
             boot_time,
+            start,
         })
     }
 
@@ -626,7 +629,7 @@ impl Rollback<'_> {
         id: &str,
         env: &ResolvedEnvironment,
         neighbours: &Neighbourhood,
-    ) -> Result<(GuestLink, hypervisor::Booted, Duration), DeployError> {
+    ) -> Result<(GuestLink, hypervisor::Booted, Duration, &'static str), DeployError> {
         let started = Instant::now();
         let site = self.site;
         let backend = self.backend.as_ref().unwrap();
@@ -686,22 +689,20 @@ impl Rollback<'_> {
                 .collect(),
             kernel: env.image.kernel.clone(),
             initrd: env.image.initrd.clone(),
-            cmdline: format!(
-                "console={} panic=-1 quiet loglevel=3 sd.root={}{}",
-                backend.console_device(),
-                backend.disk_device(),
-                backend
-                    .agent_device()
-                    .map(|d| format!(" sd.agent={d}"))
-                    .unwrap_or_default()
-            ),
+            cmdline: boot_cmdline(backend.as_ref()),
             memory_mib: env.memory_mib,
             vcpus: env.vcpus,
             disk: job_disk.path(),
             disk_format: job_disk.format().qemu_format(),
             run_dir: dir,
             console_log: console_log.clone(),
+            ram: hypervisor::RamMode::Anonymous,
         };
+        // A clone of a template where the site wants it and the domain can
+        // be one; built here on first need (outside the step lock: it takes
+        // it for its own steps).
+        let template = template_for(site, backend.as_ref(), env, &spec, &job_disk);
+        let mut start = "boot";
         let booted = {
             let _step = step_lock();
             // Recorded first, by name: a crash during create leaves it to cleanup.
@@ -709,8 +710,26 @@ impl Rollback<'_> {
                 backend: backend.name().into(),
                 name: spec.name.clone(),
             })?;
-            let booted = backend.create(&spec)?;
+            let booted = match &template {
+                Some(t) => match backend.create(&crate::template::clone_spec(&spec, t)) {
+                    Ok(b) => {
+                        start = "clone";
+                        b
+                    }
+                    Err(e) => {
+                        // Its QEMU is gone (the backend destroyed it); the
+                        // disk was never touched by its guest.
+                        crate::template::discard(t, &e.to_string());
+                        if let Some(d) = backend.find(&spec.name)? {
+                            d.destroy()?;
+                        }
+                        backend.create(&spec)?
+                    }
+                },
+                None => backend.create(&spec)?,
+            };
             journal.update_details(|f| {
+                f.start = Some(start.to_string());
                 f.agent_socket = Some(booted.agent_socket.clone());
                 f.exec_socket = booted.exec_socket.clone();
                 f.control_socket = booted.control_socket.clone();
@@ -736,6 +755,15 @@ impl Rollback<'_> {
                     console: console_log.display().to_string(),
                     last_words: last_words(&console_log),
                 }
+            })?;
+        // Its own randomness, clock and machine-id before anything else (a
+        // clone's disk is mounted here), then its network.
+        let identity = crate::template::fresh_identity()?;
+        link.set_identity(&identity, timeout)
+            .map_err(|error| DeployError::Link {
+                error,
+                console: console_log.display().to_string(),
+                last_words: last_words(&console_log),
             })?;
         if !nics.is_empty() {
             let config = sd_proto::NetworkConfig {
@@ -781,7 +809,19 @@ impl Rollback<'_> {
                 }
             }
         }
-        Ok((link, booted, started.elapsed()))
+        let elapsed = started.elapsed();
+        tracing::info!(
+            "{}: {} in {:.3} s ({})",
+            id,
+            if start == "clone" {
+                "started as a clone of a template"
+            } else {
+                "booted"
+            },
+            elapsed.as_secs_f64(),
+            booted.acceleration
+        );
+        Ok((link, booted, elapsed, start))
     }
 
     fn disarm(&mut self) -> (Journal, Box<dyn Hypervisor>) {
@@ -798,6 +838,81 @@ impl Drop for Rollback<'_> {
             }
         }
     }
+}
+
+/// The template a domain of `env` is cloned from, if the site wants
+/// clones (`templates: auto`), the backend is QEMU and the domain can be
+/// one; a template that cannot be had is logged, and the domain boots.
+fn template_for(
+    site: &SiteConfig,
+    backend: &dyn Hypervisor,
+    env: &ResolvedEnvironment,
+    spec: &DomainSpec,
+    disk: &JobDisk,
+) -> Option<crate::template::Template> {
+    if site.templates != sd_site::Templates::Auto || backend.name() != "qemu" {
+        return None;
+    }
+    if !matches!(disk, JobDisk::File { .. }) {
+        return None;
+    }
+    if let Some(why) = crate::template::not_cloneable(env) {
+        tracing::info!("{}: boots: {why}", spec.name);
+        return None;
+    }
+    let qemu = crate::hypervisor::qemu::Qemu::new(hypervisor_config(site).qemu);
+    match crate::template::for_clone(site, &qemu, env, spec, true) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("{e}; the domain boots instead");
+            None
+        }
+    }
+}
+
+/// [`undo`] for `template`'s build journal.
+pub(crate) fn undo_journal(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
+    undo(site, journal)
+}
+
+/// The QEMU backend of a site, for `sd template build`.
+pub fn qemu_of(site: &SiteConfig) -> crate::hypervisor::qemu::Qemu {
+    crate::hypervisor::qemu::Qemu::new(hypervisor_config(site).qemu)
+}
+
+/// The spec a boot of `env` would get (for a template of it): named and
+/// placed by the template's build.
+pub fn template_boot_spec(site: &SiteConfig, env: &ResolvedEnvironment) -> DomainSpec {
+    let qemu = qemu_of(site);
+    DomainSpec {
+        name: String::new(),
+        kernel: env.image.kernel.clone(),
+        initrd: env.image.initrd.clone(),
+        cmdline: boot_cmdline(&qemu),
+        memory_mib: env.memory_mib,
+        vcpus: env.vcpus,
+        disk: PathBuf::new(),
+        disk_format: storage::job_disk(Path::new("/"), env.image.format)
+            .1
+            .qemu_format(),
+        run_dir: PathBuf::new(),
+        console_log: PathBuf::new(),
+        nics: vec![],
+        ram: hypervisor::RamMode::Anonymous,
+    }
+}
+
+/// The kernel command line of a boot under `backend`.
+fn boot_cmdline(backend: &dyn Hypervisor) -> String {
+    format!(
+        "console={} panic=-1 quiet loglevel=3 sd.root={}{}",
+        backend.console_device(),
+        backend.disk_device(),
+        backend
+            .agent_device()
+            .map(|d| format!(" sd.agent={d}"))
+            .unwrap_or_default()
+    )
 }
 
 /// Connects the domain's NICs to the site's networks, each part journaled

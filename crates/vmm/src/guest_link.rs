@@ -314,6 +314,23 @@ impl GuestLink {
         }
     }
 
+    /// Gives the domain its own identity (randomness, clock, machine-id) and,
+    /// a clone of a template, its disk mounted; true if it mounted it.
+    pub fn set_identity(
+        &self,
+        identity: &sd_proto::CloneIdentity,
+        timeout: Duration,
+    ) -> Result<bool, LinkError> {
+        identity.check().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("identity: {e}"))
+        })?;
+        self.writer.send(&HostMsg::Identity(identity.clone()))?;
+        match self.recv_timeout(timeout)? {
+            GuestMsg::IdentitySet { mounted_root } => Ok(mounted_root),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Copies `from` into the guest file `path` (created with `mode`).
     pub fn put_file(&self, from: &mut dyn Read, path: &str, mode: u32) -> Result<u64, LinkError> {
         self.writer.send(&HostMsg::PutFile {

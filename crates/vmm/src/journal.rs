@@ -102,6 +102,10 @@ pub struct DeploymentDetails {
     /// The memory target last set while it ran (`sd set NAME memory=`), MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_target_mib: Option<u64>,
+    /// How the domain started: `boot`, or `clone` of a template. None in
+    /// older journals (they booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// The journal format this build writes and reads. A change that would

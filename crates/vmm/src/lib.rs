@@ -18,5 +18,6 @@ pub mod network;
 pub mod status;
 pub mod storage;
 pub mod storage_lvm;
+pub mod template;
 #[doc(hidden)]
 pub mod test_images;

@@ -19,6 +19,8 @@ pub struct DeploymentStatus {
     pub owner_pid: Option<u32>,
     pub backend: Option<String>,
     pub acceleration: Option<String>,
+    /// `boot`, or `clone` of a template (None: not started yet, or an older journal).
+    pub start: Option<String>,
     /// What it was admitted as (None while it was being created).
     pub environment: Option<ResolvedEnvironment>,
     pub created_unix: u64,
@@ -50,6 +52,7 @@ pub fn of(site: &SiteConfig, id: &str) -> Result<Option<DeploymentStatus>, Journ
         owner_pid: details.owner_pid,
         backend: details.backend.clone(),
         acceleration: details.acceleration.clone(),
+        start: details.start.clone(),
         environment: details.environment.clone(),
         created_unix: journal.data().created_unix,
     }))

@@ -12,6 +12,7 @@
 //! thread, the same protocol and the same powers, no more. Each session has
 //! its own running command; the one reaper hands each exit to its session.
 
+mod clone;
 mod job;
 mod network;
 mod session;
@@ -24,16 +25,26 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut root = PathBuf::from("/newroot");
     let mut port: Option<PathBuf> = None;
+    let mut template_root: Option<String> = None;
+    let mut template_fstype = "ext4".to_string();
     let mut i = 1;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
             ("--root", Some(v)) => root = PathBuf::from(v),
             ("--port", Some(v)) => port = Some(PathBuf::from(v)),
+            // A template's boot (sd.template): the VO disk is mounted when a
+            // clone's Identity arrives, not before.
+            ("--template-root", Some(v)) => template_root = Some(v.clone()),
+            ("--template-fstype", Some(v)) => template_fstype = v.clone(),
             (other, _) => fatal(&format!(
-                "unknown argument {other:?} (usage: sd-guest [--root DIR] [--port DEV])"
+                "unknown argument {other:?} (usage: sd-guest [--root DIR] [--port DEV] \
+                 [--template-root DEV --template-fstype TYPE])"
             )),
         }
         i += 2;
+    }
+    if let Some(device) = template_root {
+        clone::defer_root(device, template_fstype, root.clone());
     }
     let exec_search = port.is_none();
     let port = match port {
@@ -43,6 +54,10 @@ fn main() {
     };
     let (channel, console) = open_channel(&port).unwrap_or_else(|e| fatal(&e));
     log(&format!("serving on {}", port.display()));
+    if clone::root_pending() {
+        // The host that builds a template waits for this line.
+        log(clone::TEMPLATE_READY);
+    }
     // One reaper for the whole guest: it hands each child's status to the
     // session that waits for that pid, whichever port it serves.
     job::start_reaper();

@@ -74,7 +74,35 @@ pub fn serve(channel: Channel, root: &Path, announce: bool) -> ! {
                 continue;
             }
         };
+        // A template's clone touches its VO image only once it has its
+        // own identity and its own disk.
+        if crate::clone::root_pending()
+            && matches!(
+                msg,
+                HostMsg::Run(_)
+                    | HostMsg::PutFile { .. }
+                    | HostMsg::GetFile { .. }
+                    | HostMsg::Network(_)
+            )
+        {
+            upload = None;
+            writer.send(&GuestMsg::Error {
+                message:
+                    "the VO disk is not mounted yet: a template's clone needs its Identity first"
+                        .into(),
+            });
+            continue;
+        }
         match msg {
+            HostMsg::Identity(id) => match crate::clone::apply(&id, root) {
+                Ok(mounted_root) => {
+                    if mounted_root {
+                        log("clone: identity set, VO disk mounted");
+                    }
+                    writer.send(&GuestMsg::IdentitySet { mounted_root })
+                }
+                Err(message) => writer.send(&GuestMsg::Error { message }),
+            },
             HostMsg::Hello { version, hostname } => {
                 if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     writer.send(&GuestMsg::Error {

@@ -229,6 +229,25 @@ sd set farm liveness=2,factor=3\n  sd set run-42 save=true save_as=my-image")]
         #[command(subcommand)]
         action: Option<ImagesAction>,
     },
+    /// Booted templates (QEMU): domains start as copy-on-write clones of
+    /// them, where the site says `templates: auto`.
+    Template {
+        #[command(subcommand)]
+        action: TemplateAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateAction {
+    /// Build the template of catalogue image IMAGE (its VO's default memory
+    /// and vCPUs), unless a valid one exists.
+    Build {
+        image: String,
+        #[arg(long)]
+        vo: Option<String>,
+    },
+    /// Remove every template of IMAGE (RAM file included).
+    Rm { image: String },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +333,18 @@ fn main() -> ExitCode {
                 Command::Images {
                     action: Some(ImagesAction::Rm { name }),
                 } => remove_image(&site, &name),
+                Command::Template {
+                    action: TemplateAction::Build { image, vo },
+                } => template_build(&site, &image, vo.as_deref()),
+                Command::Template {
+                    action: TemplateAction::Rm { image },
+                } => match sd_vmm::template::remove(&site, &image) {
+                    Ok(n) => {
+                        println!("removed {n} template(s) of {image}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
+                },
                 Command::CheckConfig { .. } | Command::Describe { .. } => unreachable!(),
             }
         }
@@ -338,6 +369,28 @@ fn check(site: &SiteConfig, request: &str, vo: Option<&str>, json: bool) -> Exit
         }
         Err(_) if json => ExitCode::from(EXIT_REFUSED),
         Err(e) => fail(EXIT_REFUSED, &e.to_string()),
+    }
+}
+
+fn template_build(site: &SiteConfig, image: &str, vo: Option<&str>) -> ExitCode {
+    let env = match smartdomains::check::check(site, image, vo) {
+        Ok(env) => env,
+        Err(e) => return fail(EXIT_REFUSED, &e.to_string()),
+    };
+    let qemu = sd_vmm::deployment::qemu_of(site);
+    let spec = sd_vmm::deployment::template_boot_spec(site, &env);
+    let started = std::time::Instant::now();
+    match sd_vmm::template::build(site, &qemu, &env, &spec) {
+        Ok((t, built)) => {
+            println!(
+                "template {} {} ({:.1} s)",
+                t.dir.display(),
+                if built { "built" } else { "is valid: kept" },
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_SITE_FAULT, &e.to_string()),
     }
 }
 
@@ -485,10 +538,11 @@ fn run(site: &SiteConfig, jdl_path: &Path, output_dir: &Path, id: Option<String>
     };
     if tty {
         eprintln!(
-            "sd: {} ready in {:.1} s ({}), running {}",
+            "sd: {} ready in {:.1} s ({}, {}), running {}",
             env.hostname,
             deployment.boot_time.as_secs_f64(),
             deployment.acceleration,
+            deployment.start,
             jdl.executable
         );
     }
@@ -796,6 +850,31 @@ fn images(site: &SiteConfig) -> ExitCode {
             limit(vo.max_store_mib, " MiB"),
         );
     }
+    let templates = sd_vmm::template::list(site);
+    if templates.is_empty() {
+        println!("templates: none");
+    } else {
+        println!(
+            "templates ({}):",
+            sd_vmm::template::templates_dir(site).display()
+        );
+        for t in templates {
+            println!(
+                "  {:<28} {:<16} {:>6}M {:>2} vCPU  RAM {:>5} MiB, state {:>5} KiB{}",
+                t.name,
+                t.image,
+                t.memory_mib,
+                t.vcpus,
+                t.ram_bytes >> 20,
+                t.state_bytes >> 10,
+                if t.complete {
+                    ""
+                } else {
+                    " (incomplete: rebuilt on need)"
+                }
+            );
+        }
+    }
     let store = ImageStore::of_site(site);
     match store.list() {
         Ok(saved) if saved.is_empty() => {
@@ -1057,8 +1136,8 @@ fn status(site: &SiteConfig) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<32} {:<8} {:<6} {:<16} {:>8} {:>6} {:>8}",
-        "ID", "BACKEND", "ACCEL", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
+        "{:<32} {:<8} {:<6} {:<6} {:<16} {:>8} {:>6} {:>8}",
+        "ID", "BACKEND", "ACCEL", "START", "IMAGE", "MEMORY", "VCPUS", "UPTIME"
     );
     for id in ids {
         let Ok(Some(f)) = status::of(site, &id) else {
@@ -1066,10 +1145,11 @@ fn status(site: &SiteConfig) -> ExitCode {
         };
         let env = f.environment.as_ref();
         println!(
-            "{:<32} {:<8} {:<6} {:<16} {:>7}M {:>6} {:>7}s",
+            "{:<32} {:<8} {:<6} {:<6} {:<16} {:>7}M {:>6} {:>7}s",
             id,
             f.backend.as_deref().unwrap_or("-"),
             f.acceleration.as_deref().unwrap_or("-"),
+            f.start.as_deref().unwrap_or("boot"),
             env.map_or("-", |e| e.image.name.as_str()),
             env.map_or(0, |e| e.memory_mib),
             env.map_or(0, |e| e.vcpus),

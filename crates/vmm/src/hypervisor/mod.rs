@@ -38,6 +38,24 @@ pub struct DomainSpec {
     pub console_log: PathBuf,
     /// Its network interfaces, in order (made by `network` before create).
     pub nics: Vec<NicSpec>,
+    /// Where its RAM comes from (templates: QEMU only).
+    pub ram: RamMode,
+}
+
+/// A domain's RAM: its own, a template's being made, or a clone of one
+/// (see `template`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RamMode {
+    #[default]
+    Anonymous,
+    /// Shared RAM in `file`, saved later as a template.
+    Template { file: std::path::PathBuf },
+    /// A private copy-on-write mapping of a template's RAM `file`, its
+    /// devices restored from `state`.
+    Clone {
+        file: std::path::PathBuf,
+        state: std::path::PathBuf,
+    },
 }
 
 /// What a created domain offers to the layers above.

@@ -72,7 +72,7 @@ impl Qemu {
         })
     }
 
-    fn choose_accel(&self, kernel: &Path) -> (&'static str, Option<String>) {
+    pub(crate) fn choose_accel(&self, kernel: &Path) -> (&'static str, Option<String>) {
         match self.options.accel {
             AccelChoice::Kvm => ("kvm", None),
             AccelChoice::Tcg => ("tcg", None),
@@ -210,7 +210,28 @@ impl Qemu {
             ));
         }
         args.extend(self.confinement());
+        crate::template::adapt_qemu_args(&mut args, spec);
         args
+    }
+
+    /// The binary, and its `--version` line (a template's validity).
+    pub(crate) fn binary_path(&self) -> PathBuf {
+        self.options.binary.clone()
+    }
+
+    pub(crate) fn version_banner(&self) -> Option<String> {
+        let out = Command::new(&self.options.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_string(),
+        )
     }
 }
 
@@ -253,9 +274,16 @@ impl Hypervisor for Qemu {
         // SAFETY: setsid is async-signal-safe.
         // umask 077: the QMP socket, the console log and QEMU's own log are
         // root's (QEMU makes them before it drops to run_as), nobody else's.
+        // A clone's disk, as descriptors 3 and 4 (see template::disk_fds).
+        let disk_fds = crate::template::disk_fds(spec)?;
+        let raw_fds: Vec<i32> = disk_fds
+            .iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+                crate::template::inherit_fds(&raw_fds)?;
                 nix::unistd::setsid().map(drop).map_err(Into::into)
             });
         }
@@ -291,6 +319,24 @@ impl Hypervisor for Qemu {
         };
         // Reap it when it ends, so that it does not linger as a zombie of ours.
         std::thread::spawn(move || child.wait());
+        // A clone of a template: its state, then a new QMP session.
+        let stream = match &spec.ram {
+            super::RamMode::Clone { state, .. } => {
+                crate::template::restore(stream, state).map_err(|e| {
+                    let _ = domain.destroy();
+                    HypervisorError::StartFailed {
+                        detail: format!(
+                            "the clone's restore failed: {e}: {}",
+                            std::fs::read_to_string(&qemu_log)
+                                .unwrap_or_default()
+                                .trim()
+                        ),
+                    }
+                })?;
+                UnixStream::connect(&qmp)?
+            }
+            _ => stream,
+        };
 
         let kvm = qmp_query_kvm(stream).map_err(|e| HypervisorError::StartFailed {
             detail: format!(

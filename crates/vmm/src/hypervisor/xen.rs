@@ -110,6 +110,12 @@ impl Hypervisor for Xen {
     }
 
     fn create(&self, spec: &DomainSpec) -> Result<Booted, HypervisorError> {
+        if spec.ram != super::RamMode::Anonymous {
+            return Err(HypervisorError::Unsupported {
+                backend: "xen",
+                what: "templates (clones of a booted guest)",
+            });
+        }
         let agent = spec.run_dir.join("agent.sock");
         let mut config = self.config(spec, &agent)?;
         let libxl = Libxl::open()?;

@@ -44,6 +44,11 @@ pub use error::StoreError;
 pub use progress::{progress, LogProgress, NoProgress, Progress};
 pub use save::SaveMeta;
 
+/// The SHA-256 of a whole file, in hex.
+pub fn sha256_file(f: &mut std::fs::File) -> std::io::Result<String> {
+    files::sha256_of(f)
+}
+
 /// The saved images of a site.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
