@@ -134,7 +134,10 @@ fn clones_are_jobs_with_their_own_identity_and_leave_nothing() {
     assert!(e.contains("template busybox-320m-1c built"), "{e}");
     let kib: u64 = o.split_whitespace().nth(1).unwrap().parse().unwrap();
     // 256 MiB shows as ~204 MiB of MemTotal, 320 MiB as ~265 MiB.
-    assert!(kib > 240 * 1024, "a 320 MiB guest, not a clone of the 256 MiB template: {o}");
+    assert!(
+        kib > 240 * 1024,
+        "a 320 MiB guest, not a clone of the 256 MiB template: {o}"
+    );
     assert_eq!(site.shm_files().len(), 2);
 
     let rm = ok(&site
