@@ -434,10 +434,10 @@ mod tests {
         assert_eq!(lvm.device_path("job-1"), Path::new("/dev/sdvg/job-1"));
     }
 
-    /// Captured in the test VM (scripts/test-lvm, lvm2 2.03.16, Debian 12) with
+    /// Captured in the Xen test host's dom0 (lvm2 2.03.16, Debian 12) with
     /// a snapshot in place: `lvs --reportformat json --units b --nosuffix -o LVS_FIELDS sdvg`.
     /// (`job-1`'s attr ends in `k`: the activation-skip flag thin snapshots get.)
-    const SAMPLE: &str = include_str!("../../../images/lvm-test/lvs-sample.json");
+    const SAMPLE: &str = include_str!("../testdata/lvs-sample.json");
 
     #[test]
     fn parses_real_lvs_json() {
