@@ -425,10 +425,15 @@ pub fn contain() -> i32 {
     let node = env_var("SLURMD_NODENAME");
     let root = Path::new(sd_vmm::cgroup::CGROUP_ROOT);
     let started = Instant::now();
+    let find = || sd_vmm::cgroup::JobContainer::slurm(root, node.as_deref(), job.uid, &job.id);
     let container = loop {
-        match sd_vmm::cgroup::JobContainer::slurm(root, node.as_deref(), job.uid, &job.id) {
-            Some(c) if c.extern_freezer.is_some() => break c,
-            _ => {}
+        // The extern step's task is started once the step's cgroups are all
+        // made; a moment more for the last plugin's.
+        if find().is_some_and(|c| c.extern_task().is_some()) {
+            std::thread::sleep(Duration::from_millis(300));
+            if let Some(c) = find() {
+                break c;
+            }
         }
         if started.elapsed() > CGROUP_WAIT || !domain.is_running() {
             tracing::info!(
@@ -495,6 +500,12 @@ pub fn contain() -> i32 {
             None => {}
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // The job ends while suspended: the epilog shuts a running guest down.
+    if paused && domain.is_running() {
+        if let Err(e) = domain.pause(false) {
+            tracing::warn!("cannot continue the domain for its shutdown: {e}");
+        }
     }
     0
 }

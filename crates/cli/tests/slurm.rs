@@ -571,12 +571,14 @@ fn read_trim(p: &Path) -> String {
 }
 
 fn sdtest_uid() -> u32 {
-    text(&run({
-        let mut c = Command::new("id");
-        c.args(["-u", USER]);
-        c
-    })
-    .stdout)
+    text(
+        &run({
+            let mut c = Command::new("id");
+            c.args(["-u", USER]);
+            c
+        })
+        .stdout,
+    )
     .trim()
     .parse()
     .unwrap()
@@ -633,12 +635,18 @@ fn status_field(pid: u32, task: Option<&str>, field: &str) -> String {
 /// utime + stime of a process (all its threads), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = read_trim(Path::new(&format!("/proc/{pid}/stat")));
-    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     // Fields 14 and 15 of stat(5); f[0] is field 3.
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap() as f64
+    ticks
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64
 }
 
 fn two_vcpu_jdl(dir: &Path) {
@@ -737,8 +745,7 @@ fn the_guests_cpu_time_is_the_jobs() {
     let (q0, u0) = (cpu_seconds(qemu), usage());
     let started = Instant::now();
     let mut last = (q0, u0);
-    while Path::new(&format!("/proc/{qemu}")).exists() && job_field(&id, "JobState") == "RUNNING"
-    {
+    while Path::new(&format!("/proc/{qemu}")).exists() && job_field(&id, "JobState") == "RUNNING" {
         last = (cpu_seconds(qemu), usage());
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -858,10 +865,6 @@ fn a_domain_larger_than_the_jobs_memory_is_refused() {
         dir.path(),
         "busybox",
         &["--mem=300M"],
-        &[
-            "job's memory limit is 300 MiB",
-            "608 MiB",
-            "--mem=608M",
-        ],
+        &["job's memory limit is 300 MiB", "608 MiB", "--mem=608M"],
     );
 }

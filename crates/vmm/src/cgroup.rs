@@ -131,11 +131,16 @@ impl JobContainer {
     /// its steps). None if that cannot be told (no extern step, or it is
     /// gone: the job is ending).
     pub fn suspended(&self) -> Option<bool> {
+        let pid = self.extern_task()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        process_stopped(&stat)
+    }
+
+    /// The extern step's task (Slurm's `sleep` that holds the step), if it runs.
+    pub fn extern_task(&self) -> Option<u32> {
         let procs =
             std::fs::read_to_string(self.extern_freezer.as_ref()?.join("cgroup.procs")).ok()?;
-        let pid: u32 = procs.lines().next()?.trim().parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Some(process_stopped(&stat)?)
+        procs.lines().next()?.trim().parse().ok()
     }
 
     /// Whether `pid` is in all of the job's placed cgroups.
