@@ -524,8 +524,14 @@ fn remove_job_cgroups(job: &str) {
     let root = Path::new(sd_vmm::cgroup::CGROUP_ROOT);
     if let Some(c) = sd_vmm::cgroup::JobContainer::slurm(root, node.as_deref(), uid, job) {
         for (_, dir) in &c.jobs {
-            if let Err(e) = sd_vmm::cgroup::remove_tree(dir) {
-                tracing::warn!("job cgroup {} not removed: {e}", dir.display());
+            // QEMU, just destroyed, may take a moment to leave it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Err(e) = sd_vmm::cgroup::remove_tree(dir) {
+                if Instant::now() > deadline {
+                    tracing::warn!("job cgroup {} not removed: {e}", dir.display());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }

@@ -107,33 +107,60 @@ impl JobContainer {
         read_u64(&dir.join("cpuacct.usage"))
     }
 
-    /// Moves process `pid` (all its threads) into the job's cgroups. The
-    /// memory it already uses moves with it (`memory.move_charge_at_immigrate`),
-    /// so that the job's memory counts the guest's RAM touched at boot.
+    /// Moves process `pid` (all its threads) into the job's cgroups, every
+    /// controller even if one fails (the first error is returned). The
+    /// memory it already uses moves with it where the kernel still can
+    /// (`memory.move_charge_at_immigrate`, gone since Linux 6.x: there only
+    /// what it touches from now on is the job's).
     pub fn place(&self, pid: u32) -> Result<(), CgroupError> {
+        let mut first = None;
         for (controller, dir) in &self.jobs {
-            let fail = |source| CgroupError::Place {
-                pid,
-                dir: dir.clone(),
-                source,
-            };
             if *controller == "memory" {
-                // Anonymous and file pages both (bits 0 and 1).
-                std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3").map_err(fail)?;
+                // Anonymous and file pages both (bits 0 and 1); best effort.
+                if let Err(e) = std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3") {
+                    tracing::info!(
+                        "the memory process {pid} already uses stays charged where it was \
+                         (memory.move_charge_at_immigrate: {e})"
+                    );
+                }
             }
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(fail)?;
+            if let Err(source) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+                first.get_or_insert(CgroupError::Place {
+                    pid,
+                    dir: dir.clone(),
+                    source,
+                });
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
-    /// Whether Slurm has suspended the job: the extern step's task is
+    /// Whether Slurm has suspended the job: a task of one of its steps is
     /// stopped (proctrack/cgroup suspends a job by SIGSTOP to every task of
-    /// its steps). None if that cannot be told (no extern step, or it is
-    /// gone: the job is ending).
+    /// its steps, the extern step's `sleep` included; the steps' tasks are
+    /// host-side helpers only, the job's own commands run in the guest).
+    /// None if that cannot be told (no step is left: the job is ending).
     pub fn suspended(&self) -> Option<bool> {
-        let pid = self.extern_task()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        process_stopped(&stat)
+        let job = self.extern_freezer.as_ref()?.parent()?;
+        let mut seen = false;
+        for step in std::fs::read_dir(job).ok()?.flatten() {
+            if !step.file_name().to_string_lossy().starts_with("step_") {
+                continue;
+            }
+            let Ok(procs) = std::fs::read_to_string(step.path().join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines() {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else {
+                    continue;
+                };
+                seen = true;
+                if process_stopped(&stat) == Some(true) {
+                    return Some(true);
+                }
+            }
+        }
+        seen.then_some(false)
     }
 
     /// The extern step's task (Slurm's `sleep` that holds the step), if it runs.
