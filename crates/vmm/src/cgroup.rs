@@ -135,9 +135,10 @@ impl JobContainer {
         first.map_or(Ok(()), Err)
     }
 
-    /// Whether Slurm has suspended the job: a task of one of its steps is
-    /// stopped (proctrack/cgroup suspends a job by SIGSTOP to every task of
-    /// its steps, the extern step's `sleep` included; the steps' tasks are
+    /// Whether Slurm has suspended the job: one of its steps' freezer
+    /// cgroups is frozen, or a task of a step is stopped (proctrack/cgroup
+    /// suspends a job by stopping every task of its steps, the extern step's
+    /// `sleep` included, then freezing the steps' cgroups; the steps' tasks are
     /// host-side helpers only, the job's own commands run in the guest).
     /// None if that cannot be told (no step is left: the job is ending).
     pub fn suspended(&self) -> Option<bool> {
@@ -146,6 +147,12 @@ impl JobContainer {
         for step in std::fs::read_dir(job).ok()?.flatten() {
             if !step.file_name().to_string_lossy().starts_with("step_") {
                 continue;
+            }
+            // Slurm stops the tasks (SIGTSTP), then freezes the step's cgroup.
+            let frozen = std::fs::read_to_string(step.path().join("freezer.state"))
+                .is_ok_and(|f| f.trim() != "THAWED" && !f.trim().is_empty());
+            if frozen {
+                return Some(true);
             }
             let Ok(procs) = std::fs::read_to_string(step.path().join("cgroup.procs")) else {
                 continue;
