@@ -129,10 +129,15 @@ pub fn prolog() -> i32 {
         job.uid,
         job.work_dir.display()
     );
-    let booted = resolve(&site, &job, &RequestSpec::parse(&value))
-        .and_then(|env| frontend::boot(&site, &id, &env, job.uid, None));
+    let booted = resolve(&site, &job, &RequestSpec::parse(&value)).and_then(|env| {
+        fits_the_jobs_memory(&job.id, env.memory_mib)?;
+        frontend::boot(&site, &id, &env, job.uid, None)
+    });
     match booted {
-        Ok(_) => ExitCode::HOOK_OK,
+        Ok(_) => {
+            start_container_watcher(&job.id);
+            ExitCode::HOOK_OK
+        }
         Err(e @ BootFailure::Site(_)) => {
             tracing::error!("site fault, failing the prolog (Slurm drains the node): {e}");
             ExitCode::HOOK_SITE
@@ -205,6 +210,7 @@ pub fn epilog() -> i32 {
             ExitCode::HOOK_SITE
         }
     };
+    remove_job_cgroups(&job_id);
     match clean_steps_domains(&site, &job_id) {
         Ok(()) => own,
         Err(()) => ExitCode::HOOK_SITE,
@@ -257,25 +263,19 @@ fn clean_steps_domains(site: &SiteConfig, job_id: &str) -> Result<(), ()> {
     }
 }
 
-/// Exit code, or what `scontrol` says (a cancel or a time limit leave the
-/// code at 0).
-fn job_outcome(job_id: &str) -> String {
-    let code = env_var("SLURM_JOB_EXIT_CODE2").unwrap_or_else(|| "?".into());
+/// `scontrol show job -o JOB` (hooks have no PATH), within 3 s; None if
+/// there is no scontrol or it does not answer.
+fn scontrol_show_job(job_id: &str) -> Option<String> {
     let scontrol = ["/usr/bin/scontrol", "/usr/local/bin/scontrol"]
         .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(scontrol) = scontrol else {
-        return format!("exit code {code}");
-    };
-    let child = std::process::Command::new(scontrol)
+        .find(|p| Path::new(p).exists())?;
+    let mut child = std::process::Command::new(scontrol)
         .args(["show", "job", "-o", job_id])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return format!("exit code {code}");
-    };
+        .spawn()
+        .ok()?;
     let deadline = Instant::now() + Duration::from_secs(3);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -285,17 +285,256 @@ fn job_outcome(job_id: &str) -> String {
     if let Some(mut s) = child.stdout.take() {
         let _ = s.read_to_string(&mut out);
     }
-    let field = |name: &str| {
-        out.split_whitespace()
-            .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            .unwrap_or("?")
-            .to_string()
+    let _ = child.wait();
+    (!out.is_empty()).then_some(out)
+}
+
+/// Field `name` of `scontrol show job -o` output.
+fn job_info_field<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Exit code, or what `scontrol` says (a cancel or a time limit leave the
+/// code at 0).
+fn job_outcome(job_id: &str) -> String {
+    let code = env_var("SLURM_JOB_EXIT_CODE2").unwrap_or_else(|| "?".into());
+    let Some(out) = scontrol_show_job(job_id) else {
+        return format!("exit code {code}");
     };
+    let field = |name: &str| job_info_field(&out, name).unwrap_or("?").to_string();
     format!(
         "exit code {code}, state {}, reason {}",
         field("JobState"),
         field("Reason")
     )
+}
+
+/// A Slurm memory size (`700M`, `2G`, `512K`, `1T`; no unit: MiB) in MiB.
+fn slurm_size_mib(v: &str) -> Option<u64> {
+    let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "" | "M" => Some(n),
+        "K" => Some(n / 1024),
+        "G" => n.checked_mul(1024),
+        "T" => n.checked_mul(1024 * 1024),
+        _ => None,
+    }
+}
+
+/// The memory the job was allocated on each of its nodes, in MiB
+/// (`MinMemoryNode`, or `MinMemoryCPU` times its CPUs on this node); None
+/// if Slurm allocates no memory (`SelectTypeParameters` without memory: 0).
+fn job_memory_mib(show_job: &str, cpus_on_node: Option<u64>) -> Option<u64> {
+    let mib = if let Some(v) = job_info_field(show_job, "MinMemoryNode") {
+        slurm_size_mib(v)?
+    } else {
+        slurm_size_mib(job_info_field(show_job, "MinMemoryCPU")?)?.checked_mul(cpus_on_node?)?
+    };
+    (mib > 0).then_some(mib)
+}
+
+/// Admission against the job's allocation: its cgroup's memory limit (with
+/// `ConstrainRAMSpace`, what it was allocated) must hold the guest and QEMU.
+/// The cgroup itself is made only after the prolog: the allocation is read
+/// from Slurm. A request that does not fit is the user's (the node stays up).
+fn fits_the_jobs_memory(job_id: &str, memory_mib: u64) -> Result<(), BootFailure> {
+    let Some(out) = scontrol_show_job(job_id) else {
+        return Ok(());
+    };
+    // "2" or "2(x3)": this node's share of the job's CPUs.
+    let cpus = env_var("SLURM_JOB_CPUS_PER_NODE").and_then(|v| {
+        v.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+    });
+    let Some(limit) = job_memory_mib(&out, cpus) else {
+        return Ok(());
+    };
+    sd_vmm::cgroup::check_memory(limit << 20, memory_mib).map_err(BootFailure::Refused)
+}
+
+/// Starts `sd-prolog --contain`, detached: the prolog must return before
+/// Slurm makes the job's cgroups (with `PrologFlags=Contain`, right after).
+/// A failure to start it is logged; the domain runs, outside the job's cgroups.
+fn start_container_watcher(job_id: &str) {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("cannot start the cgroup watcher (own path: {e}); the domain stays outside the job's cgroups");
+            return;
+        }
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(CONTAIN_ARG)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe. Its own session: Slurm waits for
+    // the prolog's process group and output, not for it.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    match cmd.spawn() {
+        Ok(child) => tracing::info!("cgroup watcher of job {job_id}: process {}", child.id()),
+        Err(e) => tracing::error!(
+            "cannot start the cgroup watcher: {e}; the domain stays outside the job's cgroups"
+        ),
+    }
+}
+
+/// The argument of `sd-prolog` that makes it the cgroup watcher.
+pub const CONTAIN_ARG: &str = "--contain";
+
+/// How long the watcher waits for Slurm to make the job's cgroups.
+const CGROUP_WAIT: Duration = Duration::from_secs(60);
+
+/// `sd-prolog --contain`, started by the prolog with its environment: waits
+/// for the job's cgroups (`sd_vmm::cgroup`), places the domain's hypervisor
+/// processes in them, then follows the job: when Slurm suspends it
+/// (`scontrol suspend`, gang scheduling, `PreemptMode=SUSPEND`: SIGSTOP to
+/// its tasks) the domain is paused (QMP `stop`), and continued on resume.
+/// Ends when the domain or the job's cgroups are gone. Exit 0 always: it
+/// logs what it could not do.
+pub fn contain() -> i32 {
+    let Ok(site) = SiteConfig::load(&SiteConfig::default_path()) else {
+        return 0;
+    };
+    let Ok(job) = SlurmJob::from_env(env_var) else {
+        return 0;
+    };
+    let (_log, _span) = crate::hook_log::init("sd-contain", &site.log_dir, &job.id);
+    let id = job.deployment_id();
+    let domain = match deployment::running_domain(&site, None, &id) {
+        Ok(Some(d)) => d,
+        Ok(None) => return 0,
+        Err(e) => {
+            tracing::error!("cannot find the domain of {id}: {e}");
+            return 0;
+        }
+    };
+    let pids = domain.hypervisor_pids();
+    if pids.is_empty() {
+        tracing::info!(
+            "backend {}: the domain has no host processes to place in the job's cgroups              (Xen: the hypervisor owns its vCPUs and memory)",
+            domain.backend()
+        );
+    }
+    let node = env_var("SLURMD_NODENAME");
+    let root = Path::new(sd_vmm::cgroup::CGROUP_ROOT);
+    let started = Instant::now();
+    let find = || sd_vmm::cgroup::JobContainer::slurm(root, node.as_deref(), job.uid, &job.id);
+    let container = loop {
+        // The extern step's task is started once the step's cgroups are all
+        // made; a moment more for the last plugin's.
+        if find().is_some_and(|c| c.extern_task().is_some()) {
+            std::thread::sleep(Duration::from_millis(300));
+            if let Some(c) = find() {
+                break c;
+            }
+        }
+        if started.elapsed() > CGROUP_WAIT || !domain.is_running() {
+            tracing::info!(
+                "job {} has no cgroups after {:.0} s (Slurm without proctrack/cgroup, task/cgroup                  and PrologFlags=Contain?): the domain runs outside them",
+                job.id,
+                started.elapsed().as_secs_f64()
+            );
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for &pid in &pids {
+        match container.place(pid) {
+            Ok(()) => tracing::info!(
+                "hypervisor process {pid} placed in the job's cgroups ({}) {:.1} s after the prolog",
+                container
+                    .jobs
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+    if let Some(limit) = container.memory_limit() {
+        tracing::info!("the job's memory limit: {} MiB", limit >> 20);
+    }
+    let mut paused = false;
+    while domain.is_running() {
+        match container.suspended() {
+            Some(s) if s != paused => match domain.pause(s) {
+                Ok(()) => {
+                    paused = s;
+                    tracing::info!(
+                        "job {} {}: domain {}",
+                        job.id,
+                        if s { "suspended" } else { "resumed" },
+                        if s {
+                            "paused (QMP stop)"
+                        } else {
+                            "continued (QMP cont)"
+                        }
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot {} the domain: {e}",
+                        if s { "pause" } else { "continue" }
+                    );
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+            Some(_) => {}
+            // The extern step is gone: the job ends, its epilog tears the domain down.
+            None if container
+                .extern_freezer
+                .as_ref()
+                .is_some_and(|d| !d.exists()) =>
+            {
+                break
+            }
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The job ends while suspended: the epilog shuts a running guest down.
+    if paused && domain.is_running() {
+        if let Err(e) = domain.pause(false) {
+            tracing::warn!("cannot continue the domain for its shutdown: {e}");
+        }
+    }
+    0
+}
+
+/// The epilog's end of the job's cgroups: Slurm could not remove the job's
+/// cgroups that held the domain while its steps ended; once the domain is
+/// gone they are empty, and removed here (deepest first; one that still
+/// holds a process stays).
+fn remove_job_cgroups(job: &str) {
+    let (Some(uid), node) = (
+        env_var("SLURM_JOB_UID").and_then(|u| u.parse().ok()),
+        env_var("SLURMD_NODENAME"),
+    ) else {
+        return;
+    };
+    let root = Path::new(sd_vmm::cgroup::CGROUP_ROOT);
+    if let Some(c) = sd_vmm::cgroup::JobContainer::slurm(root, node.as_deref(), uid, job) {
+        for (_, dir) in &c.jobs {
+            // QEMU, just destroyed, may take a moment to leave it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Err(e) = sd_vmm::cgroup::remove_tree(dir) {
+                if Instant::now() > deadline {
+                    tracing::warn!("job cgroup {} not removed: {e}", dir.display());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 /// `sd-exec -- CMD ARGS...`: runs the command inside this job's domain.

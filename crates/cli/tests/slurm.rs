@@ -545,3 +545,338 @@ fn comment_request_without_the_plugin_option() {
     assert!(output(dir.path(), &id).0.contains("name=busybox"));
     assert_no_leftovers(&id);
 }
+
+// ---- The domain in the job's resource container (cgroup v1, as
+// scripts/slurm-local configures Slurm: proctrack/cgroup, task/cgroup with
+// ConstrainCores and ConstrainRAMSpace, PrologFlags=Contain).
+
+/// The job's cgroup directory under `controller` (`slurm_<node>` on
+/// Debian's multiple-slurmd build, else `slurm`).
+fn job_cgroup(controller: &str, uid: u32, id: &str) -> Option<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup").join(controller);
+    let host = text(&run(Command::new("hostname").arg("-s")).stdout)
+        .trim()
+        .to_string();
+    [format!("slurm_{host}"), "slurm".to_string()]
+        .into_iter()
+        .map(|r| base.join(r).join(format!("uid_{uid}/job_{id}")))
+        .find(|d| d.is_dir())
+}
+
+fn read_trim(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn sdtest_uid() -> u32 {
+    text(
+        &run({
+            let mut c = Command::new("id");
+            c.args(["-u", USER]);
+            c
+        })
+        .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The QEMU process of job `id`'s domain, once it is in the job's cgroups
+/// (memory, cpuset, cpuacct): the watcher places it after the prolog.
+fn placed_qemu(id: &str) -> u32 {
+    let name = format!("guest=sd-slurm-{id}-");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if !text(&cmdline).contains(&name) {
+                continue;
+            }
+            let cg = read_trim(&entry.path().join("cgroup"));
+            let job = format!("/job_{id}");
+            let placed = ["memory", "cpuset", "cpuacct"].iter().all(|c| {
+                cg.lines()
+                    .any(|l| l.contains(&format!(":{c}:")) && l.ends_with(&job))
+            });
+            if placed {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: its QEMU never in the job's cgroups ({})",
+            job_field(id, "JobState")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status_field(pid: u32, task: Option<&str>, field: &str) -> String {
+    let path = match task {
+        Some(t) => format!("/proc/{pid}/task/{t}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    read_trim(Path::new(&path))
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// utime + stime of a process (all its threads), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = read_trim(Path::new(&format!("/proc/{pid}/stat")));
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 of stat(5); f[0] is field 3.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64
+}
+
+fn two_vcpu_jdl(dir: &Path) {
+    std::fs::write(
+        dir.join("jobs/two.jdl"),
+        "[ Executable = \"/bin/true\";\n  VirtualEnvironment = [ Image = \"busybox\"; VCPUs = 2; Memory = 256; ]; ]\n",
+    )
+    .unwrap();
+}
+
+/// A 2-vCPU guest in a 1-core, 512 MiB allocation: QEMU (every thread of
+/// it) runs only on the job's core, within the job's memory limit.
+#[test]
+fn the_domain_runs_on_the_jobs_cores_within_its_memory() {
+    let _serial = serial();
+    let dir = workdir();
+    two_vcpu_jdl(dir.path());
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--sd-env=jobs/two.jdl",
+            "-c1",
+            "--mem=512M",
+            "--wrap",
+            "echo vcpus=$(nproc); sleep 8",
+        ],
+    );
+    let qemu = placed_qemu(&id);
+    let uid = sdtest_uid();
+    let cpuset = job_cgroup("cpuset", uid, &id).expect("the job's cpuset cgroup");
+    let cpus = read_trim(&cpuset.join("cpuset.cpus"));
+    assert!(
+        !cpus.contains(',') && !cpus.contains('-'),
+        "one core: {cpus}"
+    );
+    assert_eq!(status_field(qemu, None, "Cpus_allowed_list"), cpus);
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{qemu}/task"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(tasks.len() >= 3, "QEMU's threads: {tasks:?}");
+    for t in &tasks {
+        assert_eq!(
+            status_field(qemu, Some(t), "Cpus_allowed_list"),
+            cpus,
+            "thread {t} of QEMU {qemu}"
+        );
+    }
+    let memory = job_cgroup("memory", uid, &id).expect("the job's memory cgroup");
+    assert_eq!(
+        read_trim(&memory.join("memory.limit_in_bytes")),
+        (512u64 << 20).to_string()
+    );
+    // What QEMU touches from now on is the job's (the RAM it touched at
+    // boot moves with it only where the kernel still moves charges).
+    let usage: u64 = read_trim(&memory.join("memory.usage_in_bytes"))
+        .parse()
+        .unwrap();
+    eprintln!(
+        "job {id}: QEMU {qemu} ({} threads) on CPU {cpus}; job memory {} MiB of 512",
+        tasks.len(),
+        usage >> 20
+    );
+    assert!(usage < 512 << 20, "job memory usage {usage}");
+    assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
+    assert!(output(dir.path(), &id).0.contains("vcpus=2"));
+    assert_no_leftovers(&id);
+    // The job's cgroups, which held QEMU after its steps ended, are gone
+    // (the epilog removes them right after the journal).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ["memory", "cpuset", "cpuacct", "devices"]
+        .iter()
+        .any(|c| job_cgroup(c, uid, &id).is_some())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "job {id}'s cgroups left: {:?}",
+            job_cgroup("memory", uid, &id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A guest burning one vCPU for 20 s: the job's CPU accounting
+/// (`cpuacct.usage` of its cgroup) holds QEMU's CPU time.
+#[test]
+fn the_guests_cpu_time_is_the_jobs() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--sd-env=busybox",
+            "--wrap",
+            "end=$(($(date +%s) + 20)); while [ $(date +%s) -lt $end ]; do :; done; echo burnt",
+        ],
+    );
+    let qemu = placed_qemu(&id);
+    let uid = sdtest_uid();
+    let cpuacct = job_cgroup("cpuacct", uid, &id).expect("the job's cpuacct cgroup");
+    let usage = || -> f64 {
+        read_trim(&cpuacct.join("cpuacct.usage"))
+            .parse::<f64>()
+            .unwrap_or(0.0)
+            / 1e9
+    };
+    let (q0, u0) = (cpu_seconds(qemu), usage());
+    let started = Instant::now();
+    let mut last = (q0, u0);
+    while Path::new(&format!("/proc/{qemu}")).exists() && job_field(&id, "JobState") == "RUNNING" {
+        last = (cpu_seconds(qemu), usage());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (qemu_cpu, job_cpu) = (last.0 - q0, last.1 - u0);
+    eprintln!(
+        "job {id}: QEMU used {qemu_cpu:.1} s of CPU in {:.1} s since its placement; \
+         the job's cgroup counted {job_cpu:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
+    assert!(output(dir.path(), &id).0.contains("burnt"));
+    assert!(qemu_cpu > 5.0, "the guest burnt only {qemu_cpu:.1} s");
+    assert!(
+        job_cpu >= 0.95 * qemu_cpu,
+        "the job's cgroup counts {job_cpu:.1} s of QEMU's {qemu_cpu:.1} s"
+    );
+    assert_no_leftovers(&id);
+}
+
+/// QMP `query-status` of job `id`'s domain: "running", "paused", ...
+fn qmp_status(id: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = site()
+        .state_dir
+        .join("run")
+        .join(format!("slurm-{id}"))
+        .join("qmp.sock");
+    let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap(); // greeting
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n")
+        .unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if let Some(rest) = line.split("\"status\": \"").nth(1) {
+            return rest.split('"').next().unwrap().to_string();
+        }
+        assert!(!line.is_empty(), "QMP closed");
+    }
+}
+
+/// `scontrol suspend` pauses the domain (the watcher sees Slurm stop the
+/// job's extern task, and sends QMP `stop`); `scontrol resume` continues
+/// it: a ticking job loses no tick.
+#[test]
+fn scontrol_suspend_pauses_the_domain_and_resume_continues_it() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--sd-env=busybox",
+            "--wrap",
+            "i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo tick $i $(cut -d' ' -f1 /proc/uptime); sleep 1; done",
+        ],
+    );
+    placed_qemu(&id);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(qmp_status(&id), "running");
+    run({
+        let mut c = slurm("scontrol");
+        c.args(["suspend", &id]);
+        c
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qmp_status(&id) != "paused" {
+        assert!(Instant::now() < deadline, "the domain never paused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let paused_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(qmp_status(&id), "paused");
+    assert_eq!(job_field(&id, "JobState"), "SUSPENDED");
+    run({
+        let mut c = slurm("scontrol");
+        c.args(["resume", &id]);
+        c
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qmp_status(&id) != "running" {
+        assert!(Instant::now() < deadline, "the domain never continued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "job {id}: domain paused for {:.1} s",
+        paused_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(wait_done(&id), "COMPLETED", "{:?}", output(dir.path(), &id));
+    let (out, err) = output(dir.path(), &id);
+    let ticks: Vec<u32> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(ticks, (1..=15).collect::<Vec<_>>(), "{out}{err}");
+    // The guest's clock stood still while it was paused: no jump between ticks.
+    let uptimes: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split(' ').nth(2)?.parse().ok())
+        .collect();
+    let gap = uptimes.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    eprintln!("job {id}: largest gap between ticks in guest time {gap:.1} s");
+    assert_no_leftovers(&id);
+}
+
+/// A domain that cannot fit the job's memory allocation is the user's
+/// mistake: refused with the limit and the values, the node stays up.
+#[test]
+fn a_domain_larger_than_the_jobs_memory_is_refused() {
+    let _serial = serial();
+    let dir = workdir();
+    assert_refused_and_node_up(
+        USER,
+        dir.path(),
+        "busybox",
+        &["--mem=300M"],
+        &["job's memory limit is 300 MiB", "608 MiB", "--mem=608M"],
+    );
+}

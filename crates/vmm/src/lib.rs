@@ -9,6 +9,7 @@
 //! (tap, bridge, nftables, address leases).
 
 pub mod capacity;
+pub mod cgroup;
 pub mod deployment;
 pub mod guest_link;
 pub mod hypervisor;

@@ -237,6 +237,14 @@ pub trait Domain: Send + Sync {
         Err(self.unsupported("reporting the guest's memory"))
     }
 
+    /// The host processes that run the domain (QEMU's), for placing them in
+    /// a batch job's resource container (`cgroup`). Empty for a backend
+    /// whose domains are no host processes (Xen: the hypervisor owns the
+    /// guest's vCPUs and memory).
+    fn hypervisor_pids(&self) -> Vec<u32> {
+        vec![]
+    }
+
     /// Pauses or resumes every vCPU of the domain.
     fn pause(&self, _paused: bool) -> Result<(), HypervisorError> {
         Err(self.unsupported("pause"))

@@ -455,6 +455,18 @@ impl Domain for QemuDomain {
         !self.processes().is_empty()
     }
 
+    fn hypervisor_pids(&self) -> Vec<u32> {
+        self.processes()
+    }
+
+    fn pause(&self, paused: bool) -> Result<(), HypervisorError> {
+        if paused {
+            self.qmp(|qmp| qmp.execute(&qapi::qmp::stop {}).map(drop))
+        } else {
+            self.qmp(|qmp| qmp.execute(&qapi::qmp::cont {}).map(drop))
+        }
+    }
+
     fn set_memory_target(&self, mib: u64) -> Result<(), HypervisorError> {
         let value = i64::try_from(mib << 20)
             .map_err(|_| HypervisorError::Control(format!("memory target {mib} MiB too large")))?;

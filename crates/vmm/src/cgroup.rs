@@ -1,0 +1,288 @@
+//! The batch job's resource container (cgroup v1, as Slurm's `cgroup/v1`
+//! plugin makes it): the domain's hypervisor processes are placed in it,
+//! so that the job's CPU accounting, allocated cores and memory limit
+//! cover the domain.
+//!
+//! Slurm (22.05, `task/cgroup`, `proctrack/cgroup`, `PrologFlags=Contain`)
+//! makes, per controller, `/sys/fs/cgroup/<controller>/slurm[_<node>]/uid_<U>/job_<J>`
+//! with one child per step (`step_extern`, `step_batch`, `step_<N>`). It
+//! makes them only after the prolog has returned, so a domain booted by the
+//! prolog is placed later, by a watcher (`sd_batch::slurm::contain`).
+//!
+//! Where QEMU goes: the **job's** cgroup in `cpuset`, `memory`, `cpuacct`
+//! and `devices` (its cores, its memory limit, its CPU time), not a step's,
+//! and **not** the `freezer` one. The freezer step cgroup is proctrack's
+//! container: Slurm SIGKILLs whatever is in it when the job ends, before
+//! the epilog runs, which would take away the domain's graceful shutdown
+//! (and a wanted disk save). Suspend is done by the watcher instead (QMP
+//! `stop`/`cont` when Slurm stops and continues the extern step's task).
+//!
+//! Nothing here has any effect when the job has no such cgroups (no Slurm,
+//! or Slurm without cgroups): [`JobContainer::slurm`] finds none.
+
+use std::path::{Path, PathBuf};
+
+/// The cgroup v1 controllers a domain's processes are placed in.
+pub const PLACED: [&str; 4] = ["cpuset", "memory", "cpuacct", "devices"];
+
+/// Root of the cgroup v1 hierarchies.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// QEMU's own memory beyond the guest's RAM (its code, heap, device
+/// emulation, TCG's translation cache of 32 MiB by default under TCG):
+/// admission counts the guest's RAM plus this against the job's limit.
+pub const QEMU_OVERHEAD_MIB: u64 = 96;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "cannot place process {pid} in the job's cgroup {}: {source} \
+         (a site fault: is the cgroup v1 hierarchy writable by root?)",
+        dir.display()
+    )]
+    Place {
+        pid: u32,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One Slurm job's cgroups on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobContainer {
+    /// The job's directory under each controller it has, in [`PLACED`] order.
+    pub jobs: Vec<(&'static str, PathBuf)>,
+    /// The extern step's freezer cgroup (proctrack's container of the
+    /// extern step), whose task Slurm stops on `scontrol suspend`.
+    pub extern_freezer: Option<PathBuf>,
+}
+
+/// The job directory `slurm[_<node>]/uid_<U>/job_<J>` under `controller_dir`,
+/// if it exists. Debian builds Slurm with multiple-slurmd support, whose root
+/// is `slurm_<node>`; other builds use `slurm`.
+fn job_dir(controller_dir: &Path, node: Option<&str>, uid: u32, job: &str) -> Option<PathBuf> {
+    let roots = node
+        .map(|n| format!("slurm_{n}"))
+        .into_iter()
+        .chain(["slurm".to_string()]);
+    for root in roots {
+        let dir = controller_dir
+            .join(root)
+            .join(format!("uid_{uid}"))
+            .join(format!("job_{job}"));
+        if dir.is_dir() {
+            return Some(dir);
+        }
+    }
+    None
+}
+
+impl JobContainer {
+    /// Slurm job `job` of `uid` on node `node` (`SLURMD_NODENAME`), under
+    /// the cgroup root `root` ([`CGROUP_ROOT`]); None if it has no cgroup
+    /// in any controller (not under Slurm with cgroups, or not yet made).
+    pub fn slurm(root: &Path, node: Option<&str>, uid: u32, job: &str) -> Option<JobContainer> {
+        let jobs: Vec<_> = PLACED
+            .iter()
+            .filter_map(|c| job_dir(&root.join(c), node, uid, job).map(|d| (*c, d)))
+            .collect();
+        let extern_freezer = job_dir(&root.join("freezer"), node, uid, job)
+            .map(|d| d.join("step_extern"))
+            .filter(|d| d.is_dir());
+        (!jobs.is_empty() || extern_freezer.is_some()).then_some(JobContainer {
+            jobs,
+            extern_freezer,
+        })
+    }
+
+    /// The job's memory limit (`memory.limit_in_bytes` of its memory cgroup), if any.
+    pub fn memory_limit(&self) -> Option<u64> {
+        let (_, dir) = self.jobs.iter().find(|(c, _)| *c == "memory")?;
+        read_u64(&dir.join("memory.limit_in_bytes"))
+    }
+
+    /// The CPU time the job's processes used, in ns (`cpuacct.usage`).
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        let (_, dir) = self.jobs.iter().find(|(c, _)| *c == "cpuacct")?;
+        read_u64(&dir.join("cpuacct.usage"))
+    }
+
+    /// Moves process `pid` (all its threads) into the job's cgroups, every
+    /// controller even if one fails (the first error is returned). The
+    /// memory it already uses moves with it where the kernel still can
+    /// (`memory.move_charge_at_immigrate`, gone since Linux 6.x: there only
+    /// what it touches from now on is the job's).
+    pub fn place(&self, pid: u32) -> Result<(), CgroupError> {
+        let mut first = None;
+        for (controller, dir) in &self.jobs {
+            if *controller == "memory" {
+                // Anonymous and file pages both (bits 0 and 1); best effort.
+                if let Err(e) = std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3") {
+                    tracing::info!(
+                        "the memory process {pid} already uses stays charged where it was \
+                         (memory.move_charge_at_immigrate: {e})"
+                    );
+                }
+            }
+            if let Err(source) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+                first.get_or_insert(CgroupError::Place {
+                    pid,
+                    dir: dir.clone(),
+                    source,
+                });
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Whether Slurm has suspended the job: one of its steps' freezer
+    /// cgroups is frozen, or a task of a step is stopped (proctrack/cgroup
+    /// suspends a job by stopping every task of its steps, the extern step's
+    /// `sleep` included, then freezing the steps' cgroups; the steps' tasks are
+    /// host-side helpers only, the job's own commands run in the guest).
+    /// None if that cannot be told (no step is left: the job is ending).
+    pub fn suspended(&self) -> Option<bool> {
+        let job = self.extern_freezer.as_ref()?.parent()?;
+        let mut seen = false;
+        for step in std::fs::read_dir(job).ok()?.flatten() {
+            if !step.file_name().to_string_lossy().starts_with("step_") {
+                continue;
+            }
+            // Slurm stops the tasks (SIGTSTP), then freezes the step's cgroup.
+            let frozen = std::fs::read_to_string(step.path().join("freezer.state"))
+                .is_ok_and(|f| f.trim() != "THAWED" && !f.trim().is_empty());
+            if frozen {
+                return Some(true);
+            }
+            let Ok(procs) = std::fs::read_to_string(step.path().join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines() {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else {
+                    continue;
+                };
+                seen = true;
+                if process_stopped(&stat) == Some(true) {
+                    return Some(true);
+                }
+            }
+        }
+        seen.then_some(false)
+    }
+
+    /// The extern step's task (Slurm's `sleep` that holds the step), if it runs.
+    pub fn extern_task(&self) -> Option<u32> {
+        let procs =
+            std::fs::read_to_string(self.extern_freezer.as_ref()?.join("cgroup.procs")).ok()?;
+        procs.lines().next()?.trim().parse().ok()
+    }
+
+    /// Whether `pid` is in all of the job's placed cgroups.
+    pub fn holds(&self, pid: u32) -> bool {
+        self.jobs.iter().all(|(_, dir)| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|p| p.lines().any(|l| l.trim() == pid.to_string()))
+        })
+    }
+}
+
+/// Removes cgroup `dir` and its children, deepest first (a cgroup directory
+/// goes with `rmdir` once it holds no process). NotFound is no error.
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Is the process of this `/proc/PID/stat` line stopped (state `T`)?
+fn process_stopped(stat: &str) -> Option<bool> {
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(state == "T")
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Admission against the job's memory limit: guest RAM plus QEMU's overhead
+/// must fit. The error names the limit and both values.
+pub fn check_memory(limit_bytes: u64, memory_mib: u64) -> Result<(), String> {
+    let need = memory_mib + QEMU_OVERHEAD_MIB;
+    let limit_mib = limit_bytes >> 20;
+    if need > limit_mib {
+        return Err(format!(
+            "the domain needs {need} MiB ({memory_mib} MiB of guest memory + {QEMU_OVERHEAD_MIB} MiB \
+             for QEMU) but the job's memory limit is {limit_mib} MiB: ask for more memory \
+             (sbatch --mem={need}M or more) or a smaller guest (Memory in the request)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_job(root: &Path, base: &str, with_extern: bool) {
+        for c in PLACED.iter().chain(["freezer"].iter()) {
+            let d = root.join(c).join(base).join("uid_1000/job_42");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup.procs"), "").unwrap();
+            if with_extern {
+                std::fs::create_dir_all(d.join("step_extern")).unwrap();
+            }
+        }
+        let m = root.join("memory").join(base).join("uid_1000/job_42");
+        std::fs::write(m.join("memory.limit_in_bytes"), "1073741824\n").unwrap();
+    }
+
+    #[test]
+    fn finds_a_jobs_cgroups_of_a_multiple_slurmd_build_and_a_plain_one() {
+        for base in ["slurm_node1", "slurm"] {
+            let t = tempfile::tempdir().unwrap();
+            fake_job(t.path(), base, true);
+            let c = JobContainer::slurm(t.path(), Some("node1"), 1000, "42").unwrap();
+            assert_eq!(c.jobs.len(), 4);
+            assert_eq!(c.memory_limit(), Some(1 << 30));
+            assert!(c.extern_freezer.unwrap().ends_with("job_42/step_extern"));
+        }
+    }
+
+    #[test]
+    fn no_cgroups_no_container() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(JobContainer::slurm(t.path(), Some("n"), 1000, "42"), None);
+        fake_job(t.path(), "slurm_other", true);
+        assert_eq!(JobContainer::slurm(t.path(), Some("n"), 1000, "42"), None);
+        assert_eq!(JobContainer::slurm(t.path(), Some("n"), 1000, "43"), None);
+    }
+
+    #[test]
+    fn stopped_state_is_read_past_a_command_with_parentheses() {
+        assert_eq!(process_stopped("12 (a) b) T 1 2"), Some(true));
+        assert_eq!(process_stopped("12 (sleep) S 1 2"), Some(false));
+        assert_eq!(process_stopped("garbage"), None);
+    }
+
+    #[test]
+    fn memory_admission_names_the_limit_and_the_values() {
+        assert!(check_memory(1 << 30, 512).is_ok());
+        let e = check_memory(512 << 20, 512).unwrap_err();
+        assert!(e.contains("608 MiB"), "{e}");
+        assert!(e.contains("memory limit is 512 MiB"), "{e}");
+        assert!(e.contains("--mem="), "{e}");
+    }
+}
