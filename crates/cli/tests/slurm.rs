@@ -554,8 +554,12 @@ fn comment_request_without_the_plugin_option() {
 /// Debian's multiple-slurmd build, else `slurm`).
 fn job_cgroup(controller: &str, uid: u32, id: &str) -> Option<PathBuf> {
     let base = Path::new("/sys/fs/cgroup").join(controller);
-    let host = text(&run(Command::new("hostname").arg("-s")).stdout)
-        .trim()
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .unwrap()
         .to_string();
     [format!("slurm_{host}"), "slurm".to_string()]
         .into_iter()
