@@ -131,7 +131,16 @@ pub fn prolog() -> i32 {
     );
     let booted = resolve(&site, &job, &RequestSpec::parse(&value)).and_then(|env| {
         fits_the_jobs_memory(&job.id, env.memory_mib)?;
-        frontend::boot(&site, &id, &env, job.uid, None)
+        let cgroups = join_job_cgroups(&job);
+        let booted = frontend::boot(&site, &id, &env, job.uid, None);
+        if let Some(c) = cgroups {
+            if booted.is_ok() {
+                c.leave();
+            } else {
+                c.undo();
+            }
+        }
+        booted
     });
     match booted {
         Ok(_) => {
@@ -353,6 +362,26 @@ fn fits_the_jobs_memory(job_id: &str, memory_mib: u64) -> Result<(), BootFailure
         return Ok(());
     };
     sd_vmm::cgroup::check_memory(limit << 20, memory_mib).map_err(BootFailure::Refused)
+}
+
+/// The job's cgroups, made and joined before the domain boots so that QEMU
+/// is the job's from its start (`sd_vmm::cgroup::prepare_slurm`); None when
+/// Slurm runs without cgroups here, or they cannot be made (logged: the
+/// watcher still places QEMU once Slurm has made them).
+fn join_job_cgroups(job: &SlurmJob) -> Option<sd_vmm::cgroup::Prepared> {
+    let node = env_var("SLURMD_NODENAME");
+    let root = Path::new(sd_vmm::cgroup::CGROUP_ROOT);
+    match sd_vmm::cgroup::prepare_slurm(root, node.as_deref(), job.uid, &job.id) {
+        Ok(p) if p.is_empty() => None,
+        Ok(p) => {
+            tracing::info!("the domain boots in job {}'s cgroups", job.id);
+            Some(p)
+        }
+        Err(e) => {
+            tracing::error!("{e}; the domain boots outside the job's cgroups");
+            None
+        }
+    }
 }
 
 /// Starts `sd-prolog --contain`, detached: the prolog must return before

@@ -589,7 +589,7 @@ fn sdtest_uid() -> u32 {
 }
 
 /// The QEMU process of job `id`'s domain, once it is in the job's cgroups
-/// (memory, cpuset, cpuacct): the watcher places it after the prolog.
+/// (memory, cpuset, cpuacct; it boots in them) and Slurm has configured them.
 fn placed_qemu(id: &str) -> u32 {
     let name = format!("guest=sd-slurm-{id}-");
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -610,7 +610,12 @@ fn placed_qemu(id: &str) -> u32 {
                 cg.lines()
                     .any(|l| l.contains(&format!(":{c}:")) && l.ends_with(&job))
             });
-            if placed {
+            // Slurm sets the job's cores and limits once the prolog is done
+            // and its extern step made.
+            let configured = ["memory", "cpuset"].iter().all(|c| {
+                job_cgroup(c, sdtest_uid(), id).is_some_and(|d| d.join("step_extern").is_dir())
+            });
+            if placed && configured {
                 return pid;
             }
         }
@@ -705,11 +710,16 @@ fn the_domain_runs_on_the_jobs_cores_within_its_memory() {
         read_trim(&memory.join("memory.limit_in_bytes")),
         (512u64 << 20).to_string()
     );
-    // What QEMU touches from now on is the job's (the RAM it touched at
-    // boot moves with it only where the kernel still moves charges).
+    // QEMU booted in the job's cgroups (the prolog made and joined them):
+    // the guest RAM it touched while booting is the job's.
     let usage: u64 = read_trim(&memory.join("memory.usage_in_bytes"))
         .parse()
         .unwrap();
+    assert!(
+        usage > 32 << 20,
+        "the job's memory holds only {} MiB: the domain's RAM is not charged to it",
+        usage >> 20
+    );
     eprintln!(
         "job {id}: QEMU {qemu} ({} threads) on CPU {cpus}; job memory {} MiB of 512",
         tasks.len(),
@@ -758,7 +768,8 @@ fn the_guests_cpu_time_is_the_jobs() {
             .unwrap_or(0.0)
             / 1e9
     };
-    let (q0, u0) = (cpu_seconds(qemu), usage());
+    // From QEMU's start: it booted in the job's cgroups, so its boot's CPU is the job's too.
+    let (q0, u0) = (0.0, 0.0);
     let started = Instant::now();
     let mut last = (q0, u0);
     while Path::new(&format!("/proc/{qemu}")).exists() && job_field(&id, "JobState") == "RUNNING" {
@@ -767,7 +778,7 @@ fn the_guests_cpu_time_is_the_jobs() {
     }
     let (qemu_cpu, job_cpu) = (last.0 - q0, last.1 - u0);
     eprintln!(
-        "job {id}: QEMU used {qemu_cpu:.1} s of CPU in {:.1} s since its placement; \
+        "job {id}: QEMU used {qemu_cpu:.1} s of CPU in all (boot included, {:.1} s watched); \
          the job's cgroup counted {job_cpu:.1} s",
         started.elapsed().as_secs_f64()
     );

@@ -6,8 +6,10 @@
 //! Slurm (22.05, `task/cgroup`, `proctrack/cgroup`, `PrologFlags=Contain`)
 //! makes, per controller, `/sys/fs/cgroup/<controller>/slurm[_<node>]/uid_<U>/job_<J>`
 //! with one child per step (`step_extern`, `step_batch`, `step_<N>`). It
-//! makes them only after the prolog has returned, so a domain booted by the
-//! prolog is placed later, by a watcher (`sd_batch::slurm::contain`).
+//! makes them only after the prolog has returned, so the prolog makes the
+//! job's directories itself and boots the domain in them ([`prepare_slurm`]);
+//! a watcher (`sd_batch::slurm::contain`) then checks the placement and
+//! follows suspend.
 //!
 //! Where QEMU goes: the **job's** cgroup in `cpuset`, `memory`, `cpuacct`
 //! and `devices` (its cores, its memory limit, its CPU time), not a step's,
@@ -186,6 +188,126 @@ impl JobContainer {
     }
 }
 
+/// The job's cgroups, made by the prolog before the domain boots (Slurm
+/// makes them only after the prolog, and Linux 6.x no longer moves a
+/// process's memory charges with it): the prolog joins them, so QEMU, its
+/// child, is the job's from its first page and its first CPU second. Slurm
+/// takes the directories as they are (`mkdir` of an existing cgroup is no
+/// error to it) and sets their limits and cores as for any job.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Directories made here, parents first.
+    made: Vec<PathBuf>,
+    /// The controllers' roots this process left to join the job's.
+    joined: Vec<PathBuf>,
+}
+
+/// Makes `slurm[_<node>]/uid_<U>/job_<J>` in every [`PLACED`] controller
+/// whose Slurm root exists (none: Slurm runs without cgroups, nothing is
+/// made) and moves this process into them. A `cpuset` cgroup takes its
+/// parent's cores and memory nodes (a new one has none, and takes no task).
+/// On an error, what was made is removed again.
+pub fn prepare_slurm(
+    root: &Path,
+    node: Option<&str>,
+    uid: u32,
+    job: &str,
+) -> Result<Prepared, CgroupError> {
+    let mut prepared = Prepared::default();
+    match prepare_into(&mut prepared, root, node, uid, job) {
+        Ok(()) => Ok(prepared),
+        Err(e) => {
+            prepared.undo();
+            Err(e)
+        }
+    }
+}
+
+fn prepare_into(
+    prepared: &mut Prepared,
+    root: &Path,
+    node: Option<&str>,
+    uid: u32,
+    job: &str,
+) -> Result<(), CgroupError> {
+    let pid = std::process::id();
+    for controller in PLACED {
+        let base = root.join(controller);
+        let Some(slurm) = node
+            .map(|n| base.join(format!("slurm_{n}")))
+            .into_iter()
+            .chain([base.join("slurm")])
+            .find(|d| d.is_dir())
+        else {
+            continue;
+        };
+        let uid_dir = slurm.join(format!("uid_{uid}"));
+        let job_dir = uid_dir.join(format!("job_{job}"));
+        let fail = |dir: &Path, source| CgroupError::Place {
+            pid,
+            dir: dir.to_path_buf(),
+            source,
+        };
+        for dir in [&uid_dir, &job_dir] {
+            if dir.is_dir() {
+                continue;
+            }
+            match std::fs::create_dir(dir) {
+                Ok(()) => prepared.made.push(dir.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail(dir, e)),
+            }
+            if controller == "cpuset" {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    let parent = dir.parent().unwrap_or(dir).join(file);
+                    let value = std::fs::read_to_string(parent).map_err(|e| fail(dir, e))?;
+                    if std::fs::read_to_string(dir.join(file)).map_or(true, |v| v.trim().is_empty())
+                    {
+                        std::fs::write(dir.join(file), value.trim()).map_err(|e| fail(dir, e))?;
+                    }
+                }
+            }
+        }
+        std::fs::write(job_dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| fail(&job_dir, e))?;
+        prepared.joined.push(base);
+    }
+    Ok(())
+}
+
+impl Prepared {
+    /// Whether anything was joined (Slurm runs with cgroups here).
+    pub fn is_empty(&self) -> bool {
+        self.joined.is_empty()
+    }
+
+    /// Moves this process back to the controllers' roots; what it started
+    /// (the domain) stays in the job's cgroups.
+    pub fn leave(&self) {
+        for base in &self.joined {
+            if let Err(e) =
+                std::fs::write(base.join("cgroup.procs"), std::process::id().to_string())
+            {
+                tracing::warn!(
+                    "cannot leave the job's cgroup under {}: {e}",
+                    base.display()
+                );
+            }
+        }
+    }
+
+    /// [`Prepared::leave`], then removes what was made (the domain did not
+    /// start: nothing of it is left in them).
+    pub fn undo(&self) {
+        self.leave();
+        for dir in self.made.iter().rev() {
+            if let Err(e) = remove_tree(dir) {
+                tracing::warn!("job cgroup {} not removed: {e}", dir.display());
+            }
+        }
+    }
+}
+
 /// Removes cgroup `dir` and its children, deepest first (a cgroup directory
 /// goes with `rmdir` once it holds no process). NotFound is no error.
 pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
@@ -259,6 +381,45 @@ mod tests {
             assert_eq!(c.memory_limit(), Some(1 << 30));
             assert!(c.extern_freezer.unwrap().ends_with("job_42/step_extern"));
         }
+    }
+
+    #[test]
+    fn nothing_is_prepared_without_slurms_roots_and_a_cpuset_takes_its_parents_cores() {
+        let t = tempfile::tempdir().unwrap();
+        let p = prepare_slurm(t.path(), Some("n"), 1000, "42").unwrap();
+        assert!(p.is_empty());
+        assert!(std::fs::read_dir(t.path()).unwrap().next().is_none());
+        // A cpuset as the kernel has one: the user's directory, there from an
+        // earlier job, keeps its cores; the job's new one takes them (a new
+        // cpuset has none and takes no task).
+        let slurm = t.path().join("cpuset/slurm_n");
+        std::fs::create_dir_all(&slurm).unwrap();
+        std::fs::write(slurm.join("cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(slurm.join("cpuset.mems"), "0\n").unwrap();
+        let uid = slurm.join("uid_1000");
+        std::fs::create_dir(&uid).unwrap();
+        std::fs::write(uid.join("cpuset.cpus"), "1\n").unwrap();
+        std::fs::write(uid.join("cpuset.mems"), "0\n").unwrap();
+        let p = prepare_slurm(t.path(), Some("n"), 1000, "42").unwrap();
+        assert!(!p.is_empty());
+        let read = |f: &Path| {
+            std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+        };
+        assert_eq!(read(&uid.join("cpuset.cpus")), "1\n");
+        let job = uid.join("job_42");
+        assert_eq!(read(&job.join("cpuset.cpus")), "1");
+        assert_eq!(read(&job.join("cpuset.mems")), "0");
+        assert_eq!(
+            read(&job.join("cgroup.procs")),
+            std::process::id().to_string()
+        );
+        // Only what it made goes (the user's directory was there before);
+        // cgroupfs removes a cgroup's files with it, a test's tmpfs does not.
+        for f in ["cgroup.procs", "cpuset.cpus", "cpuset.mems"] {
+            std::fs::remove_file(job.join(f)).unwrap();
+        }
+        p.undo();
+        assert!(!job.exists() && uid.exists());
     }
 
     #[test]
