@@ -90,6 +90,11 @@ fn sbatch(dir: &Path, args: &[&str]) -> String {
     sbatch_as(USER, dir, args)
 }
 
+/// `sbatch --sd-env=busybox --wrap SCRIPT`: the script runs in a busybox guest.
+fn busybox_job(dir: &Path, script: &str) -> String {
+    sbatch(dir, &["--sd-env=busybox", "--wrap", script])
+}
+
 fn sbatch_as(user: &str, dir: &Path, args: &[&str]) -> String {
     let mut c = slurm("sbatch");
     c.current_dir(dir)
@@ -253,10 +258,7 @@ fn batch_script_and_srun_run_inside_the_guest() {
 fn exit_code_from_the_guest_is_the_jobs() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(
-        dir.path(),
-        &["--sd-env=busybox", "--wrap", "echo in-guest; exit 3"],
-    );
+    let id = busybox_job(dir.path(), "echo in-guest; exit 3");
     assert_eq!(wait_done(&id), "FAILED");
     assert_eq!(job_field(&id, "ExitCode"), "3:0");
     assert!(output(dir.path(), &id).0.contains("in-guest"));
@@ -289,8 +291,8 @@ fn two_jobs_at_once_get_their_own_domains() {
     let _serial = serial();
     let dir = workdir();
     let script = "echo $SLURM_JOB_ID > /root/mine; sleep 6; echo seen: $(cat /root/mine)";
-    let a = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", script]);
-    let b = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", script]);
+    let a = busybox_job(dir.path(), script);
+    let b = busybox_job(dir.path(), script);
     // Both domains exist at the same time.
     let site = site();
     let journal = |id: &str| {
@@ -444,10 +446,7 @@ fn an_unbootable_image_a_user_saved_fails_the_job_not_the_node() {
 fn scancel_of_a_running_job_cleans_up() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(
-        dir.path(),
-        &["--sd-env=busybox", "--wrap", "echo started; sleep 300"],
-    );
+    let id = busybox_job(dir.path(), "echo started; sleep 300");
     wait_state(&id, "RUNNING");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !output(dir.path(), &id).0.contains("started") {
@@ -467,7 +466,7 @@ fn scancel_of_a_running_job_cleans_up() {
 fn prolog_killed_mid_boot_then_epilog_cleans_up() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(dir.path(), &["--sd-env=busybox", "--wrap", "true"]);
+    let id = busybox_job(dir.path(), "true");
     // Wait until the prolog has started QEMU, then SIGKILL the prolog.
     let site = site();
     let run_dir = site.state_dir.join("run").join(format!("slurm-{id}"));
@@ -751,13 +750,9 @@ fn the_domain_runs_on_the_jobs_cores_within_its_memory() {
 fn the_guests_cpu_time_is_the_jobs() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(
+    let id = busybox_job(
         dir.path(),
-        &[
-            "--sd-env=busybox",
-            "--wrap",
-            "end=$(($(date +%s) + 20)); while [ $(date +%s) -lt $end ]; do :; done; echo burnt",
-        ],
+        "end=$(($(date +%s) + 20)); while [ $(date +%s) -lt $end ]; do :; done; echo burnt",
     );
     let qemu = placed_qemu(&id);
     let uid = sdtest_uid();
@@ -825,14 +820,7 @@ fn qmp_status(id: &str) -> String {
 fn scontrol_suspend_pauses_the_domain_and_resume_continues_it() {
     let _serial = serial();
     let dir = workdir();
-    let id = sbatch(
-        dir.path(),
-        &[
-            "--sd-env=busybox",
-            "--wrap",
-            "i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo tick $i $(cut -d' ' -f1 /proc/uptime); sleep 1; done",
-        ],
-    );
+    let id = busybox_job(dir.path(), "i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo tick $i $(cut -d' ' -f1 /proc/uptime); sleep 1; done");
     placed_qemu(&id);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(qmp_status(&id), "running");
