@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sd_batch::condor::{self, JobAd};
+use sd_request::carried::RequestSpec;
+use sd_request::job_ad::{self, JobAd};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = condor::mentions_request(text);
+    let _ = job_ad::mentions_request(text);
     let ad = JobAd::parse(text);
     // Every accessor the hooks use, on the attributes they read.
     for name in ["SDEnvironment", "Iwd", "OrigIwd", "GlobalJobId", "AcctGroup", "Args"] {
@@ -21,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = ad.int("ExitCode");
     let _ = ad.bool("ExitBySignal");
     let _ = ad.job_id();
-    let _ = condor::output_files(&ad);
-    if let Some(sd_batch::frontend::RequestSpec::Jdl(path)) = ad.request() {
-        let _ = condor::jdl_candidates(&ad, &path, Path::new("/scratch"));
+    let _ = job_ad::output_files(&ad);
+    if let Some(RequestSpec::Jdl(path)) = ad.request() {
+        let _ = job_ad::jdl_candidates(&ad, &path, Path::new("/scratch"));
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sd_batch::node_service::{self, ServiceRequest};
+use sd_request::node_service::{self, ServiceRequest};
 
 fuzz_target!(|data: &[u8]| {
     // `read_line` stops after the first newline and fails on invalid UTF-8.
@@ -20,8 +20,7 @@ fuzz_target!(|data: &[u8]| {
     // What `handle` looks at before any privileged step.
     let (ServiceRequest::Deploy { job, global_id, .. }
     | ServiceRequest::Teardown { job, global_id, .. }) = &request;
-    if node_service::valid_job_id(job) {
-        let _ = node_service::deployment_id(job, 1000, global_id);
-    }
+    // (`deployment_id`, a hash of a valid id, is sd-batch's: not fuzzed.)
+    let _ = (node_service::valid_job_id(job), global_id.len());
     let _ = serde_json::to_string(&request);
 });

@@ -36,7 +36,6 @@ use sd_host::peer::{Peer, ProcessStamp};
 use sd_site::SiteConfig;
 use sd_vmm::deployment;
 use sd_vmm::status;
-use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -53,69 +52,7 @@ pub fn socket_path() -> PathBuf {
     }
 }
 
-/// What a hook asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ServiceRequest {
-    /// PREPARE_JOB: boot the domain of job `job` (`CLUSTER.PROC`).
-    Deploy {
-        job: String,
-        /// `GlobalJobId` (schedd, job, time): two schedds' jobs 11.0 differ.
-        #[serde(default)]
-        global_id: String,
-        request: Request,
-        /// The job's accounting group: the VO of a bare image request, if
-        /// the site knows it as one.
-        account: Option<String>,
-    },
-    /// JOB_EXIT: power the domain off, save its disk per policy, undo the
-    /// journal. `how` is HTCondor's reason (exit, evict, remove, hold);
-    /// `outcome` is what the hook saw of the job's end, for the log.
-    Teardown {
-        job: String,
-        #[serde(default)]
-        global_id: String,
-        how: String,
-        succeeded: bool,
-        outcome: String,
-    },
-}
-
-/// What the service answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceReply {
-    Deployed {
-        deployment: String,
-        domain: String,
-        backend: String,
-        acceleration: String,
-        boot_secs: f64,
-    },
-    /// Teardown done; `found` false if there was nothing to tear down.
-    Finished { found: bool },
-    /// The user's error (request, policy): the job is held with this.
-    Refused(String),
-    /// The site's fault: the job is held with this, for the admin.
-    Fault(String),
-    /// The node has no room now (`node_limits`): nobody's fault; the job
-    /// may run elsewhere or later.
-    NodeFull(String),
-}
-
-/// `CLUSTER.PROC`, digits only.
-pub fn valid_job_id(job: &str) -> bool {
-    match job.split_once('.') {
-        Some((c, p)) => {
-            !c.is_empty()
-                && !p.is_empty()
-                && c.len() <= 12
-                && p.len() <= 12
-                && c.chars().chain(p.chars()).all(|ch| ch.is_ascii_digit())
-        }
-        None => false,
-    }
-}
+pub use sd_request::node_service::{valid_job_id, ServiceReply, ServiceRequest};
 
 /// The deployment of HTCondor job `CLUSTER.PROC` of user `uid`:
 /// `condor-CLUSTER.PROC-TAG`, the tag a hash of the uid and the job's

@@ -6,6 +6,7 @@
 //! the job directory (no `/`, no `..`), so a request can neither read nor
 //! write anywhere else.
 
+use sd_host::fault_point;
 use sd_host::user_files::{UserFileError, UserFiles};
 use sd_languages::jdl::JobDescription;
 use sd_proto::{RunRequest, StdinSource};
@@ -156,6 +157,7 @@ pub fn run(
     for (mut file, name, mode) in inputs {
         link.put_file(&mut file, &format!("{JOB_DIR}/{name}"), mode)?;
     }
+    fault_point::reached("job: input sandbox in");
     let mut out_file = match &plan.stdout_file {
         Some(n) => Some(files.create(&out_dir.join(n), 0o644)?),
         None => None,
@@ -179,6 +181,7 @@ pub fn run(
         };
         link.run(plan.request.clone(), out, err, None)?
     };
+    fault_point::reached("job: ended");
     for name in &plan.outputs {
         let target = out_dir.join(name);
         let mut file = files.create(&target, 0o644)?;
@@ -198,5 +201,6 @@ pub fn run(
             Err(e) => return Err(e.into()),
         }
     }
+    fault_point::reached("job: output sandbox out");
     Ok(outcome)
 }

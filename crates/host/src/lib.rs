@@ -4,6 +4,7 @@
 //! atomically, and the processes at the other end of a socket.
 
 pub mod atomic_file;
+pub mod fault_point;
 pub mod owner;
 pub mod peer;
 pub mod user_files;

@@ -7,6 +7,15 @@
 //! These types are also what crosses from the request parser, which runs
 //! with the user's rights (`sd-parse-request`), to the root side that
 //! admits it: plain data, checked field by field by serde.
+//!
+//! Also here, because root reads them too: what carries a request to the
+//! node (`carried`), HTCondor's job ad that the hooks are handed (`job_ad`,
+//! `Name = value` lines, split without recursion), and the node service's
+//! messages (`node_service`). None of it needs more than serde.
+
+pub mod carried;
+pub mod job_ad;
+pub mod node_service;
 
 use std::net::Ipv4Addr;
 

@@ -13,8 +13,9 @@ use crate::hypervisor::{
     XenOptions,
 };
 use crate::image_store::{self, DiskToSave, ImageStore, Manifest, SaveMeta};
-use crate::journal::{Journal, JournalError, Resource};
+use crate::journal::{DeploymentDetails, Journal, JournalError, Resource};
 use crate::storage::{self, JobDisk, StorageError};
+use sd_host::fault_point;
 use sd_host::peer::ProcessStamp;
 use sd_policy::ResolvedEnvironment;
 use sd_site::{Acceleration, Backend, DiskFormat, SiteConfig, XenGuestType};
@@ -295,16 +296,19 @@ impl Deployment {
                 owner,
             )?;
             let _step = step_lock();
-            let mut j = Journal::create(&site.state_dir, id)?;
-            j.update_details(|f| {
-                f.backend = Some(backend.name().to_string());
-                f.uid = Some(uid);
-                f.owner_pid = owner.map(|o| o.pid as u32);
-                f.owner_start_time = owner.map(|o| o.start_time);
-                f.slurm_job = slurm_job.map(str::to_string);
-                f.environment = Some(env.clone());
-            })?;
-            j
+            Journal::create_with(
+                &site.state_dir,
+                id,
+                DeploymentDetails {
+                    backend: Some(backend.name().to_string()),
+                    uid: Some(uid),
+                    owner_pid: owner.map(|o| o.pid as u32),
+                    owner_start_time: owner.map(|o| o.start_time),
+                    slurm_job: slurm_job.map(str::to_string),
+                    environment: Some(env.clone()),
+                    ..DeploymentDetails::default()
+                },
+            )?
         };
         let mut rollback = Rollback {
             journal: Some(journal),
@@ -336,6 +340,7 @@ impl Deployment {
         job_succeeded: bool,
     ) -> Result<SaveOutcome, DeployError> {
         let end = power_off(site, self.domain.as_ref(), self.link);
+        fault_point::reached("domain: stopped");
         let saved = save_if_wanted(site, &self.journal, end, job_succeeded);
         let _step = step_lock();
         undo(site, self.journal)?;
@@ -609,6 +614,7 @@ pub fn finish(
             Err(e) => tracing::warn!("{id}: agent not reachable ({e}); destroying the domain"),
         }
     }
+    fault_point::reached("domain: stopped");
     let saved = save_if_wanted(site, &journal, end, job_succeeded);
     let _step = step_lock();
     undo(site, journal)?;
@@ -736,6 +742,7 @@ impl Rollback<'_> {
                 f.acceleration = Some(booted.acceleration.clone());
                 f.console_log = Some(console_log.clone());
             })?;
+            fault_point::reached("domain: created");
             booted
         };
         for socket in std::iter::once(&booted.agent_socket).chain(&booted.exec_socket) {
@@ -756,6 +763,7 @@ impl Rollback<'_> {
                     last_words: last_words(&console_log),
                 }
             })?;
+        fault_point::reached("agent: hello");
         // Its own randomness, clock and machine-id before anything else (a
         // clone's disk is mounted here), then its network.
         let identity = crate::template::fresh_identity()?;
@@ -765,6 +773,7 @@ impl Rollback<'_> {
                 console: console_log.display().to_string(),
                 last_words: last_words(&console_log),
             })?;
+        fault_point::reached("agent: identity set");
         if !nics.is_empty() {
             let config = sd_proto::NetworkConfig {
                 hostname: env.hostname.clone(),
@@ -786,6 +795,7 @@ impl Rollback<'_> {
                         console: console_log.display().to_string(),
                         last_words: last_words(&console_log),
                     })?;
+            fault_point::reached("agent: network configured");
             for (nic, wanted) in up.iter().zip(&env.networks) {
                 match nic.address {
                     Some((ip, prefix)) if nic.dhcp => tracing::info!(
@@ -1040,6 +1050,7 @@ fn undo(site: &SiteConfig, journal: Journal) -> Result<(), DeployError> {
                 crate::network::undo(r).map_err(DeployError::NetworkCleanup)?;
             }
         }
+        fault_point::reached(&format!("undone: {}", resource.kind()));
     }
     journal.remove()?;
     Ok(())

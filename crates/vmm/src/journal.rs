@@ -8,6 +8,7 @@
 //! never leaves a half-written journal.
 
 use sd_host::atomic_file::Readers;
+use sd_host::fault_point;
 use sd_policy::ResolvedEnvironment;
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -55,6 +56,23 @@ pub enum Resource {
         owner: String,
         path: PathBuf,
     },
+}
+
+impl Resource {
+    /// Its kind, as the journal file names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Directory { .. } => "directory",
+            Resource::File { .. } => "file",
+            Resource::Domain { .. } => "domain",
+            Resource::LvmVolume { .. } => "lvm_volume",
+            Resource::Tap { .. } => "tap",
+            Resource::Bridge { .. } => "bridge",
+            Resource::Tunnel { .. } => "tunnel",
+            Resource::NftTable { .. } => "nft_table",
+            Resource::Lease { .. } => "lease",
+        }
+    }
 }
 
 /// What the journal knows of a deployment besides its resources: how to
@@ -180,6 +198,16 @@ pub fn valid_id(id: &str) -> bool {
 impl Journal {
     /// Starts the journal of a new deployment; refuses an id already in use.
     pub fn create(state_dir: &Path, id: &str) -> Result<Journal, JournalError> {
+        Journal::create_with(state_dir, id, DeploymentDetails::default())
+    }
+
+    /// [`Journal::create`] with its details in the first write: a journal
+    /// is never on disk without its owner, which `sd cleanup` goes by.
+    pub fn create_with(
+        state_dir: &Path,
+        id: &str,
+        details: DeploymentDetails,
+    ) -> Result<Journal, JournalError> {
         if !valid_id(id) {
             return Err(JournalError::BadId(id.to_string()));
         }
@@ -203,10 +231,11 @@ impl Journal {
                 id: id.to_string(),
                 created_unix,
                 resources: vec![],
-                details: DeploymentDetails::default(),
+                details,
             },
         };
         journal.persist()?;
+        fault_point::reached("journal: created");
         Ok(journal)
     }
 
@@ -277,8 +306,10 @@ impl Journal {
     /// Records a resource *before* the caller creates it.
     pub fn record(&mut self, resource: Resource) -> Result<(), JournalError> {
         if !self.data.resources.contains(&resource) {
+            let kind = resource.kind();
             self.data.resources.push(resource);
             self.persist()?;
+            fault_point::reached(&format!("journal: {kind}"));
         }
         Ok(())
     }

@@ -257,16 +257,20 @@ pub fn key_for(
 }
 
 /// A bare program name as `$PATH` finds it (what QEMU's spawn runs).
+/// Where `execvp` finds `program`: in `PATH`, or, when it is unset (Slurm
+/// runs its prolog so), in glibc's default `/bin:/usr/bin`; canonical, so
+/// that `/bin/x` and `/usr/bin/x` are one binary (and one template).
 fn in_path(program: &Path) -> PathBuf {
-    if program.components().count() > 1 {
-        return program.to_path_buf();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| program.to_path_buf())
+    let found = if program.components().count() > 1 {
+        program.to_path_buf()
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| program.to_path_buf())
+    };
+    std::fs::canonicalize(&found).unwrap_or(found)
 }
 
 fn read_meta(dir: &Path) -> Option<TemplateMeta> {
@@ -464,16 +468,15 @@ fn build_locked(
     let ram_tmp = ram_path(site, slug, &format!(".{pid}.tmp"));
     let mut journal = {
         let _step = step_lock();
-        let mut j = Journal::create(&site.state_dir, &id).map_err(|e| deploy(e.into()))?;
         // Owned by this process: a killed build is an orphan `sd cleanup` undoes.
         let me = ProcessStamp::of(pid as i32);
-        j.update_details(|f| {
-            f.backend = Some("qemu".into());
-            f.owner_pid = me.map(|o| o.pid as u32);
-            f.owner_start_time = me.map(|o| o.start_time);
-        })
-        .map_err(|e| deploy(e.into()))?;
-        j
+        let details = crate::journal::DeploymentDetails {
+            backend: Some("qemu".into()),
+            owner_pid: me.map(|o| o.pid as u32),
+            owner_start_time: me.map(|o| o.start_time),
+            ..Default::default()
+        };
+        Journal::create_with(&site.state_dir, &id, details).map_err(|e| deploy(e.into()))?
     };
     let result = (|| -> Result<Template, TemplateError> {
         {

@@ -16,6 +16,7 @@ use super::locking::{lock, Temporaries};
 use super::progress::Progress;
 use super::{ImageStore, Manifest};
 use sd_host::atomic_file::{self, TempFile};
+use sd_host::fault_point;
 
 /// zstd level of saved images (the CLI's default).
 pub(super) const ZSTD_LEVEL: i32 = 3;
@@ -115,6 +116,7 @@ impl ImageStore {
         let json = self.write_manifest_temporary(&manifest)?;
         self.commit(&manifest, meta.vo_quota_bytes, zst, json)?;
         sync_dir(&self.dir)?;
+        fault_point::reached("save: manifest renamed");
         Ok(manifest)
     }
 
@@ -184,6 +186,7 @@ impl ImageStore {
         let image = self.image_path(name);
         let manifest_file = self.manifest_path(name);
         zst.persist().map_err(at(&image))?;
+        fault_point::reached("save: image renamed");
         if let Err(e) = json.persist() {
             // Without its manifest the image is invisible: take it away
             // again, while the lock still keeps other saves of it out.
@@ -209,6 +212,7 @@ pub(super) fn flatten_and_compress(
     } = files;
     let zst_path = zst.path().to_path_buf();
     flatten(&disk.path, source, &flat_path)?;
+    fault_point::reached("save: flattened");
     let mut flat = File::open(&flat_path).map_err(at(&flat_path))?;
     let size = flat.metadata().map_err(at(&flat_path))?.len();
     let (compressed_size, sha256) =
@@ -217,6 +221,7 @@ pub(super) fn flatten_and_compress(
             CopyError::Write(e) => io_error(&zst_path, e),
         })?;
     zst.sync().map_err(at(&zst_path))?;
+    fault_point::reached("save: compressed");
     drop(flat);
     // The flattened copy is not needed any more: give its space back
     // before the manifest is written.
