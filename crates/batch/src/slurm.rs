@@ -589,8 +589,39 @@ pub fn exec(argv: Vec<String>) -> Result<JobOutcome, ExecError> {
         .unwrap_or_else(|_| "/".into());
     frontend::run_in_domain(&site, &id, argv, cwd, signals).map_err(|e| match e {
         RunError::NoDomain(_) => ExecError::NoDomain(job_id.clone()),
-        RunError::Site(m) => ExecError::Site(m),
+        RunError::Site(m) => match killed_by_the_memory_limit(&job_id) {
+            Some(message) => ExecError::MemoryLimit(message),
+            None => ExecError::Site(m),
+        },
     })
+}
+
+/// Why the domain is gone, if the job's own memory limit killed it: the
+/// kernel's kills in the job's memory cgroup, its limit and its peak.
+fn killed_by_the_memory_limit(job_id: &str) -> Option<String> {
+    let uid = nix::unistd::getuid().as_raw();
+    let node = env_var("SLURMD_NODENAME");
+    let container = sd_vmm::cgroup::JobContainer::slurm(
+        Path::new(sd_vmm::cgroup::CGROUP_ROOT),
+        node.as_deref(),
+        uid,
+        job_id,
+    )?;
+    let verdict = container.memory_verdict()?;
+    if verdict.oom_kills == 0 {
+        return None;
+    }
+    let mib = |b: Option<u64>| b.map_or("?".to_string(), |b| (b >> 20).to_string());
+    Some(format!(
+        "the job's domain was killed by the job's memory limit ({} MiB, Slurm's --mem; \
+         {} MiB at the peak; {} process(es) killed in job {job_id}'s memory cgroup): ask \
+         for more memory (--mem), or give the guest less (VirtualEnvironment Memory): \
+         its QEMU needs about {} MiB beside the guest's RAM",
+        mib(verdict.limit),
+        mib(verdict.max_usage),
+        verdict.oom_kills,
+        sd_vmm::cgroup::QEMU_OVERHEAD_MIB,
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -605,13 +636,18 @@ pub enum ExecError {
     NoDomain(String),
     #[error("{0}")]
     Site(String),
+    /// The user's: the allocation is too small for what the job does.
+    #[error("{0}")]
+    MemoryLimit(String),
 }
 
 impl ExecError {
     /// The exit status `sd-exec` gives the job.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExecError::Usage | ExecError::Refused(_) => ExitCode::REFUSED,
+            ExecError::Usage | ExecError::Refused(_) | ExecError::MemoryLimit(_) => {
+                ExitCode::REFUSED
+            }
             _ => ExitCode::SITE,
         }
     }

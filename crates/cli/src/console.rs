@@ -24,7 +24,6 @@
 
 use crate::pool;
 use crate::settings::{self, Applied, Changes, SettingsError};
-use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -242,15 +241,9 @@ fn token_cookie(token: &str) -> Option<HeaderValue> {
 #[derive(Debug, Clone, Copy)]
 struct PeerUid(Option<u32>);
 
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for PeerUid {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
-    }
-}
-
 /// On the Unix socket, the caller is who connected.
 async fn from_peer(
-    ConnectInfo(PeerUid(uid)): ConnectInfo<PeerUid>,
+    Extension(PeerUid(uid)): Extension<PeerUid>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -703,16 +696,74 @@ pub fn serve(site: SiteConfig, listen: &str) -> Result<(), ConsoleError> {
             socket_path(&site).display()
         );
         let site = Arc::new(site);
-        let local = axum::serve(
-            unix,
-            socket_router(site.clone()).into_make_service_with_connect_info::<PeerUid>(),
-        );
-        let http = axum::serve(listener, router((*site).clone()));
-        tokio::select! {
-            r = http => r.map_err(ConsoleError::Runtime),
-            r = local => r.map_err(ConsoleError::Runtime),
-        }
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let http_app = router((*site).clone());
+        let socket_app = socket_router(site.clone());
+        // An accept that fails (a connection reset before it was taken, no
+        // file descriptor left) is logged and tried again, as axum::serve does.
+        let accept_failed = |e: std::io::Error| async move {
+            tracing::warn!("console: accept: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let http = async {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        serve_connection(stream, http_app.clone(), &connections);
+                    }
+                    Err(e) => accept_failed(e).await,
+                }
+            }
+        };
+        let local = async {
+            loop {
+                match unix.accept().await {
+                    Ok((stream, _)) => {
+                        let peer = PeerUid(stream.peer_cred().ok().map(|c| c.uid()));
+                        let app = socket_app.clone().layer(Extension(peer));
+                        serve_connection(stream, app, &connections);
+                    }
+                    Err(e) => accept_failed(e).await,
+                }
+            }
+        };
+        tokio::join!(http, local);
+        Ok(())
     })
+}
+
+/// How long a client has to send a request's headers: a slow or silent
+/// client cannot hold a task of this root process for longer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once, over HTTP and the socket together; one over
+/// that is closed at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serves one connection over HTTP/1.1 on its own task, with what
+/// `axum::serve` cannot be told: [`HEADER_READ_TIMEOUT`] and
+/// [`MAX_CONNECTIONS`]. (A live event stream keeps its connection: the
+/// timeout is for the headers of each request only.)
+fn serve_connection<S>(stream: S, app: Router, connections: &Arc<tokio::sync::Semaphore>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = connections.clone().try_acquire_owned() else {
+        tracing::warn!("console: {MAX_CONNECTIONS} connections already; one refused");
+        return;
+    };
+    tokio::spawn(async move {
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("console: connection ended: {e}");
+        }
+        drop(permit);
+    });
 }
 
 /// Why [`set_via_socket`] did not change anything.

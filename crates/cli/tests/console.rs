@@ -150,6 +150,27 @@ fn another_users_token_gets_403_and_changes_nothing() {
         head.contains(&format!("sd_token={bob}; HttpOnly; SameSite=Strict")),
         "{head}"
     );
+
+    // A client that never ends its headers is cut off after the header
+    // read timeout (5 s); the console serves others meanwhile.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, _) = request(&addr, "GET", "/api/openapi.json", None, "");
+    assert_eq!(status, 200, "served beside the slow client");
+    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(30),
+        "the slow client was cut off after {waited:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("\"openapi\""),
+        "a request without the end of its headers got an answer"
+    );
 }
 
 /// `curl` over the console's Unix socket as `uid`: (status, body).

@@ -883,3 +883,58 @@ fn a_domain_larger_than_the_jobs_memory_is_refused() {
         &["job's memory limit is 300 MiB", "608 MiB", "--mem=608M"],
     );
 }
+
+/// A guest that outgrows the job's memory limit is stopped by that limit
+/// (the kernel's OOM kill inside the job's memory cgroup, not the node's
+/// OOM killer), and the job fails saying so. Admission leaves room for
+/// QEMU's overhead, so the test makes the limit tighter than that, as a
+/// site's could be: the job's usage after boot plus 48 MiB; then the guest
+/// fills 300 MiB of tmpfs.
+#[test]
+fn a_guest_outgrowing_the_jobs_memory_is_stopped_by_its_limit_and_the_job_says_why() {
+    let _serial = serial();
+    let dir = workdir();
+    let id = sbatch(
+        dir.path(),
+        &[
+            "--sd-env=busybox",
+            "--mem=700M",
+            "--wrap",
+            "sleep 15; mkdir -p /fill; mount -t tmpfs -o size=400m tmpfs /fill; \
+             dd if=/dev/zero of=/fill/x bs=1M count=300; echo filled; sleep 20",
+        ],
+    );
+    let qemu = placed_qemu(&id);
+    let memory = job_cgroup("memory", sdtest_uid(), &id).expect("the job's memory cgroup");
+    let usage: u64 = read_trim(&memory.join("memory.usage_in_bytes"))
+        .parse()
+        .unwrap();
+    let limit = usage + (48 << 20);
+    std::fs::write(memory.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+    eprintln!(
+        "job {id}: QEMU {qemu}; usage {} MiB, limit now {} MiB",
+        usage >> 20,
+        limit >> 20
+    );
+    assert_eq!(wait_done(&id), "FAILED");
+    let (out, err) = output(dir.path(), &id);
+    assert!(!out.contains("filled"), "the guest filled its tmpfs: {out}");
+    assert!(
+        err.contains("killed by the job's memory limit")
+            && err.contains(&format!("{} MiB", limit >> 20)),
+        "stderr: {err}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{qemu}")).exists(),
+        "QEMU {qemu} still runs"
+    );
+    // The kernel says whose limit it was: the job's memory cgroup.
+    let dmesg = text(&Command::new("dmesg").output().unwrap().stdout);
+    assert!(
+        dmesg
+            .lines()
+            .any(|l| l.contains("oom-kill:") && l.contains(&format!("job_{id}"))),
+        "no OOM kill in job {id}'s memory cgroup in the kernel log"
+    );
+    assert_no_leftovers(&id);
+}

@@ -74,10 +74,20 @@ impl ProcessStamp {
         })
     }
 
-    /// Still running (a zombie has ended: its job is over).
+    /// Still running (a zombie has ended: its job is over). A process that
+    /// exits with several threads shows its leader as a zombie first, while
+    /// the others are still tearing down and holding its files (a QEMU's
+    /// disk lock): it has ended only once its leader is the last thread.
     pub fn alive(&self) -> bool {
-        stat(self.pid).is_some_and(|s| s.start_time == self.start_time && s.state != 'Z')
+        stat(self.pid).is_some_and(|s| {
+            s.start_time == self.start_time && (s.state != 'Z' || other_threads(self.pid))
+        })
     }
+}
+
+/// Does process `pid` have threads besides its leader (`/proc/PID/task`)?
+fn other_threads(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1)
 }
 
 /// A pidfd: the process it was opened for, or nothing — never another one.

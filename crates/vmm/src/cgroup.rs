@@ -49,6 +49,14 @@ pub enum CgroupError {
     },
 }
 
+/// [`JobContainer::memory_verdict`]: bytes, and processes killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryVerdict {
+    pub oom_kills: u64,
+    pub limit: Option<u64>,
+    pub max_usage: Option<u64>,
+}
+
 /// One Slurm job's cgroups on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobContainer {
@@ -101,6 +109,37 @@ impl JobContainer {
     pub fn memory_limit(&self) -> Option<u64> {
         let (_, dir) = self.jobs.iter().find(|(c, _)| *c == "memory")?;
         read_u64(&dir.join("memory.limit_in_bytes"))
+    }
+
+    /// What the job's memory limit did so far: the processes the kernel
+    /// killed in the job's memory cgroup or its steps' (each has its own
+    /// `memory.oom_control`, and Slurm sets a limit on both), and the peak.
+    /// A kill here is the job's limit at work, never the node's OOM killer.
+    pub fn memory_verdict(&self) -> Option<MemoryVerdict> {
+        let (_, dir) = self.jobs.iter().find(|(c, _)| *c == "memory")?;
+        let mut oom_kills = 0;
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            let control = std::fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default();
+            oom_kills += control
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            dirs.extend(
+                std::fs::read_dir(&d)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        Some(MemoryVerdict {
+            oom_kills,
+            limit: read_u64(&dir.join("memory.limit_in_bytes")),
+            max_usage: read_u64(&dir.join("memory.max_usage_in_bytes")),
+        })
     }
 
     /// The CPU time the job's processes used, in ns (`cpuacct.usage`).
