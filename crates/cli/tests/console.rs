@@ -159,7 +159,8 @@ fn another_users_token_gets_403_and_changes_nothing() {
     let started = Instant::now();
     let (status, _, _) = request(&addr, "GET", "/api/openapi.json", None, "");
     assert_eq!(status, 200, "served beside the slow client");
-    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
     let waited = started.elapsed();
