@@ -320,6 +320,22 @@ fn problem(status: StatusCode, error: &str, fault: Fault) -> Response {
         .into_response()
 }
 
+/// A JSON request body whose refusal (not JSON, not the schema, no
+/// `Content-Type: application/json`) is a [`Problem`] like every other
+/// error, with axum's status for it (400, 422, 415).
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(refused) => Err(problem(refused.status(), &refused.body_text(), Fault::User)),
+        }
+    }
+}
+
 fn settings_problem(e: &SettingsError) -> Response {
     let status = if e.is_forbidden() {
         StatusCode::FORBIDDEN
@@ -479,14 +495,17 @@ async fn get_deployment(
 #[utoipa::path(patch, path = "/api/deployments/{id}", request_body = Changes,
     params(("id" = String, Path, description = "A deployment id")),
     responses((status = 200, body = Vec<Applied>, description = "What changed"),
+        (status = 400, body = Problem, description = "The body is not JSON"),
         (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 404, body = Problem),
+        (status = 415, body = Problem, description = "No `Content-Type: application/json`"),
+        (status = 422, body = Problem, description = "Not a valid change, or one the site's limits refuse"),
         (status = 502, body = Problem, description = "The hypervisor failed (the site's fault)")))]
 async fn patch_deployment(
     State(ctx): State<Ctx>,
     Extension(Caller(uid)): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
-    Json(changes): Json<Changes>,
+    JsonBody(changes): JsonBody<Changes>,
 ) -> Response {
     change(ctx, uid, id, changes).await
 }
@@ -526,14 +545,15 @@ async fn list_pools(State(ctx): State<Ctx>, Extension(Caller(uid)): Extension<Ca
 
 #[utoipa::path(patch, path = "/api/pools/{name}", request_body = Changes,
     params(("name" = String, Path, description = "A pool: every member not down")),
-    responses((status = 200, body = Vec<Applied>), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Vec<Applied>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 415, body = Problem),
         (status = 422, body = Problem), (status = 502, body = Problem)))]
 async fn patch_pool(
     State(ctx): State<Ctx>,
     Extension(Caller(uid)): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
-    Json(changes): Json<Changes>,
+    JsonBody(changes): JsonBody<Changes>,
 ) -> Response {
     if name.contains('/') || !pool::valid_name(&name) {
         return problem(
