@@ -17,7 +17,7 @@
 //! and `sd-epilog` killed at each of its steps, then `sd-epilog` again.
 
 mod common;
-use common::{serial, text, workspace_bin};
+use common::{serial, sh, text, workspace_bin};
 use sd_vmm::network::site_scope;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -29,7 +29,8 @@ const SUBNET: &str = "10.234.0.0/24";
 struct Site(common::TestSite);
 
 impl Site {
-    /// The first job's site (`network` false) or the second's.
+    /// The first job's site (`network` false, its template built) or the
+    /// second's.
     fn new(network: bool) -> Site {
         sd_host::needs_root("making bridges, taps and nft tables");
         let config = format!(
@@ -62,7 +63,22 @@ impl Site {
             ),
         )
         .unwrap();
-        Site(site)
+        let site = Site(site);
+        if !network {
+            // Built unarmed, once: every run after it is a clone.
+            let out = site
+                .0
+                .sd()
+                .args(["template", "build", "busybox"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "sd template build: {}",
+                text(&out.stderr)
+            );
+        }
+        site
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -182,16 +198,6 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     }
 }
 
-fn sh(cmd: &str) -> String {
-    text(
-        &Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-}
-
 /// The taps a deployment's journal records (read before cleanup removes it).
 fn taps_in_journals(state: &Path) -> Vec<String> {
     let mut taps = vec![];
@@ -283,17 +289,6 @@ fn kill_at_each_step(
 fn a_job_with_sandboxes_and_a_save_killed_at_every_step_leaves_nothing() {
     let _serial = serial();
     let site = Site::new(false);
-    let out = site
-        .0
-        .sd()
-        .args(["template", "build", "busybox"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sd template build: {}",
-        text(&out.stderr)
-    );
     let expected = [
         "journal: created",
         "journal: directory",
@@ -379,17 +374,6 @@ impl Site {
 fn slurm_prolog_and_epilog_killed_at_every_step_then_the_epilog_leaves_nothing() {
     let _serial = serial();
     let site = Site::new(false);
-    let out = site
-        .0
-        .sd()
-        .args(["template", "build", "busybox"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sd template build: {}",
-        text(&out.stderr)
-    );
     let (plog, elog) = (site.path("prolog.log"), site.path("epilog.log"));
     let ok = |out: &Output, what: &str| {
         assert!(

@@ -14,7 +14,7 @@
 //! its own (they are named by the site's state directory).
 
 mod common;
-use common::{serial, text};
+use common::{serial, sh, text};
 use sd_vmm::network::{nat_bridge_name, site_scope, tap_name};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -150,11 +150,6 @@ fn http_get(addr: &str) -> String {
     let mut got = String::new();
     let _ = s.read_to_string(&mut got);
     got
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    text(&out.stdout)
 }
 
 fn must(cmd: &str) {

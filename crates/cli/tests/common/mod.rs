@@ -41,6 +41,15 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The stdout of `sh -c CMD` (what the host says: links, tables, devices).
+pub fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+}
+
 /// A binary of another crate of the workspace, built next to this test
 /// (`cargo test --workspace` builds them all; Cargo names only this
 /// crate's own binaries in `CARGO_BIN_EXE_*`).
