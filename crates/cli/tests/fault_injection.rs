@@ -416,11 +416,17 @@ fn slurm_prolog_and_epilog_killed_at_every_step_then_the_epilog_leaves_nothing()
     };
     for (i, step) in prolog_steps.iter().enumerate() {
         let (n, job) = (i + 1, 9100 + i as u32);
+        std::fs::remove_file(&plog).unwrap();
         let out = site.hook("sd-prolog", job, &plog, Some(n));
         assert_eq!(
             out.status.signal(),
             Some(libc::SIGKILL),
             "prolog step {n} ({step})"
+        );
+        assert_eq!(
+            points(&plog).last(),
+            Some(step),
+            "prolog step {n}: the same steps"
         );
         ok(
             &site.hook("sd-epilog", job, &elog, None),
@@ -431,11 +437,17 @@ fn slurm_prolog_and_epilog_killed_at_every_step_then_the_epilog_leaves_nothing()
     for (i, step) in epilog_steps.iter().enumerate() {
         let (n, job) = (i + 1, 9200 + i as u32);
         ok(&site.hook("sd-prolog", job, &plog, None), "prolog");
+        std::fs::remove_file(&elog).unwrap();
         let out = site.hook("sd-epilog", job, &elog, Some(n));
         assert_eq!(
             out.status.signal(),
             Some(libc::SIGKILL),
             "epilog step {n} ({step})"
+        );
+        assert_eq!(
+            points(&elog).last(),
+            Some(step),
+            "epilog step {n}: the same steps"
         );
         ok(
             &site.hook("sd-epilog", job, &elog, None),
